@@ -1,0 +1,16 @@
+//! webhook-enricher: turns provider webhook notifications on Kafka into complete,
+//! decision-ready Avro records.
+//!
+//! The flow, module by module: [`event`] decodes raw webhooks, [`provider`] fetches results
+//! from the providers' APIs, the normalized record is built and encoded to Avro, and the Kafka
+//! engine publishes it. See `docs/DESIGN.md`.
+
+#![forbid(unsafe_code)]
+
+pub mod datetime;
+pub mod event;
+pub mod failure;
+pub mod provider;
+pub mod retry;
+pub mod secret;
+pub mod telemetry;
