@@ -18,10 +18,12 @@ pub const EVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2b0e_4a57_4d1b_9f3e_
 /// The Unico statuses that exist (1 processing .. 5 error).
 pub const UNICO_KNOWN_STATUSES: std::ops::RangeInclusive<u8> = 1..=5;
 
-/// Decoder settings (part of the `[input]` configuration).
+/// The `[input]` configuration section: what to consume and how to decode it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct DecoderSettings {
+    /// Input topics with raw webhook events.
+    pub topics: Vec<String>,
     /// Payloads larger than this are rejected as `malformed_payload`.
     pub max_payload_bytes: usize,
     /// Unico statuses that are enriched; other known statuses are skipped.
@@ -33,6 +35,7 @@ pub struct DecoderSettings {
 impl Default for DecoderSettings {
     fn default() -> Self {
         Self {
+            topics: vec!["webhooks.raw".into()],
             max_payload_bytes: 64 * 1024,
             unico_statuses: [2, 3, 4, 5].into_iter().collect(),
             topic_providers: BTreeMap::new(),

@@ -7,7 +7,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod datetime;
+pub mod enrich;
 pub mod event;
 pub mod failure;
 pub mod provider;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 /// A retry schedule; configuration data.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct BackoffPolicy {
     /// The base of the first delay.
     #[serde(with = "humantime_serde")]

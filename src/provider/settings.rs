@@ -6,7 +6,7 @@ use std::time::Duration;
 
 /// HTTP behaviour shared by both clients.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct HttpSettings {
     /// Whole-request timeout (connect + send + read the body).
     #[serde(with = "humantime_serde")]
@@ -34,7 +34,7 @@ impl Default for HttpSettings {
 
 /// Per-provider request limits, applied to every HTTP call including token requests.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct RequestLimits {
     /// Requests per second (token-bucket refill rate). 0 disables the rate limit.
     pub rate_per_second: u32,
@@ -67,8 +67,10 @@ impl Default for RequestLimits {
 
 /// ClearSale Connect client settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct ClearSaleSettings {
+    /// When false, ClearSale events are dead-lettered as `unsupported_event`.
+    pub enabled: bool,
     /// Production `https://apix.clearsale.com.br`, homologation
     /// `https://homologapix.clearsale.com.br`, or the simulator's address.
     pub base_url: String,
@@ -86,6 +88,7 @@ pub struct ClearSaleSettings {
 impl Default for ClearSaleSettings {
     fn default() -> Self {
         Self {
+            enabled: true,
             base_url: "https://apix.clearsale.com.br".into(),
             user: String::new(),
             password: Secret::default(),
@@ -98,8 +101,10 @@ impl Default for ClearSaleSettings {
 
 /// Unico IDUnico client settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct UnicoSettings {
+    /// When false, Unico events are dead-lettered as `unsupported_event`.
+    pub enabled: bool,
     /// API host: production `https://api.id.unico.app`, sandbox `https://api.id.uat.unico.app`.
     pub base_url: String,
     /// Token issuer: production `https://identity.acesso.io`, homologation
@@ -113,6 +118,9 @@ pub struct UnicoSettings {
     pub tenant: String,
     /// The service account's RSA private key, PEM (PKCS#1 or PKCS#8).
     pub private_key_pem: Secret,
+    /// A file holding the private key PEM (for a mounted Kubernetes secret); read at startup and
+    /// used when `private_key_pem` is empty.
+    pub private_key_file: Option<std::path::PathBuf>,
     /// Sent as the `APIKEY` header on API calls.
     pub api_key: Secret,
     /// Assertion lifetime (`exp - iat`); at most 1 h.
@@ -128,12 +136,14 @@ pub struct UnicoSettings {
 impl Default for UnicoSettings {
     fn default() -> Self {
         Self {
+            enabled: true,
             base_url: "https://api.id.unico.app".into(),
             issuer_url: "https://identity.acesso.io".into(),
             audience: String::new(),
             account: String::new(),
             tenant: String::new(),
             private_key_pem: Secret::default(),
+            private_key_file: None,
             api_key: Secret::default(),
             assertion_lifetime: Duration::from_secs(3600),
             token_refresh_margin: Duration::from_secs(300),

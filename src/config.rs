@@ -1,0 +1,714 @@
+//! Layered configuration: documented defaults embedded in the binary, then a file (TOML or
+//! YAML), then `WEBHOOK_ENRICHER_*` environment variables, then `--set key=value` flags.
+//!
+//! Unknown keys are errors, and every problem (unknown keys, a bad value, failed validation
+//! rules) is reported at once in one [`ConfigError`].
+
+use crate::enrich::EnrichSettings;
+use crate::event::DecoderSettings;
+use crate::provider::settings::{ClearSaleSettings, UnicoSettings};
+use crate::provider::Provider;
+use crate::retry::BackoffPolicy;
+use crate::secret::Secret;
+use figment::providers::{Format, Toml, Yaml};
+use figment::Figment;
+use serde::{Deserialize, Serialize, Serializer};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The environment variable prefix; nesting uses a double underscore:
+/// `WEBHOOK_ENRICHER_KAFKA__BOOTSTRAP_SERVERS` is `kafka.bootstrap_servers`.
+pub const ENV_PREFIX: &str = "WEBHOOK_ENRICHER_";
+
+/// Every problem found while loading the configuration.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration ({} problem{}):\n  - {}", problems.len(), if problems.len() == 1 { "" } else { "s" }, problems.join("\n  - "))]
+pub struct ConfigError {
+    /// One line per problem.
+    pub problems: Vec<String>,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub kafka: KafkaSettings,
+    pub input: DecoderSettings,
+    pub output: OutputSettings,
+    pub clearsale: ClearSaleSettings,
+    pub unico: UnicoSettings,
+    pub enrich: EnrichSettings,
+}
+
+/// The `[kafka]` section: connection and security, shared by the consumer and the producer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct KafkaSettings {
+    /// `host:port[,host:port...]`.
+    pub bootstrap_servers: String,
+    /// Consumer group of `run`.
+    pub group_id: String,
+    /// Client id reported to the brokers.
+    pub client_id: String,
+    /// `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    pub security_protocol: SecurityProtocol,
+    /// SASL mechanism and credentials (for `sasl_*`).
+    pub sasl: SaslSettings,
+    /// TLS files (for `ssl` and `sasl_ssl`).
+    pub tls: TlsSettings,
+    /// Raw librdkafka properties for the consumer (applied last; see the librdkafka docs).
+    pub consumer: LibrdkafkaProperties,
+    /// Raw librdkafka properties for the producer (applied last).
+    pub producer: LibrdkafkaProperties,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        Self {
+            bootstrap_servers: "localhost:9092".into(),
+            group_id: "webhook-enricher".into(),
+            client_id: "webhook-enricher".into(),
+            security_protocol: SecurityProtocol::Plaintext,
+            sasl: SaslSettings::default(),
+            tls: TlsSettings::default(),
+            consumer: LibrdkafkaProperties::default(),
+            producer: LibrdkafkaProperties::default(),
+        }
+    }
+}
+
+/// librdkafka `security.protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecurityProtocol {
+    Plaintext,
+    Ssl,
+    SaslPlaintext,
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    /// The librdkafka value.
+    pub fn as_librdkafka(self) -> &'static str {
+        match self {
+            SecurityProtocol::Plaintext => "plaintext",
+            SecurityProtocol::Ssl => "ssl",
+            SecurityProtocol::SaslPlaintext => "sasl_plaintext",
+            SecurityProtocol::SaslSsl => "sasl_ssl",
+        }
+    }
+
+    fn uses_sasl(self) -> bool {
+        matches!(
+            self,
+            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
+        )
+    }
+}
+
+/// SASL settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SaslSettings {
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    pub mechanism: SaslMechanism,
+    pub username: String,
+    pub password: Secret,
+}
+
+impl Default for SaslSettings {
+    fn default() -> Self {
+        Self {
+            mechanism: SaslMechanism::ScramSha512,
+            username: String::new(),
+            password: Secret::default(),
+        }
+    }
+}
+
+/// A SASL mechanism librdkafka supports without Kerberos.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SaslMechanism {
+    #[serde(rename = "PLAIN")]
+    Plain,
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    /// The librdkafka value.
+    pub fn as_librdkafka(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+}
+
+/// TLS settings (PEM files).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TlsSettings {
+    /// CA bundle; the system store when empty.
+    pub ca_location: Option<PathBuf>,
+    /// Client certificate for mutual TLS.
+    pub certificate_location: Option<PathBuf>,
+    /// Client key for mutual TLS.
+    pub key_location: Option<PathBuf>,
+    /// Password of the client key.
+    pub key_password: Secret,
+}
+
+/// The `[output]` section: where records go.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OutputSettings {
+    /// Topic for enriched ClearSale records.
+    pub clearsale_topic: String,
+    /// Topic for enriched Unico records.
+    pub unico_topic: String,
+    /// Optional per-module topics for ClearSale, by webhook `type` (lowercase), e.g.
+    /// `{ mfa = "clearsale.mfa.enriched" }`; other types go to `clearsale_topic`.
+    pub clearsale_module_topics: BTreeMap<String, String>,
+    /// The dead-letter topic.
+    pub dead_letter_topic: String,
+}
+
+impl Default for OutputSettings {
+    fn default() -> Self {
+        Self {
+            clearsale_topic: "clearsale.analysis.enriched".into(),
+            unico_topic: "unico.process.enriched".into(),
+            clearsale_module_topics: BTreeMap::new(),
+            dead_letter_topic: "webhooks.dead-letter".into(),
+        }
+    }
+}
+
+impl OutputSettings {
+    /// The output topic of an enriched event.
+    pub fn topic_for(&self, provider: Provider, clearsale_type: Option<&str>) -> &str {
+        match provider {
+            Provider::Unico => &self.unico_topic,
+            Provider::ClearSale => clearsale_type
+                .and_then(|t| {
+                    self.clearsale_module_topics
+                        .get(&t.trim().to_ascii_lowercase())
+                })
+                .unwrap_or(&self.clearsale_topic),
+        }
+    }
+
+    /// Every topic a record may be published to (for schema registration at startup).
+    pub fn all_record_topics(&self) -> Vec<String> {
+        let mut topics: Vec<String> = [self.clearsale_topic.clone(), self.unico_topic.clone()]
+            .into_iter()
+            .chain(self.clearsale_module_topics.values().cloned())
+            .collect();
+        topics.sort();
+        topics.dedup();
+        topics
+    }
+}
+
+/// Where to read configuration from.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSources {
+    /// A TOML (`.toml`) or YAML (`.yaml`/`.yml`) file.
+    pub file: Option<PathBuf>,
+    /// Environment variables to read (normally `std::env::vars()`); only `WEBHOOK_ENRICHER_*`.
+    pub env: Vec<(String, String)>,
+    /// `key.path=value` overrides from the command line; values parse as TOML, else as strings.
+    pub overrides: Vec<String>,
+}
+
+impl ConfigSources {
+    /// The file (if any), the process environment, and overrides.
+    pub fn from_process(file: Option<PathBuf>, overrides: Vec<String>) -> Self {
+        Self {
+            file,
+            env: std::env::vars().collect(),
+            overrides,
+        }
+    }
+}
+
+/// Environment variables that configure the CLI itself, not the [`Config`].
+const CLI_ENV: [&str; 3] = ["config", "log_format", "log_level"];
+
+impl Config {
+    /// Loads, merges and validates the configuration; every problem is reported at once.
+    pub fn load(sources: &ConfigSources) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let mut figment = Figment::new();
+        if let Some(file) = &sources.file {
+            if !file.is_file() {
+                return Err(ConfigError {
+                    problems: vec![format!("config file {} not found", file.display())],
+                });
+            }
+            figment = match file.extension().and_then(|e| e.to_str()) {
+                Some("yaml" | "yml") => figment.merge(Yaml::file_exact(file)),
+                _ => figment.merge(Toml::file_exact(file)),
+            };
+        }
+        // Environment variables: taken from the given snapshot (not the live environment) so
+        // tests can inject them; values parse like `--set` values.
+        let mut env: Vec<(String, &str)> = sources
+            .env
+            .iter()
+            .filter_map(|(k, v)| {
+                let path = k
+                    .strip_prefix(ENV_PREFIX)?
+                    .to_ascii_lowercase()
+                    .replace("__", ".");
+                (!CLI_ENV.contains(&path.as_str())).then_some((path, v.as_str()))
+            })
+            .collect();
+        env.sort();
+        for (path, value) in env {
+            figment = figment.merge((path, parse_override(value)));
+        }
+        for item in &sources.overrides {
+            match item.split_once('=') {
+                Some((key, value)) if !key.trim().is_empty() => {
+                    figment = figment.merge((key.trim(), parse_override(value)));
+                }
+                _ => problems.push(format!("--set {item:?}: expected key.path=value")),
+            }
+        }
+
+        let value: figment::value::Value = match figment.extract() {
+            Ok(v) => v,
+            Err(e) => {
+                problems.extend(e.into_iter().map(|e| e.to_string()));
+                return Err(ConfigError { problems });
+            }
+        };
+        let mut unknown = Vec::new();
+        let mut track = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
+        let parsed: Result<Config, _> =
+            serde_path_to_error::deserialize(serde_ignored::Deserializer::new(&value, &mut track));
+        problems.extend(unknown.into_iter().map(|k| format!("unknown key `{k}`")));
+        let mut config = match parsed {
+            Ok(c) => c,
+            Err(e) => {
+                problems.push(format!("{}: {}", e.path(), e.inner()));
+                return Err(ConfigError { problems });
+            }
+        };
+        config.resolve_files(&mut problems);
+        problems.extend(config.validate());
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+
+    /// Reads secrets that are given as files.
+    fn resolve_files(&mut self, problems: &mut Vec<String>) {
+        if let (true, Some(path)) = (
+            self.unico.private_key_pem.is_empty(),
+            &self.unico.private_key_file,
+        ) {
+            match std::fs::read_to_string(path) {
+                Ok(pem) => self.unico.private_key_pem = Secret::new(pem),
+                Err(e) => problems.push(format!("unico.private_key_file {}: {e}", path.display())),
+            }
+        }
+    }
+
+    /// Every rule the types cannot express. Returns one line per problem.
+    pub fn validate(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let k = &self.kafka;
+        if k.bootstrap_servers.trim().is_empty() {
+            p.push("kafka.bootstrap_servers must not be empty".into());
+        }
+        if k.group_id.trim().is_empty() {
+            p.push("kafka.group_id must not be empty".into());
+        }
+        if k.security_protocol.uses_sasl()
+            && (k.sasl.username.is_empty() || k.sasl.password.is_empty())
+        {
+            p.push("kafka.sasl.username and kafka.sasl.password are required with a sasl_* security_protocol".into());
+        }
+        if self.input.topics.is_empty() || self.input.topics.iter().any(|t| t.trim().is_empty()) {
+            p.push("input.topics must list at least one non-empty topic".into());
+        }
+        if self.input.max_payload_bytes == 0 {
+            p.push("input.max_payload_bytes must be positive".into());
+        }
+        if let Some(bad) = self
+            .input
+            .unico_statuses
+            .iter()
+            .find(|s| !(1..=5).contains(*s))
+        {
+            p.push(format!(
+                "input.unico_statuses: {bad} is not a Unico status (1..=5)"
+            ));
+        }
+        let o = &self.output;
+        for (name, topic) in [
+            ("output.clearsale_topic", &o.clearsale_topic),
+            ("output.unico_topic", &o.unico_topic),
+            ("output.dead_letter_topic", &o.dead_letter_topic),
+        ] {
+            if topic.trim().is_empty() {
+                p.push(format!("{name} must not be empty"));
+            }
+            if self.input.topics.contains(topic) {
+                p.push(format!("{name} {topic:?} is also an input topic"));
+            }
+        }
+        if !self.clearsale.enabled && !self.unico.enabled {
+            p.push("at least one of clearsale.enabled and unico.enabled must be true".into());
+        }
+        if self.clearsale.enabled {
+            check_url(&mut p, "clearsale.base_url", &self.clearsale.base_url);
+            if self.clearsale.user.is_empty() || self.clearsale.password.is_empty() {
+                p.push("clearsale.user and clearsale.password are required (or set clearsale.enabled = false)".into());
+            }
+            check_limits(&mut p, "clearsale", &self.clearsale.limits);
+        }
+        if self.unico.enabled {
+            let u = &self.unico;
+            check_url(&mut p, "unico.base_url", &u.base_url);
+            check_url(&mut p, "unico.issuer_url", &u.issuer_url);
+            for (name, missing) in [
+                ("unico.account", u.account.is_empty()),
+                ("unico.tenant", u.tenant.is_empty()),
+                ("unico.api_key", u.api_key.is_empty()),
+                (
+                    "unico.private_key_pem (or unico.private_key_file)",
+                    u.private_key_pem.is_empty(),
+                ),
+            ] {
+                if missing {
+                    p.push(format!("{name} is required (or set unico.enabled = false)"));
+                }
+            }
+            if u.assertion_lifetime > Duration::from_secs(3600) || u.assertion_lifetime.is_zero() {
+                p.push("unico.assertion_lifetime must be between 1s and 1h".into());
+            }
+            check_limits(&mut p, "unico", &u.limits);
+        }
+        check_backoff(&mut p, "enrich.retry", &self.enrich.retry);
+        check_backoff(&mut p, "enrich.pending", &self.enrich.pending);
+        if self.enrich.not_found.attempts == 0 {
+            p.push("enrich.not_found.attempts must be at least 1".into());
+        }
+        p
+    }
+
+    /// The effective configuration as TOML, secrets redacted.
+    pub fn to_redacted_toml(&self) -> Result<String, ConfigError> {
+        toml::to_string_pretty(self).map_err(|e| ConfigError {
+            problems: vec![format!("cannot print configuration: {e}")],
+        })
+    }
+}
+
+fn check_url(p: &mut Vec<String>, name: &str, url: &str) {
+    match reqwest::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+        _ => p.push(format!("{name} {url:?} is not an http(s) URL")),
+    }
+}
+
+fn check_limits(
+    p: &mut Vec<String>,
+    name: &str,
+    limits: &crate::provider::settings::RequestLimits,
+) {
+    if limits.max_concurrent == 0 {
+        p.push(format!("{name}.limits.max_concurrent must be at least 1"));
+    }
+}
+
+fn check_backoff(p: &mut Vec<String>, name: &str, b: &BackoffPolicy) {
+    if !(b.multiplier.is_finite() && b.multiplier >= 1.0) {
+        p.push(format!("{name}.multiplier must be a number >= 1"));
+    }
+    if b.initial > b.max_delay {
+        p.push(format!("{name}.initial must not exceed {name}.max_delay"));
+    }
+}
+
+fn parse_override(value: &str) -> figment::value::Value {
+    #[derive(Deserialize)]
+    struct Wrapper {
+        v: figment::value::Value,
+    }
+    toml::from_str::<Wrapper>(&format!("v = {value}"))
+        .map(|w| w.v)
+        .unwrap_or_else(|_| figment::value::Value::from(value.to_string()))
+}
+
+/// Raw librdkafka properties passed through unchanged. They may hold credentials
+/// (`sasl.password`, `ssl.key.password`...), so `Debug` and serialization print the values of
+/// sensitive-looking keys as `[redacted]`.
+#[derive(Clone, Default, PartialEq, Deserialize)]
+#[serde(transparent)]
+pub struct LibrdkafkaProperties(pub BTreeMap<String, String>);
+
+impl LibrdkafkaProperties {
+    /// True when a property name looks like it holds a credential.
+    pub fn is_sensitive(key: &str) -> bool {
+        let k = key.to_ascii_lowercase();
+        ["password", "secret", "key", "token", "jaas", "credential"]
+            .iter()
+            .any(|w| k.contains(w))
+    }
+
+    fn redacted(&self) -> BTreeMap<&str, &str> {
+        self.0
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str(),
+                    if Self::is_sensitive(k) {
+                        "[redacted]"
+                    } else {
+                        v.as_str()
+                    },
+                )
+            })
+            .collect()
+    }
+}
+
+impl std::fmt::Debug for LibrdkafkaProperties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.redacted()).finish()
+    }
+}
+
+impl Serialize for LibrdkafkaProperties {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.redacted().serialize(serializer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    const VALID: &str = r#"
+[clearsale]
+user = "cs-user"
+password = "cs-password-123"
+[unico]
+account = "acct"
+tenant = "tenant-1"
+api_key = "unico-api-key-456"
+private_key_pem = "-----BEGIN PRIVATE KEY-----\nMIIfake\n-----END PRIVATE KEY-----"
+"#;
+
+    fn file(ext: &str, text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::Builder::new().suffix(ext).tempfile().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    fn load(text: &str, env: &[(&str, &str)], overrides: &[&str]) -> Result<Config, ConfigError> {
+        let f = file(".toml", text);
+        Config::load(&ConfigSources {
+            file: Some(f.path().to_path_buf()),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            overrides: overrides.iter().map(|s| s.to_string()).collect(),
+        })
+    }
+
+    #[test]
+    fn a_minimal_file_is_valid_and_defaults_apply() {
+        let c = load(VALID, &[], &[]).unwrap();
+        assert_eq!(c.kafka.bootstrap_servers, "localhost:9092");
+        assert_eq!(c.input.max_payload_bytes, 65_536);
+        assert_eq!(
+            c.input.unico_statuses.iter().copied().collect::<Vec<_>>(),
+            vec![2, 3, 4, 5]
+        );
+        assert_eq!(c.unico.limits.rate_per_second, 10);
+        assert_eq!(c.enrich.not_found.attempts, 3);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let err = load(
+            "[input]\ntopics = []\n[enrich.retry]\nmultiplier = 0.5\n",
+            &[],
+            &[],
+        )
+        .unwrap_err();
+        let all = err.problems.join("\n");
+        for expected in [
+            "input.topics",
+            "clearsale.user",
+            "unico.account",
+            "unico.api_key",
+            "unico.private_key_pem",
+            "enrich.retry.multiplier",
+        ] {
+            assert!(all.contains(expected), "missing {expected} in:\n{all}");
+        }
+        assert!(err.problems.len() >= 6);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_all_of_them() {
+        let text = format!(
+            "bogus = 1\n{VALID}\n[kafka]\nbootstrap_server = \"typo\"\n[unico.limits]\nrps = 3\n"
+        );
+        let err = load(
+            &text,
+            &[("WEBHOOK_ENRICHER_ENRICH__RETRY__INITAL", "1s")],
+            &[],
+        )
+        .unwrap_err();
+        let all = err.problems.join("\n");
+        for key in [
+            "bogus",
+            "kafka.bootstrap_server",
+            "unico.limits.rps",
+            "enrich.retry.inital",
+        ] {
+            assert!(
+                all.contains(&format!("unknown key `{key}`")),
+                "missing {key} in:\n{all}"
+            );
+        }
+    }
+
+    #[test]
+    fn precedence_is_file_then_env_then_flags() {
+        let text = format!("{VALID}\n[kafka]\nbootstrap_servers = \"file:9092\"\ngroup_id = \"from-file\"\nclient_id = \"file-client\"\n");
+        let env = [
+            ("WEBHOOK_ENRICHER_KAFKA__BOOTSTRAP_SERVERS", "env:9092"),
+            ("WEBHOOK_ENRICHER_KAFKA__GROUP_ID", "from-env"),
+            ("WEBHOOK_ENRICHER_INPUT__MAX_PAYLOAD_BYTES", "1024"),
+            ("WEBHOOK_ENRICHER_INPUT__UNICO_STATUSES", "[3]"),
+            ("WEBHOOK_ENRICHER_ENRICH__RETRY__MAX_ELAPSED", "2m"),
+            ("WEBHOOK_ENRICHER_CONFIG", "ignored.toml"),
+            ("OTHER_VAR", "ignored"),
+        ];
+        let c = load(
+            &text,
+            &env,
+            &[
+                "kafka.group_id=from-flag",
+                "enrich.include_raw_response=false",
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.kafka.client_id, "file-client");
+        assert_eq!(c.kafka.bootstrap_servers, "env:9092");
+        assert_eq!(c.kafka.group_id, "from-flag");
+        assert_eq!(c.input.max_payload_bytes, 1024);
+        assert_eq!(
+            c.input.unico_statuses.iter().copied().collect::<Vec<_>>(),
+            vec![3]
+        );
+        assert_eq!(c.enrich.retry.max_elapsed, Duration::from_secs(120));
+        assert!(!c.enrich.include_raw_response);
+    }
+
+    #[test]
+    fn yaml_files_work() {
+        let f = file(
+            ".yaml",
+            "clearsale:\n  user: u\n  password: p\nunico:\n  enabled: false\ninput:\n  topics: [a, b]\n",
+        );
+        let c = Config::load(&ConfigSources {
+            file: Some(f.path().into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.input.topics, vec!["a", "b"]);
+        assert!(!c.unico.enabled);
+    }
+
+    #[test]
+    fn redacted_output_hides_every_secret() {
+        let text = format!("{VALID}\n[kafka]\nsecurity_protocol = \"sasl_ssl\"\n[kafka.sasl]\nusername = \"k\"\npassword = \"kafka-pass-789\"\n[kafka.producer]\n\"sasl.password\" = \"raw-pass-000\"\n\"linger.ms\" = \"5\"\n");
+        let c = load(&text, &[], &[]).unwrap();
+        let printed = c.to_redacted_toml().unwrap();
+        for secret in [
+            "cs-password-123",
+            "unico-api-key-456",
+            "MIIfake",
+            "kafka-pass-789",
+            "raw-pass-000",
+        ] {
+            assert!(!printed.contains(secret), "{secret} leaked:\n{printed}");
+            assert!(
+                !format!("{c:?}").contains(secret),
+                "{secret} leaked in Debug"
+            );
+        }
+        assert!(printed.contains("linger.ms"));
+        assert!(printed.contains("[redacted]"));
+    }
+
+    #[test]
+    fn private_key_file_is_read() {
+        let key = file(
+            ".pem",
+            "-----BEGIN PRIVATE KEY-----\nFROMFILE\n-----END PRIVATE KEY-----\n",
+        );
+        let text = VALID.replace(
+            "private_key_pem = \"-----BEGIN PRIVATE KEY-----\\nMIIfake\\n-----END PRIVATE KEY-----\"",
+            &format!("private_key_file = {:?}", key.path().display().to_string()),
+        );
+        let c = load(&text, &[], &[]).unwrap();
+        assert!(c.unico.private_key_pem.expose().contains("FROMFILE"));
+        let missing = VALID.replace("private_key_pem = \"-----BEGIN PRIVATE KEY-----\\nMIIfake\\n-----END PRIVATE KEY-----\"", "private_key_file = \"/nonexistent/key.pem\"");
+        assert!(load(&missing, &[], &[])
+            .unwrap_err()
+            .problems
+            .iter()
+            .any(|p| p.contains("/nonexistent/key.pem")));
+    }
+
+    #[test]
+    fn bad_values_are_reported_with_their_key() {
+        let err = load(
+            &format!("{VALID}\n[input]\nmax_payload_bytes = \"lots\"\n"),
+            &[],
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            err.problems
+                .join("\n")
+                .contains("input.max_payload_bytes: invalid type"),
+            "{err}"
+        );
+        let err = load(VALID, &[], &["nonsense"]).unwrap_err();
+        assert!(err.problems[0].contains("key.path=value"));
+    }
+
+    #[test]
+    fn routing_by_provider_and_module() {
+        let mut o = OutputSettings::default();
+        o.clearsale_module_topics
+            .insert("mfa".into(), "cs.mfa".into());
+        assert_eq!(o.topic_for(Provider::ClearSale, Some("MFA")), "cs.mfa");
+        assert_eq!(
+            o.topic_for(Provider::ClearSale, Some("biolink")),
+            "clearsale.analysis.enriched"
+        );
+        assert_eq!(o.topic_for(Provider::Unico, None), "unico.process.enriched");
+        assert_eq!(o.all_record_topics().len(), 3);
+    }
+}
