@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod datetime;
+pub mod engine;
 pub mod enrich;
 pub mod event;
 pub mod failure;

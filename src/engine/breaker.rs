@@ -1,0 +1,302 @@
+//! A circuit breaker per provider.
+//!
+//! - **Closed**: calls go through.
+//! - **Open**: a systemic failure (authentication broken, provider failing consistently) opened
+//!   it. Every record of that provider waits, without calling the provider: no retries are burnt
+//!   and nothing is dead-lettered. It stays open for `open_for`, growing by `multiplier` on each
+//!   consecutive failed probe up to `max_open_for`.
+//! - **Half-open**: after the open period, exactly one call (the probe) goes through; the others
+//!   keep waiting. A probe that succeeds (any non-systemic answer) closes the circuit; a probe
+//!   that fails opens it again.
+//!
+//! Waiting records keep their place in their key's queue, so order is preserved throughout.
+
+use serde::{Deserialize, Serialize};
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// The `[engine.breaker]` settings.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BreakerSettings {
+    /// How long the circuit stays open after the first systemic failure.
+    #[serde(with = "humantime_serde")]
+    pub open_for: Duration,
+    /// Growth of the open period after each failed probe.
+    pub multiplier: f64,
+    /// The longest open period.
+    #[serde(with = "humantime_serde")]
+    pub max_open_for: Duration,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        Self {
+            open_for: Duration::from_secs(5),
+            multiplier: 2.0,
+            max_open_for: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The observable state (for metrics and readiness).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl BreakerState {
+    /// 0 closed, 1 open, 2 half-open (the gauge value).
+    pub fn as_gauge(self) -> f64 {
+        match self {
+            BreakerState::Closed => 0.0,
+            BreakerState::Open => 1.0,
+            BreakerState::HalfOpen => 2.0,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Inner {
+    Closed,
+    Open {
+        until: Instant,
+        failures: u32,
+        since: Instant,
+    },
+    HalfOpen {
+        failures: u32,
+        since: Instant,
+    },
+}
+
+/// What a caller was granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permit {
+    /// The circuit is closed.
+    Normal,
+    /// The single half-open probe.
+    Probe,
+}
+
+/// One provider's breaker. Share it behind an `Arc`.
+#[derive(Debug)]
+pub struct CircuitBreaker {
+    settings: BreakerSettings,
+    inner: Mutex<Inner>,
+    changed: watch::Sender<u64>,
+    successes: std::sync::atomic::AtomicU64,
+}
+
+impl CircuitBreaker {
+    pub fn new(settings: BreakerSettings) -> Self {
+        let (changed, _) = watch::channel(0);
+        Self {
+            settings,
+            inner: Mutex::new(Inner::Closed),
+            changed,
+            successes: Default::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A poisoned lock only means another thread panicked mid-update of a plain enum: the
+        // value is still a valid state, so keep going.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The current state.
+    pub fn state(&self) -> BreakerState {
+        match &*self.lock() {
+            Inner::Closed => BreakerState::Closed,
+            Inner::Open { until, .. } if Instant::now() < *until => BreakerState::Open,
+            Inner::Open { .. } | Inner::HalfOpen { .. } => BreakerState::HalfOpen,
+        }
+    }
+
+    /// How long the circuit has been open or half-open, if it is not closed.
+    pub fn not_closed_for(&self) -> Option<Duration> {
+        match &*self.lock() {
+            Inner::Closed => None,
+            Inner::Open { since, .. } | Inner::HalfOpen { since, .. } => Some(since.elapsed()),
+        }
+    }
+
+    /// Successful calls so far (lets a caller tell whether the provider worked for others since
+    /// its own last attempt).
+    pub fn successes(&self) -> u64 {
+        self.successes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits until a call may be made.
+    pub async fn acquire(&self) -> Permit {
+        let mut changes = self.changed.subscribe();
+        loop {
+            let wait_until = {
+                let mut inner = self.lock();
+                match &*inner {
+                    Inner::Closed => return Permit::Normal,
+                    Inner::Open {
+                        until,
+                        failures,
+                        since,
+                    } => {
+                        if Instant::now() >= *until {
+                            *inner = Inner::HalfOpen {
+                                failures: *failures,
+                                since: *since,
+                            };
+                            self.changed.send_modify(|v| *v += 1);
+                            return Permit::Probe;
+                        }
+                        Some(*until)
+                    }
+                    Inner::HalfOpen { .. } => None,
+                }
+            };
+            match wait_until {
+                Some(until) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(until) => {}
+                        _ = changes.changed() => {}
+                    }
+                }
+                None => {
+                    let _ = changes.changed().await;
+                }
+            }
+        }
+    }
+
+    /// The call got an answer that was not systemic: close the circuit.
+    pub fn on_success(&self) {
+        self.successes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut inner = self.lock();
+        if !matches!(*inner, Inner::Closed) {
+            *inner = Inner::Closed;
+            drop(inner);
+            self.changed.send_modify(|v| *v += 1);
+        }
+    }
+
+    /// The call failed systemically: open (or re-open) the circuit. Returns the open period.
+    pub fn on_systemic_failure(&self, permit: Permit) -> Duration {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let (failures, since) = match &*inner {
+            Inner::Closed => (0, now),
+            // Another in-flight call already opened it: do not extend.
+            Inner::Open { until, .. } if permit == Permit::Normal => {
+                return until.saturating_duration_since(now)
+            }
+            Inner::Open {
+                failures, since, ..
+            }
+            | Inner::HalfOpen { failures, since } => (failures + 1, *since),
+        };
+        let period = self.open_period(failures);
+        *inner = Inner::Open {
+            until: now + period,
+            failures,
+            since,
+        };
+        drop(inner);
+        self.changed.send_modify(|v| *v += 1);
+        period
+    }
+
+    fn open_period(&self, failures: u32) -> Duration {
+        let factor = self
+            .settings
+            .multiplier
+            .max(1.0)
+            .powi(failures.min(30) as i32);
+        Duration::from_secs_f64(
+            (self.settings.open_for.as_secs_f64() * factor)
+                .min(self.settings.max_open_for.as_secs_f64()),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn settings() -> BreakerSettings {
+        BreakerSettings {
+            open_for: Duration::from_secs(5),
+            multiplier: 2.0,
+            max_open_for: Duration::from_secs(12),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn opens_waits_probes_once_and_closes() {
+        let b = Arc::new(CircuitBreaker::new(settings()));
+        assert_eq!(b.acquire().await, Permit::Normal);
+        assert_eq!(
+            b.on_systemic_failure(Permit::Normal),
+            Duration::from_secs(5)
+        );
+        assert_eq!(b.state(), BreakerState::Open);
+
+        let started = Instant::now();
+        let first = tokio::spawn({
+            let b = b.clone();
+            async move { b.acquire().await }
+        });
+        let second = tokio::spawn({
+            let b = b.clone();
+            async move { b.acquire().await }
+        });
+        let permit = first.await.unwrap();
+        assert_eq!(permit, Permit::Probe);
+        assert!(
+            started.elapsed() >= Duration::from_secs(5),
+            "nobody passes while open"
+        );
+        tokio::task::yield_now().await;
+        assert!(!second.is_finished(), "only one probe while half-open");
+        b.on_success();
+        assert_eq!(second.await.unwrap(), Permit::Normal);
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert_eq!(b.successes(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_probes_grow_the_open_period_up_to_the_cap() {
+        let b = CircuitBreaker::new(settings());
+        assert_eq!(
+            b.on_systemic_failure(Permit::Normal),
+            Duration::from_secs(5)
+        );
+        assert_eq!(b.acquire().await, Permit::Probe);
+        assert_eq!(
+            b.on_systemic_failure(Permit::Probe),
+            Duration::from_secs(10)
+        );
+        assert_eq!(b.acquire().await, Permit::Probe);
+        assert_eq!(
+            b.on_systemic_failure(Permit::Probe),
+            Duration::from_secs(12)
+        );
+        assert!(b.not_closed_for().unwrap() >= Duration::from_secs(15));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_second_concurrent_failure_does_not_extend_the_open_period() {
+        let b = CircuitBreaker::new(settings());
+        b.on_systemic_failure(Permit::Normal);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        b.on_systemic_failure(Permit::Normal);
+        let t = Instant::now();
+        assert_eq!(b.acquire().await, Permit::Probe);
+        assert_eq!(t.elapsed(), Duration::from_secs(3));
+    }
+}
