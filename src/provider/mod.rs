@@ -53,6 +53,8 @@ impl fmt::Display for Provider {
 }
 
 /// A provider's answer for one event, as fetched by the clients (and re-fetched while pending).
+// Moved once per event, never stored in bulk: the size difference is harmless.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Fetched {
     /// A ClearSale analysis. `still_pending` is true when the module the webhook named still read
