@@ -2,7 +2,11 @@
 //! and, where useful, the log line. Call sites stay one line and metric names live in one place.
 //! No ids in labels: labels are providers, outcomes, classes and status classes only.
 
+use crate::engine::input::InputRecord;
+use crate::engine::stats::EngineStats;
+use crate::failure::ErrorClass;
 use crate::provider::Provider;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// Metric names (documented in the README "Metrics" table).
@@ -11,6 +15,16 @@ pub mod names {
     pub const PROVIDER_REQUEST_SECONDS: &str = "webhook_enricher_provider_request_duration_seconds";
     pub const TOKEN_REFRESHES: &str = "webhook_enricher_token_refreshes_total";
     pub const PROVIDER_RETRIES: &str = "webhook_enricher_provider_retries_total";
+    pub const RECORDS_CONSUMED: &str = "webhook_enricher_records_consumed_total";
+    pub const RECORDS_PUBLISHED: &str = "webhook_enricher_records_published_total";
+    pub const RECORDS_DEDUPLICATED: &str = "webhook_enricher_records_deduplicated_total";
+    pub const RECORDS_SKIPPED: &str = "webhook_enricher_records_skipped_total";
+    pub const RECORDS_DEAD_LETTERED: &str = "webhook_enricher_records_dead_lettered_total";
+    pub const PRODUCE_RETRIES: &str = "webhook_enricher_produce_retries_total";
+    pub const CIRCUIT_OPENED: &str = "webhook_enricher_circuit_opened_total";
+    pub const CIRCUIT_STATE: &str = "webhook_enricher_circuit_state";
+    pub const RECORDS_IN_FLIGHT: &str = "webhook_enricher_records_in_flight";
+    pub const END_TO_END_SECONDS: &str = "webhook_enricher_end_to_end_latency_seconds";
 }
 
 /// The status class label of an HTTP status: `2xx`, `4xx`, `5xx`, or `none` without a response.
@@ -70,6 +84,95 @@ pub fn provider_retry(provider: Provider, reason: &'static str, delay: Duration)
         delay_ms = delay.as_millis() as u64,
         "retrying provider call"
     );
+}
+
+/// A record was received from an input topic.
+pub fn record_consumed(stats: &EngineStats) {
+    stats.consumed.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!(names::RECORDS_CONSUMED).increment(1);
+}
+
+/// An enriched record was acknowledged by its output topic.
+pub fn record_published(
+    stats: &EngineStats,
+    provider: Provider,
+    source: &InputRecord,
+    subject_id: &uuid::Uuid,
+    state: &str,
+) {
+    stats.published.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!(names::RECORDS_PUBLISHED, "provider" => provider.as_str()).increment(1);
+    if let Some(ts) = source.timestamp_ms {
+        let now = chrono::Utc::now().timestamp_millis();
+        metrics::histogram!(names::END_TO_END_SECONDS, "provider" => provider.as_str())
+            .record((now - ts).max(0) as f64 / 1000.0);
+    }
+    tracing::debug!(provider = provider.as_str(), subject_id = %subject_id, topic = %source.topic,
+        partition = source.partition, offset = source.offset, state, "record published");
+}
+
+/// A repeat of an already published event was dropped.
+pub fn record_deduplicated(
+    stats: &EngineStats,
+    provider: Provider,
+    source: &InputRecord,
+    event_id: &uuid::Uuid,
+) {
+    stats.deduplicated.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!(names::RECORDS_DEDUPLICATED, "provider" => provider.as_str()).increment(1);
+    tracing::debug!(provider = provider.as_str(), event_id = %event_id, topic = %source.topic,
+        partition = source.partition, offset = source.offset, "duplicate dropped");
+}
+
+/// A valid event we do not enrich (a Unico status outside the configured set).
+pub fn record_skipped(stats: &EngineStats, provider: Provider, source: &InputRecord, reason: &str) {
+    stats.skipped.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!(names::RECORDS_SKIPPED, "provider" => provider.as_str()).increment(1);
+    tracing::debug!(provider = provider.as_str(), topic = %source.topic, partition = source.partition,
+        offset = source.offset, reason, "record skipped");
+}
+
+/// A record was acknowledged by the dead-letter topic.
+pub fn record_dead_lettered(
+    stats: &EngineStats,
+    class: ErrorClass,
+    source: &InputRecord,
+    message: &str,
+) {
+    stats.add_dead_lettered(class);
+    metrics::counter!(names::RECORDS_DEAD_LETTERED, "class" => class.as_str()).increment(1);
+    tracing::warn!(class = class.as_str(), topic = %source.topic, partition = source.partition,
+        offset = source.offset, reason = message, "record dead-lettered");
+}
+
+/// A Kafka write failed and will be retried.
+pub fn produce_retry(topic: &str, error: &rdkafka::error::KafkaError, attempt: u32) {
+    metrics::counter!(names::PRODUCE_RETRIES).increment(1);
+    if attempt % 10 == 0 {
+        tracing::warn!(topic, error = %error, attempt, "kafka write failed, retrying");
+    }
+}
+
+/// A provider's circuit opened: its work pauses for `period`.
+pub fn circuit_opened(stats: &EngineStats, provider: Provider, period: Duration, reason: &str) {
+    stats.systemic_pauses.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!(names::CIRCUIT_OPENED, "provider" => provider.as_str()).increment(1);
+    tracing::error!(
+        provider = provider.as_str(),
+        pause_ms = period.as_millis() as u64,
+        reason,
+        "provider failing systemically: pausing its work (nothing is dead-lettered)"
+    );
+}
+
+/// The state of a provider's circuit (0 closed, 1 open, 2 half-open).
+pub fn circuit_state(provider: Provider, state: f64) {
+    metrics::gauge!(names::CIRCUIT_STATE, "provider" => provider.as_str()).set(state);
+}
+
+/// Records received and not yet finished.
+pub fn records_in_flight(count: usize) {
+    metrics::gauge!(names::RECORDS_IN_FLIGHT).set(count as f64);
 }
 
 #[cfg(test)]
