@@ -2,13 +2,12 @@
 //! `GET /_simulator/stats`.
 
 use crate::provider::Provider;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;
 
 /// The provider operation a request was for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Operation {
     /// ClearSale `POST /connect/v1/authenticate`.
     Authenticate,
@@ -69,7 +68,7 @@ pub struct CallRecord {
 }
 
 /// Counters of one provider.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProviderStats {
     /// Requests to the auth endpoint, whatever their answer.
     pub auth_calls: u64,
@@ -79,8 +78,9 @@ pub struct ProviderStats {
     pub result_statuses: BTreeMap<u16, u64>,
 }
 
-/// Counters since start, never reset and not bounded by the call log.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+/// Counters since start, never reset and not bounded by the call log. Served as JSON at
+/// `GET /_simulator/stats` (deserialize it back into this type).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SimulatorStats {
     /// Requests recorded (both providers).
     pub total_calls: u64,

@@ -46,8 +46,9 @@ pub(crate) async fn authenticate(
                 {
                     let ttl = expected.token_ttl;
                     let token = state.issue_token(Provider::ClearSale, ttl);
+                    // The TTL is validated to at most a year, so this cannot overflow.
                     let expires = chrono::Utc::now()
-                        + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
+                        + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::zero());
                     Json(json!({ "token": token, "expirationDate": dotnet_datetime(&expires) }))
                         .into_response()
                 } else {

@@ -13,6 +13,11 @@ use uuid::Uuid;
 
 use super::SimulatorError;
 
+/// The longest token lifetime accepted (keeps expiry arithmetic far from overflow).
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(365 * 86_400);
+/// The longest configurable delay of each latency field.
+pub const MAX_LATENCY: Duration = Duration::from_secs(3600);
+
 /// The whole simulator configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -194,6 +199,9 @@ impl SimulatorConfig {
                 problems.push(format!("{name} must be between 0 and 1, got {rate}"));
             }
         }
+        if self.max_tracked_ids == 0 {
+            problems.push("max_tracked_ids must be at least 1".into());
+        }
         if self.clearsale.user.is_empty() {
             problems.push("clearsale.user must not be empty".into());
         }
@@ -207,8 +215,23 @@ impl SimulatorConfig {
             ("clearsale.token_ttl", self.clearsale.token_ttl),
             ("unico.token_ttl", self.unico.token_ttl),
         ] {
-            if ttl.is_zero() {
-                problems.push(format!("{name} must be positive"));
+            if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
+                problems.push(format!(
+                    "{name} must be positive and at most {}",
+                    humantime_serde::re::humantime::format_duration(MAX_TOKEN_TTL)
+                ));
+            }
+        }
+        for (name, delay) in [
+            ("latency.base", self.latency.base),
+            ("latency.jitter", self.latency.jitter),
+            ("latency.slow_latency", self.latency.slow_latency),
+        ] {
+            if delay > MAX_LATENCY {
+                problems.push(format!(
+                    "{name} must be at most {}",
+                    humantime_serde::re::humantime::format_duration(MAX_LATENCY)
+                ));
             }
         }
         if problems.is_empty() {
@@ -278,10 +301,16 @@ mod tests {
         config.faults.error_rate = 1.5;
         config.latency.slow_rate = -0.1;
         config.unico.api_key = Secret::default();
+        config.clearsale.token_ttl = Duration::from_secs(400 * 86_400);
+        config.latency.jitter = Duration::from_secs(7200);
+        config.max_tracked_ids = 0;
         let message = config.validate().unwrap_err().to_string();
         assert!(message.contains("faults.error_rate"), "{message}");
         assert!(message.contains("latency.slow_rate"), "{message}");
         assert!(message.contains("unico.api_key"), "{message}");
+        assert!(message.contains("clearsale.token_ttl"), "{message}");
+        assert!(message.contains("latency.jitter"), "{message}");
+        assert!(message.contains("max_tracked_ids"), "{message}");
     }
 
     #[test]

@@ -188,7 +188,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), SimulatorError> {
     let (addr, _, router) = prepare(config, &listener)?;
-    tracing::info!(%addr, "provider simulator listening");
+    crate::telemetry::simulator_listening(addr);
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await

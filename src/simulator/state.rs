@@ -5,8 +5,9 @@ use super::calls::{CallLog, CallRecord, Operation, SimulatorStats, CLIENT_CLOSED
 use super::config::SimulatorConfig;
 use super::results::Dice;
 use crate::provider::Provider;
+use crate::telemetry;
 use axum::response::Response;
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use jsonwebtoken::DecodingKey;
 use std::collections::{HashMap, VecDeque};
@@ -152,7 +153,7 @@ impl State {
         limiter
             .check()
             .err()
-            .map(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+            .map(|not_until| not_until.wait_time_from(limiter.clock().now()))
     }
 
     /// Counts one fetch of `id` and returns its number (1 for the first), or `None` when no
@@ -205,12 +206,11 @@ impl CallGuard {
 impl Drop for CallGuard {
     fn drop(&mut self) {
         let status = self.status.unwrap_or(CLIENT_CLOSED);
-        tracing::debug!(
-            provider = self.operation.provider().as_str(),
-            operation = self.operation.as_str(),
-            id = self.subject.as_deref().unwrap_or(""),
+        telemetry::simulator_answered(
+            self.operation.provider(),
+            self.operation.as_str(),
+            self.subject.as_deref(),
             status,
-            "simulator answered"
         );
         lock(&self.state.log).record(
             self.operation,
@@ -245,10 +245,7 @@ impl FetchCounts {
             *count = count.saturating_add(1);
             return *count;
         }
-        if self.capacity == 0 {
-            return 1;
-        }
-        if self.order.len() >= self.capacity {
+        if self.order.len() >= self.capacity.max(1) {
             if let Some(oldest) = self.order.pop_front() {
                 self.counts.remove(&oldest);
             }

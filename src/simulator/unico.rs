@@ -60,7 +60,9 @@ impl GrantError {
             description: description.into(),
         }
     }
+}
 
+impl IntoResponse for GrantError {
     fn into_response(self) -> Response {
         (
             self.status,
