@@ -16,4 +16,5 @@ pub mod failure;
 pub mod provider;
 pub mod retry;
 pub mod secret;
+pub mod simulator;
 pub mod telemetry;

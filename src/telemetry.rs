@@ -175,6 +175,28 @@ pub fn records_in_flight(count: usize) {
     metrics::gauge!(names::RECORDS_IN_FLIGHT).set(count as f64);
 }
 
+/// The provider simulator answered one request (`operation` is a fixed name, `id` the
+/// analysis/process id from the path, if any). Debug only: the simulator is a test tool.
+pub fn simulator_answered(
+    provider: Provider,
+    operation: &'static str,
+    id: Option<&str>,
+    status: u16,
+) {
+    tracing::debug!(
+        provider = provider.as_str(),
+        operation,
+        id = id.unwrap_or(""),
+        status,
+        "simulator answered"
+    );
+}
+
+/// The provider simulator is listening on `addr`.
+pub fn simulator_listening(addr: std::net::SocketAddr) {
+    tracing::info!(%addr, "provider simulator listening");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
