@@ -39,6 +39,7 @@ pub struct Config {
     pub clearsale: ClearSaleSettings,
     pub unico: UnicoSettings,
     pub enrich: EnrichSettings,
+    pub engine: crate::engine::EngineSettings,
 }
 
 /// The `[kafka]` section: connection and security, shared by the consumer and the producer.
@@ -401,6 +402,18 @@ impl Config {
         }
         check_backoff(&mut p, "enrich.retry", &self.enrich.retry);
         check_backoff(&mut p, "enrich.pending", &self.enrich.pending);
+        let e = &self.engine;
+        if e.max_in_flight == 0 {
+            p.push("engine.max_in_flight must be at least 1".into());
+        }
+        if e.revoke_drain_timeout >= Duration::from_secs(45) && !self.kafka.consumer.0.contains_key("session.timeout.ms") {
+            p.push("engine.revoke_drain_timeout must stay below the group session timeout (45s by default)".into());
+        }
+        if let Some(ms) = self.kafka.consumer.0.get("session.timeout.ms").and_then(|v| v.parse::<u64>().ok()) {
+            if e.revoke_drain_timeout >= Duration::from_millis(ms) {
+                p.push(format!("engine.revoke_drain_timeout must stay below session.timeout.ms ({ms} ms)"));
+            }
+        }
         if self.enrich.not_found.attempts == 0 {
             p.push("enrich.not_found.attempts must be at least 1".into());
         }

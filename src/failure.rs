@@ -23,13 +23,17 @@ pub enum ErrorClass {
     NotFound,
     /// The provider answered 2xx with a body that cannot be parsed.
     InvalidResponse,
-    /// The normalized record could not be encoded with the output schema.
+    /// The normalized record could not be encoded with the output schema, or the output topic
+    /// refused it (too large).
     EncodingFailed,
+    /// The provider kept failing for this record until the retry budget was spent, while it
+    /// answered other records in the meantime: a poison record, not an outage.
+    RetriesExhausted,
 }
 
 impl ErrorClass {
     /// Every class, for documentation and tests.
-    pub const ALL: [ErrorClass; 7] = [
+    pub const ALL: [ErrorClass; 8] = [
         ErrorClass::MalformedPayload,
         ErrorClass::InvalidId,
         ErrorClass::UnsupportedEvent,
@@ -37,6 +41,7 @@ impl ErrorClass {
         ErrorClass::NotFound,
         ErrorClass::InvalidResponse,
         ErrorClass::EncodingFailed,
+        ErrorClass::RetriesExhausted,
     ];
 
     /// The stable name used in headers, metrics and logs.
@@ -49,6 +54,7 @@ impl ErrorClass {
             ErrorClass::NotFound => "not_found",
             ErrorClass::InvalidResponse => "invalid_response",
             ErrorClass::EncodingFailed => "encoding_failed",
+            ErrorClass::RetriesExhausted => "retries_exhausted",
         }
     }
 }

@@ -7,14 +7,17 @@
 
 #![forbid(unsafe_code)]
 
+pub mod app;
 pub mod config;
 pub mod datetime;
 pub mod engine;
 pub mod enrich;
 pub mod event;
 pub mod failure;
+pub mod logging;
 pub mod provider;
 pub mod retry;
 pub mod secret;
+pub mod shutdown;
 pub mod simulator;
 pub mod telemetry;

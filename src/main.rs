@@ -1,1 +1,84 @@
-fn main() {}
+//! The `webhook-enricher` binary: parse the command line, set up logging and the shutdown
+//! signal, and call the library.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use webhook_enricher::config::{Config, ConfigSources};
+use webhook_enricher::logging::{self, LogFormat};
+
+/// Turns provider webhook notifications on Kafka into complete, decision-ready Avro records.
+#[derive(Parser)]
+#[command(name = "webhook-enricher", version, about)]
+struct Cli {
+    /// Configuration file (TOML, or YAML by extension).
+    #[arg(long, short = 'c', global = true, env = "WEBHOOK_ENRICHER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Override one setting, e.g. `--set kafka.bootstrap_servers=broker:9092` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE", global = true)]
+    overrides: Vec<String>,
+    /// Log format on stderr.
+    #[arg(long, value_enum, global = true, env = "WEBHOOK_ENRICHER_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
+    /// Log level or filter (`info`, `debug`, `webhook_enricher=debug,librdkafka=warn`).
+    #[arg(long, global = true, env = "WEBHOOK_ENRICHER_LOG_LEVEL")]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the enrichment pipeline (the main job) until SIGTERM/SIGINT.
+    Run,
+    /// Print the effective configuration (secrets redacted) and exit; non-zero if invalid.
+    CheckConfig,
+    /// Serve the provider simulator (both providers' auth and result endpoints).
+    Simulate {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Simulator configuration file (TOML); the defaults otherwise.
+        #[arg(long)]
+        simulator_config: Option<PathBuf>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(async_main(cli))
+}
+
+async fn async_main(cli: Cli) -> anyhow::Result<()> {
+    let load = || Config::load(&ConfigSources::from_process(cli.config.clone(), cli.overrides.clone()));
+    match cli.command {
+        Command::Run => {
+            logging::init(cli.log_format.unwrap_or(LogFormat::Json), cli.log_level.as_deref()).map_err(anyhow::Error::msg)?;
+            let config = load()?;
+            let summary = webhook_enricher::app::run(&config, webhook_enricher::shutdown::signal()).await?;
+            tracing::info!(summary = ?summary, "webhook-enricher stopped");
+            Ok(())
+        }
+        Command::CheckConfig => {
+            logging::init(cli.log_format.unwrap_or(LogFormat::Text), cli.log_level.as_deref().or(Some("warn")))
+                .map_err(anyhow::Error::msg)?;
+            let config = load()?;
+            print!("{}", config.to_redacted_toml()?);
+            Ok(())
+        }
+        Command::Simulate { listen, simulator_config } => {
+            logging::init(cli.log_format.unwrap_or(LogFormat::Auto), cli.log_level.as_deref()).map_err(anyhow::Error::msg)?;
+            let sim_config = match simulator_config {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+                    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+                }
+                None => webhook_enricher::simulator::SimulatorConfig::default(),
+            };
+            let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("binding {listen}"))?;
+            webhook_enricher::simulator::serve(sim_config, listener, webhook_enricher::shutdown::signal()).await?;
+            Ok(())
+        }
+    }
+}

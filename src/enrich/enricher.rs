@@ -18,7 +18,9 @@ pub enum EnrichOutcome {
     /// A permanent failure: dead-letter the record.
     Failed(EnrichFailure),
     /// The provider or our access to it is broken: pause, retry later, do not dead-letter.
-    Systemic { provider: Provider, reason: String, attempts: u32 },
+    /// `retries_exhausted` is true when transient failures outlasted the retry budget (the
+    /// provider failing consistently), false for authentication/configuration failures.
+    Systemic { provider: Provider, reason: String, attempts: u32, retries_exhausted: bool },
 }
 
 /// A permanent failure, with what the dead-letter headers need.
@@ -116,6 +118,7 @@ impl Enricher {
                         provider: event.provider,
                         reason: error.to_string(),
                         attempts,
+                        retries_exhausted: false,
                     }
                 }
                 FailureClass::Transient { retry_after } => {
@@ -132,6 +135,7 @@ impl Enricher {
                                 start.elapsed()
                             ),
                             attempts,
+                            retries_exhausted: true,
                         };
                     };
                     retries += u32::from(!is_404);

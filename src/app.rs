@@ -1,0 +1,60 @@
+//! Wiring: from a validated [`Config`] to running commands. The binary's `main` only parses the
+//! command line, sets up logging and the shutdown signal, and calls in here, so tests drive the
+//! same code in-process.
+
+use crate::avro::{EncoderInitError, RecordEncoder};
+use crate::config::Config;
+use crate::engine::stats::{EngineStats, StatsSnapshot};
+use crate::engine::{EngineError, EngineParts};
+use crate::enrich::Enricher;
+use crate::provider::clearsale::ClearSaleClient;
+use crate::provider::unico::UnicoClient;
+use crate::provider::ProviderError;
+use std::future::Future;
+use std::sync::Arc;
+
+/// Why a command could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("provider client: {0}")]
+    Provider(#[from] ProviderError),
+    #[error("output encoding: {0}")]
+    Encoder(#[from] EncoderInitError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("output schema: {0}")]
+    Schema(#[from] crate::avro::SchemaError),
+}
+
+/// Builds the enricher (one client per enabled provider).
+pub fn build_enricher(config: &Config) -> Result<Enricher, ProviderError> {
+    let clearsale = if config.clearsale.enabled {
+        Some(Arc::new(ClearSaleClient::new(&config.clearsale)?))
+    } else {
+        None
+    };
+    let unico = if config.unico.enabled { Some(Arc::new(UnicoClient::new(&config.unico)?)) } else { None };
+    Ok(Enricher::new(clearsale, unico, config.enrich.clone()))
+}
+
+/// Builds everything the engine needs: validates the embedded schema, builds the clients and
+/// resolves the output schema ids (Confluent format).
+pub async fn build_parts(config: &Config, stats: Arc<EngineStats>) -> Result<EngineParts, AppError> {
+    crate::avro::schema()?;
+    let enricher = build_enricher(config)?;
+    let encoder = RecordEncoder::from_settings(&config.output.encoding, &config.output.all_record_topics()).await?;
+    Ok(EngineParts { enricher, encoder: Arc::new(encoder), stats })
+}
+
+/// `webhook-enricher run`: the main job, until `shutdown` resolves.
+pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> Result<StatsSnapshot, AppError> {
+    let stats = Arc::new(EngineStats::default());
+    let parts = build_parts(config, stats).await?;
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        topics = ?config.input.topics,
+        group = %config.kafka.group_id,
+        "webhook-enricher starting"
+    );
+    Ok(crate::engine::run(config, parts, shutdown).await?)
+}
