@@ -93,11 +93,6 @@ impl HttpClient {
         })
     }
 
-    /// The provider this client talks to.
-    pub fn provider(&self) -> Provider {
-        self.provider
-    }
-
     /// Starts a GET request.
     pub fn get(&self, url: &str) -> RequestBuilder {
         self.client.get(url)
@@ -121,24 +116,24 @@ impl HttpClient {
     ) -> Result<Reply, ProviderError> {
         let _permit = self.gate.acquire().await;
         let started = Instant::now();
-        let result = match request.send().await {
-            Ok(response) => {
-                let status = response.status();
-                let retry_after = response
-                    .headers()
-                    .get(RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| crate::retry::parse_retry_after(v, chrono::Utc::now()));
-                response.bytes().await.map(|body| Reply {
-                    provider: self.provider,
-                    operation,
-                    status,
-                    retry_after,
-                    body: body.to_vec(),
-                })
-            }
-            Err(e) => Err(e),
-        };
+        let result = async {
+            let response = request.send().await?;
+            let status = response.status();
+            let retry_after = response
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| crate::retry::parse_retry_after(v, chrono::Utc::now()));
+            let body = response.bytes().await?.to_vec();
+            Ok::<_, reqwest::Error>(Reply {
+                provider: self.provider,
+                operation,
+                status,
+                retry_after,
+                body,
+            })
+        }
+        .await;
         let latency = started.elapsed();
         let (outcome, status) = match &result {
             Ok(reply) if reply.status.is_success() => ("ok", Some(reply.status.as_u16())),
@@ -242,7 +237,12 @@ impl Reply {
                 message: "the body is not a JSON object".into(),
             });
         }
-        let typed = T::deserialize(&raw).map_err(|e| self.invalid(&e))?;
+        // serde's message can quote a value from the body: keep only that the shape is wrong.
+        let typed = T::deserialize(&raw).map_err(|_| ProviderError::InvalidResponse {
+            provider: self.provider,
+            operation: self.operation,
+            message: "the body does not have the expected shape".into(),
+        })?;
         Ok((typed, raw))
     }
 
