@@ -1,0 +1,2 @@
+mod clearsale_client;
+mod unico_client;
