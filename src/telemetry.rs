@@ -59,6 +59,29 @@ pub fn provider_request(
         .record(latency.as_secs_f64());
 }
 
+/// One HTTP request to a provider finished: logs it at debug (provider, operation, the id the
+/// request is about, status, latency; never headers or bodies) and records
+/// [`provider_request`].
+pub fn provider_request_finished(
+    provider: Provider,
+    operation: &'static str,
+    subject: Option<uuid::Uuid>,
+    outcome: &'static str,
+    status: Option<u16>,
+    latency: Duration,
+) {
+    tracing::debug!(
+        provider = provider.as_str(),
+        operation,
+        subject = subject.map(tracing::field::display),
+        outcome,
+        status,
+        latency_ms = latency.as_millis() as u64,
+        "provider request finished"
+    );
+    provider_request(provider, operation, outcome, status, latency);
+}
+
 /// A token was requested from a provider's auth endpoint (`ok` = a token came back).
 pub fn token_refreshed(provider: Provider, ok: bool) {
     let outcome = if ok { "ok" } else { "error" };

@@ -7,4 +7,5 @@
 
 mod settings;
 pub use settings::{EnrichSettings, NotFoundSettings};
-// mod enricher; (enabled when the provider clients land)
+mod enricher;
+pub use enricher::{EnrichFailure, EnrichOutcome, Enricher};

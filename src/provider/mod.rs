@@ -2,6 +2,8 @@
 //! classified as permanent, transient or systemic.
 
 pub mod clearsale;
+pub mod gate;
+pub mod http;
 pub mod lenient;
 pub mod settings;
 pub mod unico;

@@ -1,1 +1,3 @@
 mod simulator;
+mod clearsale_client;
+mod unico_client;

@@ -1,1 +1,6 @@
+//! ClearSale Connect: the API client and its response models.
+
+pub mod client;
 pub mod model;
+
+pub use client::ClearSaleClient;

@@ -1,0 +1,156 @@
+//! The ClearSale Connect client: `POST /connect/v1/authenticate` for a bearer token (cached,
+//! refreshed ahead of `expirationDate`, single flight) and
+//! `GET /connect/v1/integration/analysis/{analysisId}`.
+//!
+//! One call is one attempt: retries with backoff live in the caller. The only repeat made here is
+//! the one retry after a 401 with a refreshed token.
+
+use super::model::{Analysis, AuthenticateRequest, AuthenticateResponse};
+use crate::datetime::parse_provider_datetime;
+use crate::provider::http::{BaseUrl, BearerToken, HttpClient, Reply, TokenCache};
+use crate::provider::settings::ClearSaleSettings;
+use crate::provider::{Provider, ProviderError};
+use crate::secret::Secret;
+use reqwest::header::AUTHORIZATION;
+use std::sync::Arc;
+use std::time::Duration;
+
+const PROVIDER: Provider = Provider::ClearSale;
+/// Operation name of the token request (metrics, logs, errors).
+const AUTHENTICATE: &str = "authenticate";
+/// Operation name of the analysis read (metrics, logs, errors).
+const GET_ANALYSIS: &str = "get_analysis";
+
+/// A ClearSale Connect API client. Share it behind an `Arc`; it holds one connection pool, one
+/// request gate and one token for all callers. `Debug` never shows the password or the token.
+#[derive(Debug)]
+pub struct ClearSaleClient {
+    http: HttpClient,
+    base_url: BaseUrl,
+    user: String,
+    password: Secret,
+    token_refresh_margin: Duration,
+    token: TokenCache,
+}
+
+impl ClearSaleClient {
+    /// Builds the client. An invalid `base_url` or HTTP setting is [`ProviderError::Config`].
+    /// No request is made until the first call.
+    pub fn new(settings: &ClearSaleSettings) -> Result<Self, ProviderError> {
+        Ok(Self {
+            http: HttpClient::new(PROVIDER, &settings.http, &settings.limits)?,
+            base_url: BaseUrl::parse(PROVIDER, "clearsale.base_url", &settings.base_url)?,
+            user: settings.user.clone(),
+            password: settings.password.clone(),
+            token_refresh_margin: settings.token_refresh_margin,
+            token: TokenCache::default(),
+        })
+    }
+
+    /// One `GET /connect/v1/integration/analysis/{analysisId}`, plus at most one token refresh
+    /// and one retry when the API answers 401. Returns the typed view and the whole JSON body.
+    ///
+    /// A second 401 is [`ProviderError::Auth`]; any other non-2xx answer is
+    /// [`ProviderError::Status`]; a 2xx body that is not a JSON object of the expected shape is
+    /// [`ProviderError::InvalidResponse`].
+    pub async fn get_analysis(
+        &self,
+        analysis_id: uuid::Uuid,
+    ) -> Result<(Analysis, serde_json::Value), ProviderError> {
+        let token = self.token(None).await?;
+        let mut reply = self.request_analysis(analysis_id, &token).await?;
+        if reply.status() == 401 {
+            let token = self.token(Some(&token)).await?;
+            reply = self.request_analysis(analysis_id, &token).await?;
+            if reply.status() == 401 {
+                return Err(ProviderError::Auth {
+                    provider: PROVIDER,
+                    status: Some(401),
+                    message: format!(
+                        "{GET_ANALYSIS} still answers 401 with a fresh token: {}",
+                        reply.detail()
+                    ),
+                });
+            }
+        }
+        if !reply.is_success() {
+            return Err(reply.into_error());
+        }
+        reply.json_object()
+    }
+
+    async fn request_analysis(
+        &self,
+        analysis_id: uuid::Uuid,
+        token: &BearerToken,
+    ) -> Result<Reply, ProviderError> {
+        let url = self.base_url.join(&format!(
+            "/connect/v1/integration/analysis/{}",
+            analysis_id.as_hyphenated()
+        ));
+        let request = self
+            .http
+            .get(&url)
+            .header(AUTHORIZATION, token.header().clone());
+        self.http
+            .execute(GET_ANALYSIS, Some(analysis_id), request)
+            .await
+    }
+
+    /// The current token, or a new one (single flight); `rejected` is a token the API refused.
+    async fn token(
+        &self,
+        rejected: Option<&Arc<BearerToken>>,
+    ) -> Result<Arc<BearerToken>, ProviderError> {
+        self.token
+            .get(rejected, || async {
+                let result = self.authenticate().await;
+                crate::telemetry::token_refreshed(PROVIDER, result.is_ok());
+                result
+            })
+            .await
+    }
+
+    /// One `POST /connect/v1/authenticate`. 400/401/403 mean the credentials are wrong
+    /// ([`ProviderError::Auth`]); other failures are the usual transient errors.
+    async fn authenticate(&self) -> Result<BearerToken, ProviderError> {
+        let body = AuthenticateRequest {
+            user: &self.user,
+            password: self.password.expose(),
+        };
+        let request = self
+            .http
+            .post(&self.base_url.join("/connect/v1/authenticate"))
+            .json(&body);
+        let reply = self.http.execute(AUTHENTICATE, None, request).await?;
+        match reply.status() {
+            400 | 401 | 403 => {
+                return Err(ProviderError::Auth {
+                    provider: PROVIDER,
+                    status: Some(reply.status()),
+                    message: format!("{AUTHENTICATE} refused the credentials: {}", reply.detail()),
+                })
+            }
+            _ if !reply.is_success() => return Err(reply.into_error()),
+            _ => {}
+        }
+        let answer: AuthenticateResponse = reply.json()?;
+        let expires_at = parse_provider_datetime(&answer.expiration_date).map_err(|e| {
+            ProviderError::InvalidResponse {
+                provider: PROVIDER,
+                operation: AUTHENTICATE,
+                message: format!("expirationDate: {e}"),
+            }
+        })?;
+        let lifetime = (expires_at - chrono::Utc::now())
+            .to_std()
+            .unwrap_or(Duration::ZERO);
+        BearerToken::new(
+            PROVIDER,
+            AUTHENTICATE,
+            &answer.token,
+            lifetime,
+            self.token_refresh_margin,
+        )
+    }
+}

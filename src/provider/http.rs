@@ -1,0 +1,569 @@
+//! HTTP plumbing shared by the two provider clients: one pooled `reqwest` client per provider
+//! behind its [`Gate`], base URLs, the mapping of transport failures and error answers to
+//! [`ProviderError`], and the single-flight bearer-token cache.
+//!
+//! Nothing here formats a request header, a token or a response body into an error or a log: an
+//! error answer contributes only the provider's short error title/description, truncated.
+
+use crate::provider::clearsale::model::Problem;
+use crate::provider::gate::Gate;
+use crate::provider::lenient;
+use crate::provider::settings::{HttpSettings, RequestLimits};
+use crate::provider::unico::model::ErrorBody;
+use crate::provider::{Provider, ProviderError};
+use reqwest::header::{HeaderValue, RETRY_AFTER};
+use reqwest::{RequestBuilder, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The longest provider error detail kept in a [`ProviderError::Status`] (in characters).
+pub const MAX_DETAIL_CHARS: usize = 200;
+
+/// An absolute `http`/`https` base URL, kept without a trailing slash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseUrl(String);
+
+impl BaseUrl {
+    /// Validates `url` (a trailing slash is tolerated). An invalid URL is a
+    /// [`ProviderError::Config`] naming `setting`.
+    pub fn parse(provider: Provider, setting: &str, url: &str) -> Result<Self, ProviderError> {
+        let config = |problem: String| ProviderError::Config {
+            provider,
+            message: format!("{setting}: {problem}"),
+        };
+        let trimmed = url.trim().trim_end_matches('/');
+        let parsed =
+            reqwest::Url::parse(trimmed).map_err(|e| config(format!("invalid URL: {e}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(config("the URL scheme must be http or https".into()));
+        }
+        if parsed.query().is_some() || parsed.fragment().is_some() {
+            return Err(config("the URL must not have a query or fragment".into()));
+        }
+        Ok(Self(trimmed.to_owned()))
+    }
+
+    /// `{base}{path}`; `path` starts with `/`.
+    pub fn join(&self, path: &str) -> String {
+        format!("{}{path}", self.0)
+    }
+}
+
+/// One provider's pooled HTTP client and request gate.
+#[derive(Debug)]
+pub struct HttpClient {
+    provider: Provider,
+    client: reqwest::Client,
+    gate: Gate,
+    request_timeout: Duration,
+    connect_timeout: Duration,
+}
+
+impl HttpClient {
+    /// Builds the pooled client (rustls, timeouts and pool from `http`, no redirects) and the gate
+    /// from `limits`.
+    pub fn new(
+        provider: Provider,
+        http: &HttpSettings,
+        limits: &RequestLimits,
+    ) -> Result<Self, ProviderError> {
+        let client = reqwest::Client::builder()
+            .timeout(http.request_timeout)
+            .connect_timeout(http.connect_timeout)
+            .pool_idle_timeout(http.pool_idle_timeout)
+            .pool_max_idle_per_host(http.pool_max_idle_per_host)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("webhook-enricher/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ProviderError::Config {
+                provider,
+                message: format!("cannot build the HTTP client: {}", error_chain(&e)),
+            })?;
+        Ok(Self {
+            provider,
+            client,
+            gate: Gate::new(limits),
+            request_timeout: http.request_timeout,
+            connect_timeout: http.connect_timeout,
+        })
+    }
+
+    /// Starts a GET request.
+    pub fn get(&self, url: &str) -> RequestBuilder {
+        self.client.get(url)
+    }
+
+    /// Starts a POST request.
+    pub fn post(&self, url: &str) -> RequestBuilder {
+        self.client.post(url)
+    }
+
+    /// Sends `request` through the gate and reads the whole answer, whatever its status.
+    ///
+    /// `operation` is the fixed operation name used in metrics, logs and errors; `subject` is the
+    /// id the request is about, if any (logged at debug). Transport failures become
+    /// [`ProviderError::Timeout`] or [`ProviderError::Connect`].
+    pub async fn execute(
+        &self,
+        operation: &'static str,
+        subject: Option<uuid::Uuid>,
+        request: RequestBuilder,
+    ) -> Result<Reply, ProviderError> {
+        let _permit = self.gate.acquire().await;
+        let started = Instant::now();
+        let result = async {
+            let response = request.send().await?;
+            let status = response.status();
+            let retry_after = response
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| crate::retry::parse_retry_after(v, chrono::Utc::now()));
+            let body = response.bytes().await?.to_vec();
+            Ok::<_, reqwest::Error>(Reply {
+                provider: self.provider,
+                operation,
+                status,
+                retry_after,
+                body,
+            })
+        }
+        .await;
+        let latency = started.elapsed();
+        let (outcome, status) = match &result {
+            Ok(reply) if reply.status.is_success() => ("ok", Some(reply.status.as_u16())),
+            Ok(reply) => ("error", Some(reply.status.as_u16())),
+            Err(e) if e.is_timeout() => ("timeout", None),
+            Err(_) => ("connect", None),
+        };
+        crate::telemetry::provider_request_finished(
+            self.provider,
+            operation,
+            subject,
+            outcome,
+            status,
+            latency,
+        );
+        result.map_err(|e| self.transport_error(operation, e))
+    }
+
+    fn transport_error(&self, operation: &'static str, error: reqwest::Error) -> ProviderError {
+        let provider = self.provider;
+        if error.is_timeout() {
+            let timeout = if error.is_connect() {
+                self.connect_timeout
+            } else {
+                self.request_timeout
+            };
+            return ProviderError::Timeout {
+                provider,
+                operation,
+                timeout,
+            };
+        }
+        if error.is_builder() {
+            return ProviderError::Config {
+                provider,
+                message: format!(
+                    "{operation}: cannot build the request: {}",
+                    error_chain(&error.without_url())
+                ),
+            };
+        }
+        ProviderError::Connect {
+            provider,
+            operation,
+            message: error_chain(&error.without_url()),
+        }
+    }
+}
+
+/// A complete HTTP answer (any status).
+pub struct Reply {
+    provider: Provider,
+    operation: &'static str,
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    /// The HTTP status code.
+    pub fn status(&self) -> u16 {
+        self.status.as_u16()
+    }
+
+    /// True for a 2xx answer.
+    pub fn is_success(&self) -> bool {
+        self.status.is_success()
+    }
+
+    /// The provider's short error description (see [`error_detail`]).
+    pub fn detail(&self) -> String {
+        error_detail(&self.body)
+    }
+
+    /// This answer as a [`ProviderError::Status`], with the parsed `Retry-After` and the
+    /// provider's error detail.
+    pub fn into_error(self) -> ProviderError {
+        ProviderError::Status {
+            provider: self.provider,
+            operation: self.operation,
+            status: self.status.as_u16(),
+            retry_after: self.retry_after,
+            detail: self.detail(),
+        }
+    }
+
+    /// The body parsed as `T`; a body that does not parse is [`ProviderError::InvalidResponse`].
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, ProviderError> {
+        serde_json::from_slice(&self.body).map_err(|e| self.invalid(&e))
+    }
+
+    /// The body as a JSON object, kept whole (unknown fields included), and its typed view `T`.
+    pub fn json_object<T: DeserializeOwned>(
+        &self,
+    ) -> Result<(T, serde_json::Value), ProviderError> {
+        let raw: serde_json::Value = self.json()?;
+        if !raw.is_object() {
+            return Err(ProviderError::InvalidResponse {
+                provider: self.provider,
+                operation: self.operation,
+                message: "the body is not a JSON object".into(),
+            });
+        }
+        // serde's message can quote a value from the body: keep only that the shape is wrong.
+        let typed = T::deserialize(&raw).map_err(|_| ProviderError::InvalidResponse {
+            provider: self.provider,
+            operation: self.operation,
+            message: "the body does not have the expected shape".into(),
+        })?;
+        Ok((typed, raw))
+    }
+
+    /// A [`ProviderError::InvalidResponse`] for this answer. serde's message can quote the
+    /// offending value, so only the error category and position are kept.
+    fn invalid(&self, error: &serde_json::Error) -> ProviderError {
+        ProviderError::InvalidResponse {
+            provider: self.provider,
+            operation: self.operation,
+            message: format!(
+                "{:?} error at line {} column {}",
+                error.classify(),
+                error.line(),
+                error.column()
+            ),
+        }
+    }
+}
+
+/// The provider's error description from an error body: ClearSale's RFC 7807 `title`/`detail`,
+/// Unico's `{"Error": {"code", "description"}}`, or a bare JSON string; truncated to
+/// [`MAX_DETAIL_CHARS`]. OAuth2 token errors (`error`, `error_description`) are read too. Any other body gives `"no error detail"` (it is never copied).
+pub fn error_detail(body: &[u8]) -> String {
+    let detail = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|value| detail_of(&value));
+    match detail {
+        Some(d) if !d.trim().is_empty() => truncate(d.trim(), MAX_DETAIL_CHARS),
+        _ => "no error detail".into(),
+    }
+}
+
+fn detail_of(value: &serde_json::Value) -> Option<String> {
+    match value {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Object(map) if map.contains_key("Error") => {
+            let error = ErrorBody::deserialize(value).ok()?.error?;
+            join_present([error.code, error.description])
+        }
+        serde_json::Value::Object(map) if map.contains_key("error") => {
+            let error = OAuthError::deserialize(value).ok()?;
+            join_present([error.error, error.error_description])
+        }
+        serde_json::Value::Object(_) => {
+            let problem = Problem::deserialize(value).ok()?;
+            join_present([problem.title, problem.detail])
+        }
+        _ => None,
+    }
+}
+
+/// An OAuth2 token-endpoint error (RFC 6749 section 5.2).
+#[derive(Deserialize)]
+struct OAuthError {
+    #[serde(default, deserialize_with = "lenient::opt_string")]
+    error: Option<String>,
+    #[serde(default, deserialize_with = "lenient::opt_string")]
+    error_description: Option<String>,
+}
+
+fn join_present(parts: [Option<String>; 2]) -> Option<String> {
+    let parts: Vec<String> = parts
+        .into_iter()
+        .flatten()
+        .filter(|p| !p.trim().is_empty())
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(": "))
+}
+
+fn truncate(text: &str, max_chars: usize) -> String {
+    match text.char_indices().nth(max_chars) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+/// `error: cause: cause…`, truncated to [`MAX_DETAIL_CHARS`].
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    truncate(&text, MAX_DETAIL_CHARS)
+}
+
+/// A bearer token ready to send, and when to stop using it.
+pub struct BearerToken {
+    header: HeaderValue,
+    refresh_at: Instant,
+}
+
+impl BearerToken {
+    /// `Authorization: Bearer <token>`, to be refreshed `margin` before `lifetime` runs out (at
+    /// once when the lifetime is shorter than the margin; it is still used for the current call).
+    /// A token that is not a valid header value is [`ProviderError::InvalidResponse`].
+    pub fn new(
+        provider: Provider,
+        operation: &'static str,
+        token: &str,
+        lifetime: Duration,
+        margin: Duration,
+    ) -> Result<Self, ProviderError> {
+        let mut header = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+            ProviderError::InvalidResponse {
+                provider,
+                operation,
+                message: "the token is not a valid HTTP header value".into(),
+            }
+        })?;
+        header.set_sensitive(true);
+        Ok(Self {
+            header,
+            refresh_at: Instant::now() + lifetime.saturating_sub(margin),
+        })
+    }
+
+    /// The `Authorization` header value (marked sensitive).
+    pub fn header(&self) -> &HeaderValue {
+        &self.header
+    }
+
+    fn is_fresh(&self) -> bool {
+        Instant::now() < self.refresh_at
+    }
+}
+
+impl fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BearerToken")
+            .field("token", &"[redacted]")
+            .field("refresh_at", &self.refresh_at)
+            .finish()
+    }
+}
+
+/// A shared token with single-flight refresh.
+///
+/// At most one token request runs at a time (the lock is held across it), and callers that were
+/// waiting while a token request completed take that request's result (token or error) instead
+/// of starting another. So N concurrent callers needing a token cause exactly one token request,
+/// and N concurrent rejections of the same stale token cause exactly one refresh.
+#[derive(Default)]
+pub struct TokenCache {
+    /// Number of token requests completed so far.
+    completed: AtomicU64,
+    state: tokio::sync::Mutex<TokenState>,
+}
+
+#[derive(Default)]
+struct TokenState {
+    current: Option<Arc<BearerToken>>,
+    /// The number and result of the last completed token request.
+    last: Option<(u64, Result<Arc<BearerToken>, ProviderError>)>,
+}
+
+impl TokenCache {
+    /// A fresh token: the cached one, or one from `fetch`.
+    ///
+    /// `rejected` is the token the provider just refused (401/403): it is not returned again.
+    pub async fn get<F, Fut>(
+        &self,
+        rejected: Option<&Arc<BearerToken>>,
+        fetch: F,
+    ) -> Result<Arc<BearerToken>, ProviderError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<BearerToken, ProviderError>>,
+    {
+        let seen = self.completed.load(Ordering::Acquire);
+        let mut state = self.state.lock().await;
+        if let Some((number, result)) = &state.last {
+            if *number > seen {
+                // A token request completed while we waited: share its result.
+                return result.clone();
+            }
+        }
+        if let Some(current) = &state.current {
+            let was_rejected = rejected.is_some_and(|r| Arc::ptr_eq(r, current));
+            if current.is_fresh() && !was_rejected {
+                return Ok(current.clone());
+            }
+        }
+        let result = fetch().await.map(Arc::new);
+        state.current = result.as_ref().ok().cloned();
+        let number = self.completed.fetch_add(1, Ordering::AcqRel) + 1;
+        state.last = Some((number, result.clone()));
+        result
+    }
+}
+
+impl fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenCache")
+            .field("requests", &self.completed.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_url_tolerates_a_trailing_slash_and_rejects_garbage() {
+        let base = BaseUrl::parse(Provider::ClearSale, "base_url", "https://x.test/").unwrap();
+        assert_eq!(base.join("/a/b"), "https://x.test/a/b");
+        let base = BaseUrl::parse(Provider::ClearSale, "base_url", "http://x.test/api//").unwrap();
+        assert_eq!(base.join("/a"), "http://x.test/api/a");
+        for bad in [
+            "",
+            "not a url",
+            "ftp://x.test",
+            "https://x.test/?q=1",
+            "/relative",
+        ] {
+            let err = BaseUrl::parse(Provider::Unico, "issuer_url", bad).unwrap_err();
+            assert!(matches!(err, ProviderError::Config { .. }), "{bad}: {err}");
+            assert!(err.to_string().contains("issuer_url"));
+        }
+    }
+
+    #[test]
+    fn error_detail_reads_both_providers_formats() {
+        let problem = br#"{"type":"about:blank","title":"Not Found","status":404,
+            "detail":"Analysis 'x' Not Found.","traceId":"t"}"#;
+        assert_eq!(error_detail(problem), "Not Found: Analysis 'x' Not Found.");
+        let unico = br#"{"Error":{"code":"40004","description":"Process not found"}}"#;
+        assert_eq!(error_detail(unico), "40004: Process not found");
+        let oauth = br#"{"error":"invalid_grant","error_description":"bad signature"}"#;
+        assert_eq!(error_detail(oauth), "invalid_grant: bad signature");
+        assert_eq!(
+            error_detail(br#""User or Password not authorized""#),
+            "User or Password not authorized"
+        );
+    }
+
+    #[test]
+    fn error_detail_never_copies_other_bodies_and_truncates() {
+        assert_eq!(error_detail(b"<html>secret page</html>"), "no error detail");
+        assert_eq!(error_detail(br#"{"name":"Maria"}"#), "no error detail");
+        assert_eq!(error_detail(b"[1,2]"), "no error detail");
+        let long = serde_json::to_vec(&"é".repeat(500)).unwrap();
+        let detail = error_detail(&long);
+        assert_eq!(detail.chars().count(), MAX_DETAIL_CHARS + 1);
+        assert!(detail.ends_with('…'));
+    }
+
+    fn token(lifetime: Duration) -> BearerToken {
+        BearerToken::new(
+            Provider::Unico,
+            "token",
+            "t",
+            lifetime,
+            Duration::from_secs(60),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn token_cache_reuses_a_fresh_token_and_refreshes_a_rejected_one() {
+        let cache = TokenCache::default();
+        let first = cache
+            .get(None, || async { Ok(token(Duration::from_secs(3600))) })
+            .await
+            .unwrap();
+        let again = cache
+            .get(None, || async { panic!("must not fetch") })
+            .await
+            .unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        let second = cache
+            .get(Some(&first), || async {
+                Ok(token(Duration::from_secs(3600)))
+            })
+            .await
+            .unwrap();
+        assert!(!Arc::ptr_eq(&first, &second));
+        // The old token being rejected again does not cause another refresh.
+        let third = cache
+            .get(Some(&first), || async { panic!("must not fetch") })
+            .await
+            .unwrap();
+        assert!(Arc::ptr_eq(&second, &third));
+    }
+
+    #[tokio::test]
+    async fn token_cache_refreshes_a_token_within_the_margin() {
+        let cache = TokenCache::default();
+        let short = cache
+            .get(None, || async { Ok(token(Duration::from_secs(30))) })
+            .await
+            .unwrap();
+        let next = cache
+            .get(None, || async { Ok(token(Duration::from_secs(3600))) })
+            .await
+            .unwrap();
+        assert!(!Arc::ptr_eq(&short, &next));
+    }
+
+    #[test]
+    fn bearer_token_debug_is_redacted() {
+        let t = BearerToken::new(
+            Provider::ClearSale,
+            "authenticate",
+            "eyJsecret",
+            Duration::from_secs(10),
+            Duration::ZERO,
+        )
+        .unwrap();
+        assert_eq!(t.header().to_str().unwrap(), "Bearer eyJsecret");
+        assert!(!format!("{t:?}").contains("eyJsecret"));
+        let bad = BearerToken::new(
+            Provider::ClearSale,
+            "authenticate",
+            "line\nbreak",
+            Duration::from_secs(10),
+            Duration::ZERO,
+        );
+        assert!(matches!(bad, Err(ProviderError::InvalidResponse { .. })));
+    }
+}

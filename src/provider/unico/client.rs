@@ -1,0 +1,185 @@
+//! The Unico IDUnico client: an access token from the OAuth2 JWT-bearer grant (cached until
+//! `expires_in` minus the refresh margin, single flight) and `GET /processes/v1/{processId}`.
+//!
+//! One call is one attempt: retries with backoff live in the caller. The only repeat made here is
+//! the one retry after a 401/403 with a refreshed token.
+
+use super::assertion::AssertionSigner;
+use super::model::{Process, TokenResponse};
+use crate::provider::http::{BaseUrl, BearerToken, HttpClient, Reply, TokenCache};
+use crate::provider::settings::UnicoSettings;
+use crate::provider::{Provider, ProviderError};
+use reqwest::header::{HeaderValue, AUTHORIZATION};
+use std::sync::Arc;
+use std::time::Duration;
+
+const PROVIDER: Provider = Provider::Unico;
+/// Operation name of the token request (metrics, logs, errors).
+const TOKEN: &str = "token";
+/// Operation name of the process read (metrics, logs, errors).
+const GET_PROCESS: &str = "get_process";
+/// RFC 7523 grant type.
+const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+/// `expires_in` when the token answer leaves it out.
+const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// Unico's answer for one process.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProcessAnswer {
+    /// 200: the typed view and the whole JSON body (unknown fields kept).
+    Found {
+        process: Process,
+        raw: serde_json::Value,
+    },
+    /// 410 Gone: the process ended in error (status 5). Terminal, not a failure.
+    Gone,
+}
+
+/// A Unico IDUnico API client. Share it behind an `Arc`; it holds one connection pool, one
+/// request gate and one access token for all callers. `Debug` never shows the API key, the
+/// private key or the token.
+#[derive(Debug)]
+pub struct UnicoClient {
+    http: HttpClient,
+    base_url: BaseUrl,
+    token_url: String,
+    /// The `APIKEY` header value, marked sensitive.
+    api_key: HeaderValue,
+    signer: AssertionSigner,
+    token_refresh_margin: Duration,
+    token: TokenCache,
+}
+
+impl UnicoClient {
+    /// Builds the client and checks the private key by signing once. An invalid URL, key, API key
+    /// or assertion lifetime is [`ProviderError::Config`]. No request is made until the first
+    /// call.
+    pub fn new(settings: &UnicoSettings) -> Result<Self, ProviderError> {
+        let issuer = BaseUrl::parse(PROVIDER, "unico.issuer_url", &settings.issuer_url)?;
+        let mut api_key = HeaderValue::from_str(settings.api_key.expose()).map_err(|_| {
+            ProviderError::Config {
+                provider: PROVIDER,
+                message: "unico.api_key is not a valid HTTP header value".into(),
+            }
+        })?;
+        api_key.set_sensitive(true);
+        Ok(Self {
+            http: HttpClient::new(PROVIDER, &settings.http, &settings.limits)?,
+            base_url: BaseUrl::parse(PROVIDER, "unico.base_url", &settings.base_url)?,
+            token_url: issuer.join("/oauth2/token"),
+            api_key,
+            signer: AssertionSigner::new(settings)?,
+            token_refresh_margin: settings.token_refresh_margin,
+            token: TokenCache::default(),
+        })
+    }
+
+    /// One `GET /processes/v1/{processId}`, plus at most one token refresh and one retry when the
+    /// API answers 401 or 403.
+    ///
+    /// 200 is [`ProcessAnswer::Found`]; 410 is [`ProcessAnswer::Gone`]. A second 401/403 is
+    /// [`ProviderError::Auth`]; any other non-2xx answer is [`ProviderError::Status`]; a 2xx body
+    /// that is not a JSON object of the expected shape is [`ProviderError::InvalidResponse`].
+    pub async fn get_process(
+        &self,
+        process_id: uuid::Uuid,
+    ) -> Result<ProcessAnswer, ProviderError> {
+        let token = self.token(None).await?;
+        let mut reply = self.request_process(process_id, &token).await?;
+        if is_auth_refusal(&reply) {
+            let token = self.token(Some(&token)).await?;
+            reply = self.request_process(process_id, &token).await?;
+            if is_auth_refusal(&reply) {
+                return Err(ProviderError::Auth {
+                    provider: PROVIDER,
+                    status: Some(reply.status()),
+                    message: format!(
+                        "{GET_PROCESS} still answers {} with a fresh token (token or API key invalid): {}",
+                        reply.status(),
+                        reply.detail()
+                    ),
+                });
+            }
+        }
+        if reply.status() == 410 {
+            return Ok(ProcessAnswer::Gone);
+        }
+        if !reply.is_success() {
+            return Err(reply.into_error());
+        }
+        let (process, raw) = reply.json_object()?;
+        Ok(ProcessAnswer::Found { process, raw })
+    }
+
+    async fn request_process(
+        &self,
+        process_id: uuid::Uuid,
+        token: &BearerToken,
+    ) -> Result<Reply, ProviderError> {
+        let url = self
+            .base_url
+            .join(&format!("/processes/v1/{}", process_id.as_hyphenated()));
+        let request = self
+            .http
+            .get(&url)
+            .header(AUTHORIZATION, token.header().clone())
+            .header("APIKEY", self.api_key.clone());
+        self.http
+            .execute(GET_PROCESS, Some(process_id), request)
+            .await
+    }
+
+    /// The current access token, or a new one (single flight); `rejected` is a token the API
+    /// refused.
+    async fn token(
+        &self,
+        rejected: Option<&Arc<BearerToken>>,
+    ) -> Result<Arc<BearerToken>, ProviderError> {
+        self.token
+            .get(rejected, || async {
+                let result = self.request_token().await;
+                crate::telemetry::token_refreshed(PROVIDER, result.is_ok());
+                result
+            })
+            .await
+    }
+
+    /// One `POST {issuer}/oauth2/token` with a freshly signed assertion. 400/401/403 mean the
+    /// service account, key or clock is wrong ([`ProviderError::Auth`]); other failures are the
+    /// usual transient errors.
+    async fn request_token(&self) -> Result<BearerToken, ProviderError> {
+        let assertion = self.signer.sign()?;
+        let form = [
+            ("grant_type", JWT_BEARER_GRANT),
+            ("assertion", assertion.as_str()),
+        ];
+        let request = self.http.post(&self.token_url).form(&form);
+        let reply = self.http.execute(TOKEN, None, request).await?;
+        match reply.status() {
+            400 | 401 | 403 => {
+                return Err(ProviderError::Auth {
+                    provider: PROVIDER,
+                    status: Some(reply.status()),
+                    message: format!("{TOKEN} refused the assertion: {}", reply.detail()),
+                })
+            }
+            _ if !reply.is_success() => return Err(reply.into_error()),
+            _ => {}
+        }
+        let answer: TokenResponse = reply.json()?;
+        let lifetime = answer
+            .expires_in
+            .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs);
+        BearerToken::new(
+            PROVIDER,
+            TOKEN,
+            &answer.access_token,
+            lifetime,
+            self.token_refresh_margin,
+        )
+    }
+}
+
+fn is_auth_refusal(reply: &Reply) -> bool {
+    matches!(reply.status(), 401 | 403)
+}
