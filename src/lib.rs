@@ -7,10 +7,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod avro;
 pub mod datetime;
 pub mod event;
 pub mod failure;
 pub mod provider;
+pub mod record;
+pub mod registry;
 pub mod retry;
 pub mod secret;
 pub mod telemetry;

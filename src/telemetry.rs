@@ -72,6 +72,12 @@ pub fn provider_retry(provider: Provider, reason: &'static str, delay: Duration)
     );
 }
 
+/// At startup, the Schema Registry gave the schema id for an output subject (log only: it happens
+/// once per subject).
+pub fn schema_id_resolved(subject: &str, schema_id: u32) {
+    tracing::info!(subject, schema_id, "schema registry id resolved");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
