@@ -13,7 +13,6 @@ use crate::avro::schema::{
 use crate::avro::value::to_avro_value;
 use crate::record::EnrichedRecord;
 use crate::registry::{RegistryClient, RegistryError, RegistrySettings};
-use apache_avro::headers::{HeaderBuilder, RabinFingerprintHeader};
 use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::types::Value;
 use apache_avro::writer::datum::GenericDatumWriter;
@@ -30,6 +29,7 @@ pub const SCHEMA_ID_HEADER: &str = "schema-id";
 pub const SCHEMA_FINGERPRINT_HEADER: &str = "schema-fingerprint";
 
 const CONFLUENT_MAGIC: u8 = 0;
+const SINGLE_OBJECT_MAGIC: [u8; 2] = [0xC3, 0x01];
 
 /// How output values are framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -236,11 +236,17 @@ impl RecordEncoder {
     /// A single-object encoder (no I/O).
     pub fn single_object() -> Result<Self, EncoderInitError> {
         let schema = schema()?;
+        let fingerprint = fingerprint(schema).map_err(|e| SchemaError {
+            name: ENRICHED_EVENT_FULL_NAME,
+            message: format!("cannot fingerprint: {e}"),
+        })?;
+        let mut header = SINGLE_OBJECT_MAGIC.to_vec();
+        header.extend_from_slice(&fingerprint);
         Ok(Self {
             writer: writer(schema)?,
             framing: Framing::SingleObject {
-                header: RabinFingerprintHeader::from_schema(schema).build_header(),
-                fingerprint_hex: fingerprint_hex(schema),
+                header,
+                fingerprint_hex: fingerprint_hex(&fingerprint),
             },
         })
     }
@@ -332,18 +338,20 @@ pub fn decode(bytes: &[u8], schema: &Schema) -> Result<Decoded, DecodeError> {
                     format: WireFormat::SingleObject,
                     len: bytes.len(),
                 })?;
-            let expected = fingerprint(schema);
+            let expected = fingerprint(schema).map_err(|e| DecodeError::Avro {
+                message: format!("cannot fingerprint the reader's schema: {e}"),
+            })?;
             if *found != expected {
                 return Err(DecodeError::FingerprintMismatch {
-                    expected: hex(&expected),
-                    found: hex(found),
+                    expected: fingerprint_hex(&expected),
+                    found: fingerprint_hex(found),
                 });
             }
             (WireFormat::SingleObject, None, datum)
         }
         _ => {
             return Err(DecodeError::UnknownFraming {
-                prefix: hex(&bytes[..bytes.len().min(2)]),
+                prefix: bytes.iter().take(2).map(|b| format!("{b:02x}")).collect(),
             })
         }
     };
@@ -362,10 +370,6 @@ pub fn decode(bytes: &[u8], schema: &Schema) -> Result<Decoded, DecodeError> {
         schema_id,
         value,
     })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

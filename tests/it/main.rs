@@ -1,0 +1,2 @@
+mod avro;
+mod registry;
