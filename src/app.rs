@@ -33,21 +33,37 @@ pub fn build_enricher(config: &Config) -> Result<Enricher, ProviderError> {
     } else {
         None
     };
-    let unico = if config.unico.enabled { Some(Arc::new(UnicoClient::new(&config.unico)?)) } else { None };
+    let unico = if config.unico.enabled {
+        Some(Arc::new(UnicoClient::new(&config.unico)?))
+    } else {
+        None
+    };
     Ok(Enricher::new(clearsale, unico, config.enrich.clone()))
 }
 
 /// Builds everything the engine needs: validates the embedded schema, builds the clients and
 /// resolves the output schema ids (Confluent format).
-pub async fn build_parts(config: &Config, stats: Arc<EngineStats>) -> Result<EngineParts, AppError> {
+pub async fn build_parts(
+    config: &Config,
+    stats: Arc<EngineStats>,
+) -> Result<EngineParts, AppError> {
     crate::avro::schema()?;
     let enricher = build_enricher(config)?;
-    let encoder = RecordEncoder::from_settings(&config.output.encoding, &config.output.all_record_topics()).await?;
-    Ok(EngineParts { enricher, encoder: Arc::new(encoder), stats })
+    let encoder =
+        RecordEncoder::from_settings(&config.output.encoding, &config.output.all_record_topics())
+            .await?;
+    Ok(EngineParts {
+        enricher,
+        encoder: Arc::new(encoder),
+        stats,
+    })
 }
 
 /// `webhook-enricher run`: the main job, until `shutdown` resolves.
-pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> Result<StatsSnapshot, AppError> {
+pub async fn run(
+    config: &Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<StatsSnapshot, AppError> {
     let stats = Arc::new(EngineStats::default());
     let parts = build_parts(config, stats).await?;
     tracing::info!(

@@ -177,6 +177,8 @@ pub struct OutputSettings {
     pub clearsale_module_topics: BTreeMap<String, String>,
     /// The dead-letter topic.
     pub dead_letter_topic: String,
+    /// The wire format of output values and the Schema Registry.
+    pub encoding: crate::avro::EncodingSettings,
 }
 
 impl Default for OutputSettings {
@@ -186,6 +188,7 @@ impl Default for OutputSettings {
             unico_topic: "unico.process.enriched".into(),
             clearsale_module_topics: BTreeMap::new(),
             dead_letter_topic: "webhooks.dead-letter".into(),
+            encoding: crate::avro::EncodingSettings::default(),
         }
     }
 }
@@ -368,6 +371,13 @@ impl Config {
                 p.push(format!("{name} {topic:?} is also an input topic"));
             }
         }
+        p.extend(
+            self.output
+                .encoding
+                .validate()
+                .into_iter()
+                .map(|e| format!("output.{e}")),
+        );
         if !self.clearsale.enabled && !self.unico.enabled {
             p.push("at least one of clearsale.enabled and unico.enabled must be true".into());
         }
@@ -406,12 +416,22 @@ impl Config {
         if e.max_in_flight == 0 {
             p.push("engine.max_in_flight must be at least 1".into());
         }
-        if e.revoke_drain_timeout >= Duration::from_secs(45) && !self.kafka.consumer.0.contains_key("session.timeout.ms") {
+        if e.revoke_drain_timeout >= Duration::from_secs(45)
+            && !self.kafka.consumer.0.contains_key("session.timeout.ms")
+        {
             p.push("engine.revoke_drain_timeout must stay below the group session timeout (45s by default)".into());
         }
-        if let Some(ms) = self.kafka.consumer.0.get("session.timeout.ms").and_then(|v| v.parse::<u64>().ok()) {
+        if let Some(ms) = self
+            .kafka
+            .consumer
+            .0
+            .get("session.timeout.ms")
+            .and_then(|v| v.parse::<u64>().ok())
+        {
             if e.revoke_drain_timeout >= Duration::from_millis(ms) {
-                p.push(format!("engine.revoke_drain_timeout must stay below session.timeout.ms ({ms} ms)"));
+                p.push(format!(
+                    "engine.revoke_drain_timeout must stay below session.timeout.ms ({ms} ms)"
+                ));
             }
         }
         if self.enrich.not_found.attempts == 0 {

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod avro;
 pub mod config;
 pub mod datetime;
 pub mod engine;
@@ -16,6 +17,8 @@ pub mod event;
 pub mod failure;
 pub mod logging;
 pub mod provider;
+pub mod record;
+pub mod registry;
 pub mod retry;
 pub mod secret;
 pub mod shutdown;

@@ -4,7 +4,9 @@
 use std::io::IsTerminal;
 
 /// The log format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Text on a terminal, JSON otherwise.
@@ -18,7 +20,8 @@ pub enum LogFormat {
 /// Installs the global subscriber, writing to stderr. Returns an error if one is already set.
 pub fn init(format: LogFormat, level: Option<&str>) -> Result<(), String> {
     let filter = match level {
-        Some(l) => tracing_subscriber::EnvFilter::try_new(l).map_err(|e| format!("bad log level {l:?}: {e}"))?,
+        Some(l) => tracing_subscriber::EnvFilter::try_new(l)
+            .map_err(|e| format!("bad log level {l:?}: {e}"))?,
         None => tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
     };
@@ -27,9 +30,15 @@ pub fn init(format: LogFormat, level: Option<&str>) -> Result<(), String> {
         LogFormat::Text => false,
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let result = if json {
-        builder.json().flatten_event(true).with_current_span(false).try_init()
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init()
     } else {
         builder.try_init()
     };

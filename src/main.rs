@@ -46,38 +46,69 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
     runtime.block_on(async_main(cli))
 }
 
 async fn async_main(cli: Cli) -> anyhow::Result<()> {
-    let load = || Config::load(&ConfigSources::from_process(cli.config.clone(), cli.overrides.clone()));
+    let load = || {
+        Config::load(&ConfigSources::from_process(
+            cli.config.clone(),
+            cli.overrides.clone(),
+        ))
+    };
     match cli.command {
         Command::Run => {
-            logging::init(cli.log_format.unwrap_or(LogFormat::Json), cli.log_level.as_deref()).map_err(anyhow::Error::msg)?;
+            logging::init(
+                cli.log_format.unwrap_or(LogFormat::Json),
+                cli.log_level.as_deref(),
+            )
+            .map_err(anyhow::Error::msg)?;
             let config = load()?;
-            let summary = webhook_enricher::app::run(&config, webhook_enricher::shutdown::signal()).await?;
+            let summary =
+                webhook_enricher::app::run(&config, webhook_enricher::shutdown::signal()).await?;
             tracing::info!(summary = ?summary, "webhook-enricher stopped");
             Ok(())
         }
         Command::CheckConfig => {
-            logging::init(cli.log_format.unwrap_or(LogFormat::Text), cli.log_level.as_deref().or(Some("warn")))
-                .map_err(anyhow::Error::msg)?;
+            logging::init(
+                cli.log_format.unwrap_or(LogFormat::Text),
+                cli.log_level.as_deref().or(Some("warn")),
+            )
+            .map_err(anyhow::Error::msg)?;
             let config = load()?;
             print!("{}", config.to_redacted_toml()?);
             Ok(())
         }
-        Command::Simulate { listen, simulator_config } => {
-            logging::init(cli.log_format.unwrap_or(LogFormat::Auto), cli.log_level.as_deref()).map_err(anyhow::Error::msg)?;
+        Command::Simulate {
+            listen,
+            simulator_config,
+        } => {
+            logging::init(
+                cli.log_format.unwrap_or(LogFormat::Auto),
+                cli.log_level.as_deref(),
+            )
+            .map_err(anyhow::Error::msg)?;
             let sim_config = match simulator_config {
                 Some(path) => {
-                    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("reading {}", path.display()))?;
                     toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
                 }
                 None => webhook_enricher::simulator::SimulatorConfig::default(),
             };
-            let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("binding {listen}"))?;
-            webhook_enricher::simulator::serve(sim_config, listener, webhook_enricher::shutdown::signal()).await?;
+            let listener = tokio::net::TcpListener::bind(&listen)
+                .await
+                .with_context(|| format!("binding {listen}"))?;
+            webhook_enricher::simulator::serve(
+                sim_config,
+                listener,
+                webhook_enricher::shutdown::signal(),
+            )
+            .await?;
             Ok(())
         }
     }

@@ -220,6 +220,12 @@ pub fn simulator_listening(addr: std::net::SocketAddr) {
     tracing::info!(%addr, "provider simulator listening");
 }
 
+/// At startup, the Schema Registry gave the schema id for an output subject (log only: it happens
+/// once per subject).
+pub fn schema_id_resolved(subject: &str, schema_id: u32) {
+    tracing::info!(subject, schema_id, "schema registry id resolved");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -104,11 +104,15 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<StatsSnapshot, EngineError> {
     let settings = &config.engine;
-    let producer: rdkafka::producer::FutureProducer =
-        kafka_config::producer_config(&config.kafka).create().map_err(EngineError::Producer)?;
+    let producer: rdkafka::producer::FutureProducer = kafka_config::producer_config(&config.kafka)
+        .create()
+        .map_err(EngineError::Producer)?;
     let producer = producer::OutputProducer::new(producer);
-    let consumer_config =
-        kafka_config::consumer_config(&config.kafka, &config.kafka.group_id, settings.commit_interval);
+    let consumer_config = kafka_config::consumer_config(
+        &config.kafka,
+        &config.kafka.group_id,
+        settings.commit_interval,
+    );
     let handle = consumer::start(
         consumer_config,
         &config.input.topics,
@@ -142,7 +146,9 @@ pub async fn run(
         fatal: None,
         revoke_drain_timeout: settings.revoke_drain_timeout,
     };
-    let result = dispatcher.run_loop(handle.events, done_rx, shutdown, settings.drain_timeout).await;
+    let result = dispatcher
+        .run_loop(handle.events, done_rx, shutdown, settings.drain_timeout)
+        .await;
 
     // Abandon what did not finish (it is not committed, so it is redelivered), flush, commit the
     // safe offsets and leave the group.
@@ -152,7 +158,11 @@ pub async fn run(
     }
     let offsets = dispatcher.tracker.committable();
     let (done, closed) = tokio::sync::oneshot::channel();
-    let _ = handle.commands.send(ToConsumer::Close { generation: dispatcher.generation, offsets, done });
+    let _ = handle.commands.send(ToConsumer::Close {
+        generation: dispatcher.generation,
+        offsets,
+        done,
+    });
     match tokio::time::timeout(Duration::from_secs(30), closed).await {
         Ok(Ok(Ok(()))) => tracing::info!("consumer closed, offsets committed"),
         _ => tracing::warn!("consumer did not close cleanly"),
@@ -241,7 +251,10 @@ impl Dispatcher {
                     return Ok(());
                 }
                 if Instant::now() >= deadline {
-                    tracing::warn!(in_flight = self.in_flight(), "drain deadline passed: abandoning the rest (not committed)");
+                    tracing::warn!(
+                        in_flight = self.in_flight(),
+                        "drain deadline passed: abandoning the rest (not committed)"
+                    );
                     return Ok(());
                 }
             }
@@ -273,7 +286,11 @@ impl Dispatcher {
     fn start(&mut self, job: Job) {
         let tp = job.record.topic_partition();
         *self.running.entry(tp.clone()).or_default() += 1;
-        let token = self.tokens.entry(tp.clone()).or_insert_with(|| self.root.child_token()).child_token();
+        let token = self
+            .tokens
+            .entry(tp.clone())
+            .or_insert_with(|| self.root.child_token())
+            .child_token();
         let ctx = self.ctx.clone();
         let done = self.done_tx.clone();
         tokio::spawn(async move {
@@ -281,7 +298,12 @@ impl Dispatcher {
                 _ = token.cancelled() => None,
                 result = worker::process(&ctx, &job) => Some(result),
             };
-            let _ = done.send(Done { tp, offset: job.record.offset, key: job.key, outcome });
+            let _ = done.send(Done {
+                tp,
+                offset: job.record.offset,
+                key: job.key,
+                outcome,
+            });
         });
     }
 
@@ -323,24 +345,44 @@ impl Dispatcher {
         }
     }
 
-    fn on_revoking(&mut self, partitions: Vec<TopicPartition>, reply: std_mpsc::SyncSender<Vec<(TopicPartition, i64)>>) {
-        let removed = self.scheduler.remove_queued(|job| partitions.contains(&job.record.topic_partition()));
+    fn on_revoking(
+        &mut self,
+        partitions: Vec<TopicPartition>,
+        reply: std_mpsc::SyncSender<Vec<(TopicPartition, i64)>>,
+    ) {
+        let removed = self
+            .scheduler
+            .remove_queued(|job| partitions.contains(&job.record.topic_partition()));
         self.release(removed.len());
-        self.pending_revoke =
-            Some(PendingRevoke { partitions, reply, deadline: Instant::now() + self.revoke_drain_timeout });
+        self.pending_revoke = Some(PendingRevoke {
+            partitions,
+            reply,
+            deadline: Instant::now() + self.revoke_drain_timeout,
+        });
     }
 
     /// Finishes a pending revocation once its partitions' running records are done, or at its
     /// deadline (then their tasks are cancelled and their records are left to the new owner).
     fn check_revoke(&mut self) {
-        let Some(pending) = &self.pending_revoke else { return };
-        let running: usize = pending.partitions.iter().filter_map(|tp| self.running.get(tp)).sum();
+        let Some(pending) = &self.pending_revoke else {
+            return;
+        };
+        let running: usize = pending
+            .partitions
+            .iter()
+            .filter_map(|tp| self.running.get(tp))
+            .sum();
         if running > 0 && Instant::now() < pending.deadline {
             return;
         }
-        let Some(pending) = self.pending_revoke.take() else { return };
+        let Some(pending) = self.pending_revoke.take() else {
+            return;
+        };
         if running > 0 {
-            tracing::warn!(running, "revocation deadline passed: abandoning the revoked partitions' records");
+            tracing::warn!(
+                running,
+                "revocation deadline passed: abandoning the revoked partitions' records"
+            );
         }
         let mut offsets = Vec::new();
         for tp in &pending.partitions {
@@ -360,7 +402,10 @@ impl Dispatcher {
     fn on_tick(&mut self) {
         crate::telemetry::records_in_flight(self.in_flight());
         for provider in Provider::ALL {
-            crate::telemetry::circuit_state(provider, self.ctx.breaker(provider).state().as_gauge());
+            crate::telemetry::circuit_state(
+                provider,
+                self.ctx.breaker(provider).state().as_gauge(),
+            );
         }
     }
 }

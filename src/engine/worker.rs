@@ -81,7 +81,11 @@ impl Job {
                 None => format!("partition:{}:{}", record.topic, record.partition),
             },
         };
-        Self { record, decoded, key }
+        Self {
+            record,
+            decoded,
+            key,
+        }
     }
 }
 
@@ -131,10 +135,18 @@ pub async fn process(ctx: &WorkerContext, job: &Job) -> Result<Final, ProduceErr
                     topic: record.topic.clone(),
                     partition: record.partition,
                     offset: record.offset,
-                    timestamp: record.timestamp_ms.and_then(chrono::DateTime::from_timestamp_millis),
+                    timestamp: record
+                        .timestamp_ms
+                        .and_then(chrono::DateTime::from_timestamp_millis),
                 };
                 let include_raw = ctx.enricher.settings().include_raw_response;
-                let enriched = normalize(event, &fetched, Some(lineage), include_raw, chrono::Utc::now());
+                let enriched = normalize(
+                    event,
+                    &fetched,
+                    Some(lineage),
+                    include_raw,
+                    chrono::Utc::now(),
+                );
                 return publish(ctx, record, event, &enriched, attempts).await;
             }
             EnrichOutcome::Failed(failure) => {
@@ -151,7 +163,12 @@ pub async fn process(ctx: &WorkerContext, job: &Job) -> Result<Final, ProduceErr
                 };
                 return dead_letter(ctx, record, reason).await;
             }
-            EnrichOutcome::Systemic { provider, reason, attempts, retries_exhausted } => {
+            EnrichOutcome::Systemic {
+                provider,
+                reason,
+                attempts,
+                retries_exhausted,
+            } => {
                 if retries_exhausted && breaker.successes() > successes_before {
                     let reason = DeadLetterReason {
                         class: ErrorClass::RetriesExhausted,
@@ -198,14 +215,35 @@ async fn publish(
         }
     };
     let mut hs: Vec<(String, Option<Vec<u8>>)> = vec![
-        (headers::EVENT_ID.into(), Some(event.event_id.to_string().into_bytes())),
-        (headers::PROVIDER.into(), Some(event.provider.as_str().as_bytes().to_vec())),
-        (headers::STATE.into(), Some(enriched.state.symbol().as_bytes().to_vec())),
-        (headers::TRIGGER.into(), Some(event.trigger_label().into_bytes())),
+        (
+            headers::EVENT_ID.into(),
+            Some(event.event_id.to_string().into_bytes()),
+        ),
+        (
+            headers::PROVIDER.into(),
+            Some(event.provider.as_str().as_bytes().to_vec()),
+        ),
+        (
+            headers::STATE.into(),
+            Some(enriched.state.symbol().as_bytes().to_vec()),
+        ),
+        (
+            headers::TRIGGER.into(),
+            Some(event.trigger_label().into_bytes()),
+        ),
     ];
-    hs.extend(ctx.encoder.content_headers(topic).into_iter().map(|(k, v)| (k.to_string(), Some(v.into_bytes()))));
+    hs.extend(
+        ctx.encoder
+            .content_headers(topic)
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), Some(v.into_bytes()))),
+    );
     let key = event.subject_id.to_string();
-    match ctx.producer.send(topic, Some(key.as_bytes()), Some(&value), &hs).await {
+    match ctx
+        .producer
+        .send(topic, Some(key.as_bytes()), Some(&value), &hs)
+        .await
+    {
         Ok(_) => {}
         Err(ProduceError::Refused { topic, code }) => {
             let reason = DeadLetterReason {
@@ -221,14 +259,24 @@ async fn publish(
         Err(fatal) => return Err(fatal),
     }
     ctx.dedupe.mark_published(event.event_id).await;
-    telemetry::record_published(&ctx.stats, event.provider, record, &event.subject_id, enriched.state.symbol());
+    telemetry::record_published(
+        &ctx.stats,
+        event.provider,
+        record,
+        &event.subject_id,
+        enriched.state.symbol(),
+    );
     Ok(Final::Published)
 }
 
 /// Writes the original record, unchanged, plus the reason headers, to the dead-letter topic, and
 /// waits for the acknowledgement. Retries until it succeeds: a partition whose dead letters
 /// cannot be written stops advancing; it never skips.
-async fn dead_letter(ctx: &WorkerContext, record: &InputRecord, reason: DeadLetterReason) -> Result<Final, ProduceError> {
+async fn dead_letter(
+    ctx: &WorkerContext,
+    record: &InputRecord,
+    reason: DeadLetterReason,
+) -> Result<Final, ProduceError> {
     let source = Source {
         topic: &record.topic,
         partition: record.partition,
@@ -243,7 +291,11 @@ async fn dead_letter(ctx: &WorkerContext, record: &InputRecord, reason: DeadLett
     );
     let topic = &ctx.output.dead_letter_topic;
     loop {
-        match ctx.producer.send(topic, record.key.as_deref(), record.payload.as_deref(), &hs).await {
+        match ctx
+            .producer
+            .send(topic, record.key.as_deref(), record.payload.as_deref(), &hs)
+            .await
+        {
             Ok(_) => break,
             Err(ProduceError::Refused { code, .. }) => {
                 tracing::error!(topic = %topic, source_topic = %record.topic, partition = record.partition,

@@ -1,3 +1,4 @@
+use super::settings::EnrichSettings;
 use crate::event::{Trigger, WebhookEvent};
 use crate::failure::ErrorClass;
 use crate::provider::clearsale::model::is_pending_status;
@@ -5,12 +6,13 @@ use crate::provider::clearsale::ClearSaleClient;
 use crate::provider::unico::{ProcessAnswer, UnicoClient};
 use crate::provider::{classify, FailureClass, Fetched, NotFoundGrace, Provider, ProviderError};
 use crate::telemetry;
-use super::settings::EnrichSettings;
 use rand::Rng;
 use std::sync::Arc;
 use tokio::time::Instant;
 
 /// The result of enriching one event.
+// Returned once per event and consumed at once: the size difference is harmless.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum EnrichOutcome {
     /// The provider's answer (possibly still pending, possibly Unico's 410 Gone).
@@ -20,7 +22,12 @@ pub enum EnrichOutcome {
     /// The provider or our access to it is broken: pause, retry later, do not dead-letter.
     /// `retries_exhausted` is true when transient failures outlasted the retry budget (the
     /// provider failing consistently), false for authentication/configuration failures.
-    Systemic { provider: Provider, reason: String, attempts: u32, retries_exhausted: bool },
+    Systemic {
+        provider: Provider,
+        reason: String,
+        attempts: u32,
+        retries_exhausted: bool,
+    },
 }
 
 /// A permanent failure, with what the dead-letter headers need.
@@ -48,7 +55,11 @@ impl Enricher {
         unico: Option<Arc<UnicoClient>>,
         settings: EnrichSettings,
     ) -> Self {
-        Self { clearsale, unico, settings }
+        Self {
+            clearsale,
+            unico,
+            settings,
+        }
     }
 
     /// The settings in force.
@@ -87,7 +98,11 @@ impl Enricher {
                         return EnrichOutcome::Fetched { fetched, attempts };
                     }
                     let waited = start.elapsed();
-                    match self.settings.pending.next_delay(pending_polls, jitter(), None, waited) {
+                    match self
+                        .settings
+                        .pending
+                        .next_delay(pending_polls, jitter(), None, waited)
+                    {
                         Some(delay) => {
                             pending_polls += 1;
                             telemetry::provider_retry(event.provider, "pending", delay);
@@ -95,7 +110,10 @@ impl Enricher {
                             continue;
                         }
                         None => {
-                            return EnrichOutcome::Fetched { fetched: mark_still_pending(fetched), attempts };
+                            return EnrichOutcome::Fetched {
+                                fetched: mark_still_pending(fetched),
+                                attempts,
+                            };
                         }
                     }
                 }
@@ -112,7 +130,9 @@ impl Enricher {
                 NotFoundGrace::Exhausted
             };
             match classify(&error, grace) {
-                FailureClass::Permanent => return EnrichOutcome::Failed(permanent(&error, attempts)),
+                FailureClass::Permanent => {
+                    return EnrichOutcome::Failed(permanent(&error, attempts))
+                }
                 FailureClass::Systemic => {
                     return EnrichOutcome::Systemic {
                         provider: event.provider,
@@ -125,7 +145,12 @@ impl Enricher {
                     let delay = if is_404 {
                         Some(self.settings.not_found.delay)
                     } else {
-                        self.settings.retry.next_delay(retries, jitter(), retry_after, start.elapsed())
+                        self.settings.retry.next_delay(
+                            retries,
+                            jitter(),
+                            retry_after,
+                            start.elapsed(),
+                        )
                     };
                     let Some(delay) = delay else {
                         return EnrichOutcome::Systemic {
@@ -149,12 +174,22 @@ impl Enricher {
     async fn fetch_once(&self, event: &WebhookEvent) -> Result<Fetched, ProviderError> {
         match event.provider {
             Provider::ClearSale => {
-                let client = self.clearsale.as_ref().ok_or_else(|| disabled(Provider::ClearSale))?;
+                let client = self
+                    .clearsale
+                    .as_ref()
+                    .ok_or_else(|| disabled(Provider::ClearSale))?;
                 let (analysis, raw) = client.get_analysis(event.subject_id).await?;
-                Ok(Fetched::ClearSale { analysis, raw, still_pending: false })
+                Ok(Fetched::ClearSale {
+                    analysis,
+                    raw,
+                    still_pending: false,
+                })
             }
             Provider::Unico => {
-                let client = self.unico.as_ref().ok_or_else(|| disabled(Provider::Unico))?;
+                let client = self
+                    .unico
+                    .as_ref()
+                    .ok_or_else(|| disabled(Provider::Unico))?;
                 Ok(match client.get_process(event.subject_id).await? {
                     ProcessAnswer::Found { process, raw } => Fetched::Unico { process, raw },
                     ProcessAnswer::Gone => Fetched::UnicoGone,
@@ -165,22 +200,29 @@ impl Enricher {
 }
 
 fn disabled(provider: Provider) -> ProviderError {
-    ProviderError::Config { provider, message: "provider is disabled".into() }
+    ProviderError::Config {
+        provider,
+        message: "provider is disabled".into(),
+    }
 }
 
 /// True when the ClearSale module the webhook named still reads pending.
 fn is_still_pending(event: &WebhookEvent, fetched: &Fetched) -> bool {
     match (&event.trigger, fetched) {
-        (Trigger::ClearSale { module_type, .. }, Fetched::ClearSale { analysis, .. }) => {
-            analysis.module_status(module_type).is_some_and(is_pending_status)
-        }
+        (Trigger::ClearSale { module_type, .. }, Fetched::ClearSale { analysis, .. }) => analysis
+            .module_status(module_type)
+            .is_some_and(is_pending_status),
         _ => false,
     }
 }
 
 fn mark_still_pending(fetched: Fetched) -> Fetched {
     match fetched {
-        Fetched::ClearSale { analysis, raw, .. } => Fetched::ClearSale { analysis, raw, still_pending: true },
+        Fetched::ClearSale { analysis, raw, .. } => Fetched::ClearSale {
+            analysis,
+            raw,
+            still_pending: true,
+        },
         other => other,
     }
 }
@@ -191,7 +233,12 @@ fn permanent(error: &ProviderError, attempts: u32) -> EnrichFailure {
         ProviderError::InvalidResponse { .. } => ErrorClass::InvalidResponse,
         _ => ErrorClass::ProviderRejected,
     };
-    EnrichFailure { class, reason: error.to_string(), http_status: error.http_status(), attempts }
+    EnrichFailure {
+        class,
+        reason: error.to_string(),
+        http_status: error.http_status(),
+        attempts,
+    }
 }
 
 fn retry_reason(error: &ProviderError) -> &'static str {

@@ -1,3 +1,5 @@
-mod simulator;
+mod avro;
 mod clearsale_client;
+mod registry;
+mod simulator;
 mod unico_client;
