@@ -1,5 +1,7 @@
 mod avro;
 mod clearsale_client;
+mod engine;
 mod registry;
 mod simulator;
+mod support;
 mod unico_client;
