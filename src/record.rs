@@ -77,7 +77,8 @@ pub struct RecordTrigger {
     pub date: Option<DateTime<Utc>>,
 }
 
-/// The normalized state of a result. The Avro symbols are the upper-case names.
+/// The normalized state of a result. The Avro symbols are the upper-case names; the variants are
+/// declared in the order of the schema's symbols (the Avro enum index is `state as u32`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum State {
     /// No result yet.

@@ -352,10 +352,7 @@ fn classify(subject: &str, error: &SRCError) -> RegistryError {
         .map(|r| truncate(&r.message, 300))
         .unwrap_or_else(|| truncate(&error.error, 300));
     match status {
-        Some(401 | 403) => RegistryError::Unauthorized {
-            subject,
-            status: status.unwrap_or(401),
-        },
+        Some(status @ (401 | 403)) => RegistryError::Unauthorized { subject, status },
         Some(404) => RegistryError::SubjectNotFound { subject },
         Some(409) => RegistryError::Incompatible { subject, message },
         _ => RegistryError::BadResponse {

@@ -1,4 +1,4 @@
-//! Avro for the enriched record: the embedded schema ([`schema`]), the conversion of an
+//! Avro for the enriched record: the embedded schema ([`mod@schema`]), the conversion of an
 //! [`EnrichedRecord`](crate::record::EnrichedRecord) to an Avro value and of any Avro value to
 //! readable JSON ([`value`]), and the two wire formats with the encoder built at startup
 //! ([`wire`]).

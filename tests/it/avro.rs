@@ -494,7 +494,8 @@ fn clearsale_decision_score_and_insights_types() {
 
 #[test]
 fn clearsale_still_pending_is_pending() {
-    let raw = analysis_with(4);
+    // The fetcher's verdict wins even when the last read status is not a pending word.
+    let raw = json!({"mfa": {"status": "in_review"}});
     let f = Fetched::ClearSale {
         analysis: serde_json::from_value(raw.clone()).unwrap(),
         raw,
