@@ -1,0 +1,460 @@
+//! The enricher's retry orchestration through the real clients against wiremock peers: which
+//! failures are retried and how often, the 404 grace, the pending re-fetch, 410, and systemic
+//! failures. Delays are configured in milliseconds; nothing asserts a duration.
+
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+use webhook_enricher::enrich::{EnrichOutcome, EnrichSettings, Enricher};
+use webhook_enricher::event::{Trigger, WebhookEvent};
+use webhook_enricher::failure::ErrorClass;
+use webhook_enricher::provider::clearsale::ClearSaleClient;
+use webhook_enricher::provider::settings::{ClearSaleSettings, UnicoSettings};
+use webhook_enricher::provider::unico::UnicoClient;
+use webhook_enricher::provider::{Fetched, Provider};
+use webhook_enricher::record::{normalize, State};
+use webhook_enricher::retry::BackoffPolicy;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+fn fast_settings() -> EnrichSettings {
+    let mut s = EnrichSettings::default();
+    s.retry = BackoffPolicy {
+        initial: Duration::from_millis(5),
+        multiplier: 2.0,
+        max_delay: Duration::from_millis(50),
+        max_elapsed: Duration::from_millis(600),
+    };
+    s.not_found.attempts = 3;
+    s.not_found.delay = Duration::from_millis(10);
+    s.pending = BackoffPolicy {
+        initial: Duration::from_millis(5),
+        multiplier: 2.0,
+        max_delay: Duration::from_millis(20),
+        max_elapsed: Duration::from_millis(150),
+    };
+    s
+}
+
+async fn clearsale_enricher(server: &MockServer, settings: EnrichSettings) -> Enricher {
+    Mock::given(method("POST"))
+        .and(path("/connect/v1/authenticate"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "token": "tok", "expirationDate": "2999-01-01T00:00:00.0000000Z"
+        })))
+        .mount(server)
+        .await;
+    let cs = ClearSaleSettings {
+        base_url: server.uri(),
+        user: "u".into(),
+        password: "p".into(),
+        ..Default::default()
+    };
+    Enricher::new(
+        Some(Arc::new(ClearSaleClient::new(&cs).unwrap())),
+        None,
+        settings,
+    )
+}
+
+fn unico_key() -> &'static webhook_enricher::secret::Secret {
+    static KEY: std::sync::OnceLock<webhook_enricher::secret::Secret> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| crate::support::keypair().0.clone())
+}
+
+async fn unico_enricher(server: &MockServer, settings: EnrichSettings) -> Enricher {
+    Mock::given(method("POST"))
+        .and(path("/oauth2/token"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "access_token": "at", "expires_in": 3600, "token_type": "Bearer"
+        })))
+        .mount(server)
+        .await;
+    let us = UnicoSettings {
+        base_url: server.uri(),
+        issuer_url: server.uri(),
+        account: "acct".into(),
+        tenant: "ten".into(),
+        api_key: "key".into(),
+        private_key_pem: unico_key().clone(),
+        ..Default::default()
+    };
+    Enricher::new(
+        None,
+        Some(Arc::new(UnicoClient::new(&us).unwrap())),
+        settings,
+    )
+}
+
+fn cs_event(kind: &str) -> WebhookEvent {
+    let date = chrono::DateTime::parse_from_rfc3339("2025-09-26T17:21:11Z")
+        .unwrap()
+        .to_utc();
+    WebhookEvent::new(
+        Provider::ClearSale,
+        Uuid::new_v4(),
+        Trigger::ClearSale {
+            module_type: kind.into(),
+            date,
+        },
+    )
+}
+
+fn unico_event(status: u8) -> WebhookEvent {
+    WebhookEvent::new(Provider::Unico, Uuid::new_v4(), Trigger::Unico { status })
+}
+
+fn analysis_path(e: &WebhookEvent) -> String {
+    format!("/connect/v1/integration/analysis/{}", e.subject_id)
+}
+
+fn process_path(e: &WebhookEvent) -> String {
+    format!("/processes/v1/{}", e.subject_id)
+}
+
+fn ok_analysis(e: &WebhookEvent, mfa_status: &str) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(json!({
+        "analysisId": e.subject_id.to_string(), "transactionId": "tx", "mfa": {"status": mfa_status}
+    }))
+}
+
+#[tokio::test]
+async fn retry_after_on_429_is_honoured_then_success() {
+    let server = MockServer::start().await;
+    let enricher = clearsale_enricher(&server, fast_settings()).await;
+    let e = cs_event("mfa");
+    Mock::given(method("GET"))
+        .and(path(analysis_path(&e)))
+        .respond_with(ResponseTemplate::new(429).insert_header("Retry-After", "0"))
+        .up_to_n_times(1)
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(analysis_path(&e)))
+        .respond_with(ok_analysis(&e, "approved"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    match enricher.enrich(&e).await {
+        EnrichOutcome::Fetched {
+            attempts,
+            fetched: Fetched::ClearSale { still_pending, .. },
+        } => {
+            assert_eq!(attempts, 2);
+            assert!(!still_pending);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn server_errors_then_success() {
+    let server = MockServer::start().await;
+    let enricher = clearsale_enricher(&server, fast_settings()).await;
+    let e = cs_event("mfa");
+    Mock::given(method("GET"))
+        .and(path(analysis_path(&e)))
+        .respond_with(
+            ResponseTemplate::new(503)
+                .set_body_json(json!({"title": "maintenance", "status": 503})),
+        )
+        .up_to_n_times(2)
+        .expect(2)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(analysis_path(&e)))
+        .respond_with(ok_analysis(&e, "approved"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    assert!(matches!(
+        enricher.enrich(&e).await,
+        EnrichOutcome::Fetched { attempts: 3, .. }
+    ));
+}
+
+#[tokio::test]
+async fn not_found_gets_a_bounded_grace_then_is_permanent() {
+    let server = MockServer::start().await;
+    let enricher = clearsale_enricher(&server, fast_settings()).await;
+    let e = cs_event("mfa");
+    Mock::given(method("GET"))
+        .and(path(analysis_path(&e)))
+        .respond_with(
+            ResponseTemplate::new(404)
+                .set_body_json(json!({"title": "Id not found", "status": 404})),
+        )
+        .expect(3)
+        .mount(&server)
+        .await;
+    match enricher.enrich(&e).await {
+        EnrichOutcome::Failed(f) => {
+            assert_eq!(f.class, ErrorClass::NotFound);
+            assert_eq!(f.http_status, Some(404));
+            assert_eq!(f.attempts, 3);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn not_found_that_becomes_visible_within_the_grace_succeeds() {
+    let server = MockServer::start().await;
+    let enricher = clearsale_enricher(&server, fast_settings()).await;
+    let e = cs_event("mfa");
+    Mock::given(method("GET"))
+        .and(path(analysis_path(&e)))
+        .respond_with(ResponseTemplate::new(404))
+        .up_to_n_times(2)
+        .expect(2)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(analysis_path(&e)))
+        .respond_with(ok_analysis(&e, "approved"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    assert!(matches!(
+        enricher.enrich(&e).await,
+        EnrichOutcome::Fetched { attempts: 3, .. }
+    ));
+}
+
+#[tokio::test]
+async fn bad_request_is_permanent_at_once() {
+    let server = MockServer::start().await;
+    let enricher = clearsale_enricher(&server, fast_settings()).await;
+    let e = cs_event("mfa");
+    Mock::given(method("GET"))
+        .and(path(analysis_path(&e)))
+        .respond_with(
+            ResponseTemplate::new(400)
+                .set_body_json(json!({"title": "Fail to Validate Request.", "status": 400})),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    match enricher.enrich(&e).await {
+        EnrichOutcome::Failed(f) => {
+            assert_eq!(f.class, ErrorClass::ProviderRejected);
+            assert_eq!(f.attempts, 1);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn unparseable_answer_is_permanent() {
+    let server = MockServer::start().await;
+    let enricher = clearsale_enricher(&server, fast_settings()).await;
+    let e = cs_event("mfa");
+    Mock::given(method("GET"))
+        .and(path(analysis_path(&e)))
+        .respond_with(ResponseTemplate::new(200).set_body_string("<html>"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    assert!(
+        matches!(enricher.enrich(&e).await, EnrichOutcome::Failed(f) if f.class == ErrorClass::InvalidResponse)
+    );
+}
+
+#[tokio::test]
+async fn a_provider_failing_consistently_is_systemic_not_a_dead_letter() {
+    let server = MockServer::start().await;
+    let enricher = clearsale_enricher(&server, fast_settings()).await;
+    let e = cs_event("mfa");
+    Mock::given(method("GET"))
+        .and(path(analysis_path(&e)))
+        .respond_with(ResponseTemplate::new(500))
+        .mount(&server)
+        .await;
+    match enricher.enrich(&e).await {
+        EnrichOutcome::Systemic {
+            provider,
+            retries_exhausted,
+            attempts,
+            ..
+        } => {
+            assert_eq!(provider, Provider::ClearSale);
+            assert!(retries_exhausted);
+            assert!(attempts > 1);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn broken_authentication_is_systemic() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/connect/v1/authenticate"))
+        .respond_with(
+            ResponseTemplate::new(401).set_body_json(json!("User or Password not authorized")),
+        )
+        .mount(&server)
+        .await;
+    let cs = ClearSaleSettings {
+        base_url: server.uri(),
+        user: "u".into(),
+        password: "wrong".into(),
+        ..Default::default()
+    };
+    let enricher = Enricher::new(
+        Some(Arc::new(ClearSaleClient::new(&cs).unwrap())),
+        None,
+        fast_settings(),
+    );
+    assert!(matches!(
+        enricher.enrich(&cs_event("mfa")).await,
+        EnrichOutcome::Systemic {
+            retries_exhausted: false,
+            ..
+        }
+    ));
+}
+
+#[tokio::test]
+async fn pending_module_is_refetched_until_final() {
+    let server = MockServer::start().await;
+    let enricher = clearsale_enricher(&server, fast_settings()).await;
+    let e = cs_event("mfa");
+    Mock::given(method("GET"))
+        .and(path(analysis_path(&e)))
+        .respond_with(ok_analysis(&e, "pending"))
+        .up_to_n_times(2)
+        .expect(2)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(analysis_path(&e)))
+        .respond_with(ok_analysis(&e, "approved"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    match enricher.enrich(&e).await {
+        EnrichOutcome::Fetched { fetched, attempts } => {
+            assert_eq!(attempts, 3);
+            let record = normalize(&e, &fetched, None, false, chrono::Utc::now());
+            assert_eq!(record.state, State::Completed);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn pending_forever_is_published_as_pending_after_the_bound() {
+    let server = MockServer::start().await;
+    let enricher = clearsale_enricher(&server, fast_settings()).await;
+    let e = cs_event("mfa");
+    Mock::given(method("GET"))
+        .and(path(analysis_path(&e)))
+        .respond_with(ok_analysis(&e, "pending"))
+        .mount(&server)
+        .await;
+    match enricher.enrich(&e).await {
+        EnrichOutcome::Fetched { fetched, attempts } => {
+            assert!(matches!(
+                fetched,
+                Fetched::ClearSale {
+                    still_pending: true,
+                    ..
+                }
+            ));
+            assert!(attempts > 1);
+            assert_eq!(
+                normalize(&e, &fetched, None, false, chrono::Utc::now()).state,
+                State::Pending
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // The module named by the webhook decides: a pending `mfa` does not hold a `biolink` event.
+    let b = cs_event("biolink");
+    Mock::given(method("GET"))
+        .and(path(analysis_path(&b)))
+        .respond_with(ok_analysis(&b, "pending"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    assert!(matches!(
+        enricher.enrich(&b).await,
+        EnrichOutcome::Fetched { attempts: 1, .. }
+    ));
+}
+
+#[tokio::test]
+async fn unico_gone_is_a_terminal_failed_result() {
+    let server = MockServer::start().await;
+    let enricher = unico_enricher(&server, fast_settings()).await;
+    let e = unico_event(5);
+    Mock::given(method("GET"))
+        .and(path(process_path(&e)))
+        .respond_with(
+            ResponseTemplate::new(410)
+                .set_body_json(json!({"Error": {"code": "41001", "description": "gone"}})),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    match enricher.enrich(&e).await {
+        EnrichOutcome::Fetched {
+            fetched,
+            attempts: 1,
+        } => {
+            assert_eq!(fetched, Fetched::UnicoGone);
+            assert_eq!(
+                normalize(&e, &fetched, None, true, chrono::Utc::now()).state,
+                State::Failed
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn unico_429_with_retry_after_then_success() {
+    let server = MockServer::start().await;
+    let enricher = unico_enricher(&server, fast_settings()).await;
+    let e = unico_event(3);
+    Mock::given(method("GET"))
+        .and(path(process_path(&e)))
+        .respond_with(ResponseTemplate::new(429).insert_header("Retry-After", "0"))
+        .up_to_n_times(1)
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(process_path(&e)))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            json!({"id": e.subject_id.to_string(), "status": 3, "unicoId": {"result": "yes"}}),
+        ))
+        .expect(1)
+        .mount(&server)
+        .await;
+    match enricher.enrich(&e).await {
+        EnrichOutcome::Fetched {
+            fetched,
+            attempts: 2,
+        } => {
+            assert_eq!(
+                normalize(&e, &fetched, None, true, chrono::Utc::now()).state,
+                State::Completed
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_disabled_provider_is_an_unsupported_event() {
+    let enricher = Enricher::new(None, None, fast_settings());
+    assert!(matches!(
+        enricher.enrich(&unico_event(3)).await,
+        EnrichOutcome::Failed(f) if f.class == ErrorClass::UnsupportedEvent && f.attempts == 0
+    ));
+}
