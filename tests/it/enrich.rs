@@ -6,7 +6,7 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
-use webhook_enricher::enrich::{EnrichOutcome, EnrichSettings, Enricher};
+use webhook_enricher::enrich::{EnrichOutcome, EnrichSettings, Enricher, NotFoundSettings};
 use webhook_enricher::event::{Trigger, WebhookEvent};
 use webhook_enricher::failure::ErrorClass;
 use webhook_enricher::provider::clearsale::ClearSaleClient;
@@ -19,22 +19,25 @@ use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 fn fast_settings() -> EnrichSettings {
-    let mut s = EnrichSettings::default();
-    s.retry = BackoffPolicy {
-        initial: Duration::from_millis(5),
-        multiplier: 2.0,
-        max_delay: Duration::from_millis(50),
-        max_elapsed: Duration::from_millis(600),
-    };
-    s.not_found.attempts = 3;
-    s.not_found.delay = Duration::from_millis(10);
-    s.pending = BackoffPolicy {
-        initial: Duration::from_millis(5),
-        multiplier: 2.0,
-        max_delay: Duration::from_millis(20),
-        max_elapsed: Duration::from_millis(150),
-    };
-    s
+    EnrichSettings {
+        retry: BackoffPolicy {
+            initial: Duration::from_millis(5),
+            multiplier: 2.0,
+            max_delay: Duration::from_millis(50),
+            max_elapsed: Duration::from_millis(600),
+        },
+        not_found: NotFoundSettings {
+            attempts: 3,
+            delay: Duration::from_millis(10),
+        },
+        pending: BackoffPolicy {
+            initial: Duration::from_millis(5),
+            multiplier: 2.0,
+            max_delay: Duration::from_millis(20),
+            max_elapsed: Duration::from_millis(150),
+        },
+        include_raw_response: true,
+    }
 }
 
 async fn clearsale_enricher(server: &MockServer, settings: EnrichSettings) -> Enricher {
