@@ -44,13 +44,31 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+/// Exit status for an invalid configuration (a usage error, like clap's).
+const EXIT_CONFIG: i32 = 2;
+/// Exit status when the service stopped on an error.
+const EXIT_FAILURE: i32 = 1;
+
+fn main() {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("starting the runtime")?;
-    runtime.block_on(async_main(cli))
+        .context("starting the runtime")
+        .and_then(|runtime| runtime.block_on(async_main(cli)));
+    if let Err(error) = result {
+        // `{:#}` prints the chain of causes; no backtrace for an operator.
+        eprintln!("error: {error:#}");
+        let code = if error
+            .downcast_ref::<webhook_enricher::config::ConfigError>()
+            .is_some()
+        {
+            EXIT_CONFIG
+        } else {
+            EXIT_FAILURE
+        };
+        std::process::exit(code);
+    }
 }
 
 async fn async_main(cli: Cli) -> anyhow::Result<()> {
