@@ -2,6 +2,7 @@
 //! command line, sets up logging and the shutdown signal, and calls in here, so tests drive the
 //! same code in-process.
 
+use crate::admin::Health;
 use crate::avro::{EncoderInitError, RecordEncoder};
 use crate::config::Config;
 use crate::engine::stats::{EngineStats, StatsSnapshot};
@@ -24,6 +25,8 @@ pub enum AppError {
     Engine(#[from] EngineError),
     #[error("output schema: {0}")]
     Schema(#[from] crate::avro::SchemaError),
+    #[error("admin server: {0}")]
+    Admin(#[from] crate::admin::AdminError),
 }
 
 /// Builds the enricher (one client per enabled provider).
@@ -49,28 +52,45 @@ pub async fn build_parts(
 ) -> Result<EngineParts, AppError> {
     crate::avro::schema()?;
     let enricher = build_enricher(config)?;
-    let encoder =
-        RecordEncoder::from_settings(&config.output.encoding, &config.output.all_record_topics())
-            .await?;
+    let topics = config.output.all_record_topics();
+    let encoder = RecordEncoder::from_settings(&config.output.encoding, &topics).await?;
+    let health = Arc::new(Health::new(config.admin.clone()));
     Ok(EngineParts {
         enricher,
         encoder: Arc::new(encoder),
         stats,
+        health,
     })
 }
 
-/// `webhook-enricher run`: the main job, until `shutdown` resolves.
+/// `webhook-enricher run`: the main job, until `shutdown` resolves. Serves the admin endpoints
+/// (`/metrics`, `/healthz`, `/readyz`) meanwhile.
 pub async fn run(
     config: &Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<StatsSnapshot, AppError> {
     let stats = Arc::new(EngineStats::default());
     let parts = build_parts(config, stats).await?;
+    let admin = if config.admin.enabled {
+        let prometheus = crate::admin::prometheus()?;
+        let listener = crate::admin::bind(&config.admin).await?;
+        Some(tokio::spawn(crate::admin::serve(
+            listener,
+            parts.health.clone(),
+            prometheus,
+        )))
+    } else {
+        None
+    };
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         topics = ?config.input.topics,
         group = %config.kafka.group_id,
         "webhook-enricher starting"
     );
-    Ok(crate::engine::run(config, parts, shutdown).await?)
+    let result = crate::engine::run(config, parts, shutdown).await;
+    if let Some(admin) = admin {
+        admin.abort();
+    }
+    Ok(result?)
 }

@@ -40,6 +40,7 @@ pub struct Config {
     pub unico: UnicoSettings,
     pub enrich: EnrichSettings,
     pub engine: crate::engine::EngineSettings,
+    pub admin: crate::admin::AdminSettings,
 }
 
 /// The `[kafka]` section: connection and security, shared by the consumer and the producer.

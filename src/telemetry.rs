@@ -25,6 +25,88 @@ pub mod names {
     pub const CIRCUIT_STATE: &str = "webhook_enricher_circuit_state";
     pub const RECORDS_IN_FLIGHT: &str = "webhook_enricher_records_in_flight";
     pub const END_TO_END_SECONDS: &str = "webhook_enricher_end_to_end_latency_seconds";
+    pub const CONSUMER_LAG: &str = "webhook_enricher_consumer_lag";
+}
+
+/// Registers the help text of every metric (shown by `/metrics`).
+pub fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        names::RECORDS_CONSUMED,
+        "Records received from the input topics."
+    );
+    describe_counter!(
+        names::RECORDS_PUBLISHED,
+        "Enriched records acknowledged by their output topic, by provider."
+    );
+    describe_counter!(
+        names::RECORDS_DEDUPLICATED,
+        "Repeats of already published events dropped, by provider."
+    );
+    describe_counter!(
+        names::RECORDS_SKIPPED,
+        "Valid events not enriched (Unico statuses outside the set), by provider."
+    );
+    describe_counter!(
+        names::RECORDS_DEAD_LETTERED,
+        "Records acknowledged by the dead-letter topic, by error class."
+    );
+    describe_counter!(
+        names::PROVIDER_REQUESTS,
+        "HTTP requests to the providers, by provider, operation, outcome and status class."
+    );
+    describe_histogram!(
+        names::PROVIDER_REQUEST_SECONDS,
+        Unit::Seconds,
+        "Provider HTTP request latency, by provider and operation."
+    );
+    describe_counter!(
+        names::PROVIDER_RETRIES,
+        "Provider calls retried, by provider and reason."
+    );
+    describe_counter!(
+        names::TOKEN_REFRESHES,
+        "Provider token requests, by provider and outcome."
+    );
+    describe_counter!(
+        names::PRODUCE_RETRIES,
+        "Kafka writes retried after an error."
+    );
+    describe_counter!(
+        names::CIRCUIT_OPENED,
+        "Times a provider's circuit opened (systemic failure), by provider."
+    );
+    describe_gauge!(
+        names::CIRCUIT_STATE,
+        "Provider circuit state: 0 closed, 1 open, 2 half-open."
+    );
+    describe_gauge!(
+        names::RECORDS_IN_FLIGHT,
+        "Records received and not yet finished."
+    );
+    describe_gauge!(
+        names::CONSUMER_LAG,
+        "High watermark minus the committed (basis=committed) or stored (basis=stored) offset, by topic and partition."
+    );
+    describe_histogram!(
+        names::END_TO_END_SECONDS,
+        Unit::Seconds,
+        "From the input record's timestamp to the output's acknowledgement, by provider."
+    );
+}
+
+/// librdkafka reported a partition's lag (-1 when unknown; then the gauge is not updated).
+pub fn consumer_lag(topic: &str, partition: i32, committed_lag: i64, stored_lag: i64) {
+    for (basis, lag) in [("committed", committed_lag), ("stored", stored_lag)] {
+        if lag >= 0 {
+            let labels = [
+                ("topic", topic.to_string()),
+                ("partition", partition.to_string()),
+                ("basis", basis.to_string()),
+            ];
+            metrics::gauge!(names::CONSUMER_LAG, &labels).set(lag as f64);
+        }
+    }
 }
 
 /// The status class label of an HTTP status: `2xx`, `4xx`, `5xx`, or `none` without a response.

@@ -93,6 +93,7 @@ pub struct ConsumerHandle {
 
 struct EngineContext {
     events: mpsc::UnboundedSender<FromConsumer>,
+    health: Arc<crate::admin::Health>,
     generation: AtomicU64,
     closing: AtomicBool,
     revoke_wait: Duration,
@@ -113,6 +114,22 @@ impl ClientContext for EngineContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(target: "librdkafka", error = %error, reason, "kafka client error");
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        self.health.on_statistics(&statistics);
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                if *partition >= 0 && p.hi_offset >= 0 {
+                    crate::telemetry::consumer_lag(
+                        topic,
+                        *partition,
+                        p.consumer_lag,
+                        p.consumer_lag_stored,
+                    );
+                }
+            }
+        }
     }
 }
 
@@ -200,10 +217,12 @@ pub fn start(
     topics: &[String],
     max_in_flight: usize,
     revoke_wait: Duration,
+    health: Arc<crate::admin::Health>,
 ) -> Result<ConsumerHandle, ConsumerError> {
     let (events_tx, events) = mpsc::unbounded_channel();
     let context = EngineContext {
         events: events_tx,
+        health,
         generation: AtomicU64::new(0),
         closing: AtomicBool::new(false),
         revoke_wait,

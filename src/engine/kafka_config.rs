@@ -42,8 +42,14 @@ pub fn consumer_config(
     settings: &KafkaSettings,
     group_id: &str,
     commit_interval: Duration,
+    statistics_interval: Duration,
 ) -> ClientConfig {
     let mut c = base(settings);
+    // Statistics feed readiness (broker and group state) and the consumer-lag gauges.
+    c.set(
+        "statistics.interval.ms",
+        statistics_interval.as_millis().max(100).to_string(),
+    );
     c.set("group.id", group_id)
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")

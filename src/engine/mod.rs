@@ -94,6 +94,8 @@ pub struct EngineParts {
     pub enricher: Enricher,
     pub encoder: Arc<RecordEncoder>,
     pub stats: Arc<EngineStats>,
+    /// Probe state, updated by the engine.
+    pub health: Arc<crate::admin::Health>,
 }
 
 /// Runs the pipeline until `shutdown` resolves (then drains, flushes, commits and returns the
@@ -112,17 +114,27 @@ pub async fn run(
         &config.kafka,
         &config.kafka.group_id,
         settings.commit_interval,
+        config.admin.statistics_interval,
     );
     let handle = consumer::start(
         consumer_config,
         &config.input.topics,
         settings.max_in_flight,
         settings.revoke_drain_timeout + Duration::from_secs(2),
+        parts.health.clone(),
     )?;
+    let clearsale_breaker = Arc::new(breaker::CircuitBreaker::new(settings.breaker));
+    let unico_breaker = Arc::new(breaker::CircuitBreaker::new(settings.breaker));
+    parts
+        .health
+        .register_breaker(Provider::ClearSale, clearsale_breaker.clone());
+    parts
+        .health
+        .register_breaker(Provider::Unico, unico_breaker.clone());
     let ctx = Arc::new(WorkerContext {
         enricher: parts.enricher,
-        clearsale_breaker: Arc::new(breaker::CircuitBreaker::new(settings.breaker)),
-        unico_breaker: Arc::new(breaker::CircuitBreaker::new(settings.breaker)),
+        clearsale_breaker,
+        unico_breaker,
         dedupe: dedupe::Dedupe::new(settings.dedupe),
         encoder: parts.encoder,
         output: config.output.clone(),
@@ -145,6 +157,7 @@ pub async fn run(
         pending_revoke: None,
         fatal: None,
         revoke_drain_timeout: settings.revoke_drain_timeout,
+        health: parts.health.clone(),
     };
     let result = dispatcher
         .run_loop(handle.events, done_rx, shutdown, settings.drain_timeout)
@@ -203,6 +216,7 @@ struct Dispatcher {
     pending_revoke: Option<PendingRevoke>,
     fatal: Option<EngineError>,
     revoke_drain_timeout: Duration,
+    health: Arc<crate::admin::Health>,
 }
 
 impl Dispatcher {
@@ -220,6 +234,7 @@ impl Dispatcher {
             tokio::select! {
                 _ = &mut shutdown, if drain_deadline.is_none() => {
                     tracing::info!(in_flight = self.in_flight(), "shutdown requested: draining");
+                    self.health.set_shutting_down();
                     self.flow.stop_fetching.store(true, Ordering::SeqCst);
                     drain_deadline = Some(Instant::now() + drain_timeout);
                 }
@@ -398,8 +413,8 @@ impl Dispatcher {
         }
         let _ = pending.reply.send(offsets);
     }
-
     fn on_tick(&mut self) {
+        self.health.heartbeat();
         crate::telemetry::records_in_flight(self.in_flight());
         for provider in Provider::ALL {
             crate::telemetry::circuit_state(

@@ -1,0 +1,379 @@
+//! The admin HTTP server: `GET /metrics` (Prometheus text), `GET /healthz` (liveness) and
+//! `GET /readyz` (readiness), for Kubernetes probes and scraping.
+//!
+//! Liveness: the server answers (the runtime is responsive) and the engine's dispatcher loop has
+//! ticked within the last `liveness_stall_after` (it ticks every 250 ms; a stall means a bug).
+//!
+//! Readiness, all of:
+//! 1. librdkafka reported statistics within the last 3 statistics intervals;
+//! 2. at least one broker connection is up;
+//! 3. the consumer is a member of its group (group state `up`, join state `steady`);
+//! 4. no provider circuit has been open (or half-open) for longer than
+//!    `circuit_open_unready_after`;
+//! 5. the service is not shutting down.
+
+use crate::engine::breaker::CircuitBreaker;
+use crate::provider::Provider;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The `[admin]` settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AdminSettings {
+    /// Serve the admin endpoints.
+    pub enabled: bool,
+    /// Address of the admin server.
+    pub listen: String,
+    /// A provider circuit open for longer than this makes the service not ready.
+    #[serde(with = "humantime_serde")]
+    pub circuit_open_unready_after: Duration,
+    /// The dispatcher not ticking for this long makes the service not live.
+    #[serde(with = "humantime_serde")]
+    pub liveness_stall_after: Duration,
+    /// librdkafka statistics interval (feeds readiness and the lag gauges).
+    #[serde(with = "humantime_serde")]
+    pub statistics_interval: Duration,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: "0.0.0.0:9090".into(),
+            circuit_open_unready_after: Duration::from_secs(300),
+            liveness_stall_after: Duration::from_secs(60),
+            statistics_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Errors starting the admin server.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("cannot install the Prometheus recorder: {0}")]
+    Recorder(String),
+}
+
+#[derive(Debug, Default, Clone)]
+struct KafkaView {
+    brokers_up: usize,
+    group_state: String,
+    join_state: String,
+    assigned_partitions: i32,
+    at: Option<Instant>,
+}
+
+/// What the probes look at. Shared by the engine (which updates it) and the admin server.
+#[derive(Debug)]
+pub struct Health {
+    settings: AdminSettings,
+    started: Instant,
+    kafka: Mutex<KafkaView>,
+    /// Milliseconds since `started` of the dispatcher's last tick.
+    heartbeat_ms: AtomicU64,
+    shutting_down: AtomicBool,
+    breakers: Mutex<Vec<(Provider, Arc<CircuitBreaker>)>>,
+}
+
+/// A probe's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProbeReport {
+    pub ok: bool,
+    /// Why not, one line per failed rule.
+    pub reasons: Vec<String>,
+}
+
+impl Health {
+    pub fn new(settings: AdminSettings) -> Self {
+        Self {
+            settings,
+            started: Instant::now(),
+            kafka: Mutex::new(KafkaView::default()),
+            heartbeat_ms: AtomicU64::new(0),
+            shutting_down: AtomicBool::new(false),
+            breakers: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn kafka(&self) -> std::sync::MutexGuard<'_, KafkaView> {
+        self.kafka.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The engine's dispatcher loop is alive.
+    pub fn heartbeat(&self) {
+        self.heartbeat_ms
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Shutdown began: not ready any more.
+    pub fn set_shutting_down(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+    }
+
+    /// The engine's circuit breakers, for the readiness rule.
+    pub fn register_breaker(&self, provider: Provider, breaker: Arc<CircuitBreaker>) {
+        self.breakers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((provider, breaker));
+    }
+
+    /// A librdkafka statistics report arrived (consumer side).
+    pub fn on_statistics(&self, stats: &rdkafka::Statistics) {
+        let brokers_up = stats
+            .brokers
+            .values()
+            .filter(|b| b.state == "UP" && b.nodeid >= 0)
+            .count();
+        let (group_state, join_state, assigned) = match &stats.cgrp {
+            Some(g) => (g.state.clone(), g.join_state.clone(), g.assignment_size),
+            None => (String::new(), String::new(), 0),
+        };
+        *self.kafka() = KafkaView {
+            brokers_up,
+            group_state,
+            join_state,
+            assigned_partitions: assigned,
+            at: Some(Instant::now()),
+        };
+    }
+
+    /// Liveness.
+    pub fn liveness(&self) -> ProbeReport {
+        let last = Duration::from_millis(self.heartbeat_ms.load(Ordering::Relaxed));
+        let since = self.started.elapsed().saturating_sub(last);
+        let mut reasons = Vec::new();
+        if since > self.settings.liveness_stall_after {
+            reasons.push(format!(
+                "engine loop has not ticked for {}s",
+                since.as_secs()
+            ));
+        }
+        ProbeReport {
+            ok: reasons.is_empty(),
+            reasons,
+        }
+    }
+
+    /// Readiness (see the module docs for the rules).
+    pub fn readiness(&self) -> ProbeReport {
+        let mut reasons = Vec::new();
+        let kafka = self.kafka().clone();
+        match kafka.at {
+            None => reasons.push("no Kafka statistics yet".to_string()),
+            Some(at) if at.elapsed() > self.settings.statistics_interval * 3 => reasons.push(
+                format!("Kafka statistics are {}s old", at.elapsed().as_secs()),
+            ),
+            Some(_) => {
+                if kafka.brokers_up == 0 {
+                    reasons.push("no broker connection is up".into());
+                }
+                if kafka.group_state != "up" || kafka.join_state != "steady" {
+                    reasons.push(format!(
+                        "not a settled member of the consumer group (state {:?}, join state {:?})",
+                        kafka.group_state, kafka.join_state
+                    ));
+                }
+            }
+        }
+        for (provider, breaker) in self
+            .breakers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            if let Some(open) = breaker.not_closed_for() {
+                if open > self.settings.circuit_open_unready_after {
+                    reasons.push(format!("{provider} circuit open for {}s", open.as_secs()));
+                }
+            }
+        }
+        if self.shutting_down.load(Ordering::Relaxed) {
+            reasons.push("shutting down".into());
+        }
+        ProbeReport {
+            ok: reasons.is_empty(),
+            reasons,
+        }
+    }
+
+    /// Assigned partitions, as last reported by librdkafka.
+    pub fn assigned_partitions(&self) -> i32 {
+        self.kafka().assigned_partitions
+    }
+}
+
+/// The process-wide Prometheus recorder (installed once; later calls return the same handle).
+pub fn prometheus() -> Result<PrometheusHandle, AdminError> {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let buckets = [
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+    ];
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
+        .map_err(|e| AdminError::Recorder(e.to_string()))?
+        .build_recorder();
+    let handle = recorder.handle();
+    match metrics::set_global_recorder(recorder) {
+        Ok(()) => {
+            let _ = HANDLE.set(handle.clone());
+            crate::telemetry::describe_metrics();
+            Ok(handle)
+        }
+        Err(_) => HANDLE
+            .get()
+            .cloned()
+            .ok_or_else(|| AdminError::Recorder("another metrics recorder is installed".into())),
+    }
+}
+
+#[derive(Clone)]
+struct AdminState {
+    health: Arc<Health>,
+    prometheus: PrometheusHandle,
+}
+
+/// The admin routes.
+pub fn router(health: Arc<Health>, prometheus: PrometheusHandle) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(AdminState { health, prometheus })
+}
+
+/// Binds the admin server. Bind failures are startup errors.
+pub async fn bind(settings: &AdminSettings) -> Result<tokio::net::TcpListener, AdminError> {
+    tokio::net::TcpListener::bind(&settings.listen)
+        .await
+        .map_err(|source| AdminError::Bind {
+            addr: settings.listen.clone(),
+            source,
+        })
+}
+
+/// Serves until the task is aborted.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    health: Arc<Health>,
+    prometheus: PrometheusHandle,
+) {
+    let upkeep = prometheus.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "admin server listening (/metrics, /healthz, /readyz)");
+    }
+    if let Err(e) = axum::serve(listener, router(health, prometheus)).await {
+        tracing::error!(error = %e, "admin server stopped");
+    }
+}
+
+async fn metrics_handler(State(state): State<AdminState>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        state.prometheus.render(),
+    )
+}
+
+async fn healthz(State(state): State<AdminState>) -> impl IntoResponse {
+    probe(state.health.liveness())
+}
+
+async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
+    probe(state.health.readiness())
+}
+
+fn probe(report: ProbeReport) -> impl IntoResponse {
+    let status = if report.ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::breaker::{BreakerSettings, Permit};
+
+    fn stats(json: &str) -> rdkafka::Statistics {
+        serde_json::from_str(json).unwrap()
+    }
+
+    const READY: &str = r#"{"name":"c","client_id":"c","type":"consumer","ts":1,"time":1,"age":1,"replyq":0,"msg_cnt":0,"msg_size":0,"msg_max":0,"msg_size_max":0,"simple_cnt":0,"metadata_cache_cnt":0,"tx":0,"tx_bytes":0,"rx":0,"rx_bytes":0,"txmsgs":0,"txmsg_bytes":0,"rxmsgs":0,"rxmsg_bytes":0,
+      "brokers":{},"topics":{},"cgrp":{"state":"up","stateage":1,"join_state":"steady","rebalance_age":1,"rebalance_cnt":1,"rebalance_reason":"","assignment_size":2}}"#;
+
+    #[test]
+    fn not_ready_until_statistics_arrive_and_the_group_is_joined() {
+        let h = Health::new(AdminSettings::default());
+        let r = h.readiness();
+        assert!(!r.ok);
+        assert!(r.reasons[0].contains("no Kafka statistics"));
+        h.on_statistics(&stats(READY));
+        let r = h.readiness();
+        assert!(!r.ok, "no broker up yet");
+        assert!(r.reasons.iter().any(|x| x.contains("broker")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_circuit_stuck_open_makes_it_unready() {
+        let settings = AdminSettings {
+            circuit_open_unready_after: Duration::from_secs(10),
+            ..Default::default()
+        };
+        let h = Health::new(settings);
+        let b = Arc::new(CircuitBreaker::new(BreakerSettings::default()));
+        h.register_breaker(Provider::Unico, b.clone());
+        b.on_systemic_failure(Permit::Normal);
+        assert!(!h.readiness().reasons.iter().any(|r| r.contains("circuit")));
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert!(h
+            .readiness()
+            .reasons
+            .iter()
+            .any(|r| r.contains("unico circuit open")));
+        b.on_success();
+        assert!(!h.readiness().reasons.iter().any(|r| r.contains("circuit")));
+    }
+
+    #[test]
+    fn liveness_follows_the_heartbeat_and_shutdown_unreadies() {
+        let h = Health::new(AdminSettings {
+            liveness_stall_after: Duration::from_millis(50),
+            ..Default::default()
+        });
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(!h.liveness().ok);
+        h.heartbeat();
+        assert!(h.liveness().ok);
+        h.set_shutting_down();
+        assert!(h.readiness().reasons.iter().any(|r| r == "shutting down"));
+    }
+}
