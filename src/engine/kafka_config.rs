@@ -76,3 +76,62 @@ pub fn producer_config(settings: &KafkaSettings) -> ClientConfig {
     }
     c
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{SaslMechanism, SecurityProtocol};
+
+    #[test]
+    fn consumer_stores_offsets_only_when_told_and_applies_security_and_passthrough() {
+        let mut s = KafkaSettings::default();
+        s.security_protocol = SecurityProtocol::SaslSsl;
+        s.sasl.mechanism = SaslMechanism::ScramSha256;
+        s.sasl.username = "svc".into();
+        s.sasl.password = "pw".into();
+        s.tls.ca_location = Some("/etc/ca.pem".into());
+        s.consumer
+            .0
+            .insert("fetch.max.bytes".into(), "1048576".into());
+        s.consumer
+            .0
+            .insert("enable.auto.offset.store".into(), "true".into());
+        let c = consumer_config(&s, "g", Duration::from_secs(5), Duration::from_secs(5));
+        assert_eq!(c.get("group.id"), Some("g"));
+        assert_eq!(c.get("enable.auto.commit"), Some("true"));
+        assert_eq!(c.get("auto.commit.interval.ms"), Some("5000"));
+        assert_eq!(c.get("security.protocol"), Some("sasl_ssl"));
+        assert_eq!(c.get("sasl.mechanism"), Some("SCRAM-SHA-256"));
+        assert_eq!(c.get("sasl.username"), Some("svc"));
+        assert_eq!(c.get("ssl.ca.location"), Some("/etc/ca.pem"));
+        assert_eq!(c.get("fetch.max.bytes"), Some("1048576"));
+        // Passthrough is applied last, so an operator can override anything (documented).
+        assert_eq!(c.get("enable.auto.offset.store"), Some("true"));
+    }
+
+    #[test]
+    fn producer_is_idempotent_with_acks_all() {
+        let p = producer_config(&KafkaSettings::default());
+        assert_eq!(p.get("enable.idempotence"), Some("true"));
+        assert_eq!(p.get("acks"), Some("all"));
+        assert_eq!(p.get("security.protocol"), Some("plaintext"));
+        assert_eq!(p.get("sasl.username"), None);
+    }
+
+    #[test]
+    fn librdkafka_has_ssl_and_sasl_scram_built_in() {
+        let (_, features) = rdkafka::util::get_rdkafka_version();
+        let mut c = ClientConfig::new();
+        c.set("security.protocol", "sasl_ssl")
+            .set("sasl.mechanism", "SCRAM-SHA-512")
+            .set("sasl.username", "u")
+            .set("sasl.password", "p")
+            .set("bootstrap.servers", "127.0.0.1:1");
+        let created: Result<rdkafka::producer::BaseProducer, _> = c.create();
+        assert!(
+            created.is_ok(),
+            "librdkafka {features} lacks SSL/SASL: {:?}",
+            created.err()
+        );
+    }
+}
