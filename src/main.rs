@@ -81,7 +81,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run => {
             logging::init(
-                cli.log_format.unwrap_or(LogFormat::Json),
+                cli.log_format.unwrap_or(LogFormat::Auto),
                 cli.log_level.as_deref(),
             )
             .map_err(anyhow::Error::msg)?;
