@@ -261,8 +261,10 @@ impl Config {
                 _ => figment.merge(Toml::file_exact(file)),
             };
         }
-        // Environment variables: taken from the given snapshot (not the live environment) so
-        // tests can inject them; values parse like `--set` values.
+        // Environment variables are taken from the given snapshot (not the live environment) so
+        // tests can inject them. Environment and `--set` values are typed by the built-in
+        // default at the same path (see `typed_value`).
+        let defaults = default_values();
         let mut env: Vec<(String, &str)> = sources
             .env
             .iter()
@@ -276,12 +278,19 @@ impl Config {
             .collect();
         env.sort();
         for (path, value) in env {
-            figment = figment.merge((path, parse_override(value)));
+            // librdkafka property names are dotted: `KAFKA__PRODUCER__LINGER_MS` is `linger.ms`.
+            let path = match passthrough_property(&path) {
+                Some((section, property)) => {
+                    format!("kafka.{section}.{}", property.replace('_', "."))
+                }
+                None => path,
+            };
+            figment = merge_value(figment, &defaults, &path, value);
         }
         for item in &sources.overrides {
             match item.split_once('=') {
                 Some((key, value)) if !key.trim().is_empty() => {
-                    figment = figment.merge((key.trim(), parse_override(value)));
+                    figment = merge_value(figment, &defaults, key.trim(), value);
                 }
                 _ => problems.push(format!("--set {item:?}: expected key.path=value")),
             }
@@ -475,14 +484,85 @@ fn check_backoff(p: &mut Vec<String>, name: &str, b: &BackoffPolicy) {
     }
 }
 
-fn parse_override(value: &str) -> figment::value::Value {
+/// The built-in defaults as a value tree, to type environment and `--set` values.
+fn default_values() -> figment::value::Value {
+    Figment::from(figment::providers::Serialized::defaults(Config::default()))
+        .extract()
+        .unwrap_or_else(|_| figment::value::Value::from(figment::value::Dict::new()))
+}
+
+/// `kafka.consumer.<property>` / `kafka.producer.<property>`: the section and the raw property.
+fn passthrough_property(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix("kafka.")?;
+    let (section, property) = rest.split_once('.')?;
+    matches!(section, "consumer" | "producer").then_some((section, property))
+}
+
+/// Merges one environment or `--set` value at `path`. Passthrough librdkafka properties keep
+/// their dotted names as one key.
+fn merge_value(
+    figment: Figment,
+    defaults: &figment::value::Value,
+    path: &str,
+    raw: &str,
+) -> Figment {
+    match passthrough_property(path) {
+        Some((section, property)) => {
+            let mut props = BTreeMap::new();
+            props.insert(property.to_string(), raw.to_string());
+            let mut kafka = BTreeMap::new();
+            kafka.insert(section.to_string(), props);
+            let mut root = BTreeMap::new();
+            root.insert("kafka".to_string(), kafka);
+            figment.merge(figment::providers::Serialized::defaults(root))
+        }
+        None => figment.merge((path, typed_value(defaults, path, raw))),
+    }
+}
+
+/// Types an environment or `--set` value by the built-in default at the same path, so nothing is
+/// guessed from the text alone: where the default is a string (names, URLs, durations, every
+/// secret) or there is no default, the value is taken verbatim (a password `123456` or `"x"`
+/// stays exactly that); a number or boolean is parsed as TOML; a list takes `[a, b]` or `a,b`.
+fn typed_value(defaults: &figment::value::Value, path: &str, raw: &str) -> figment::value::Value {
+    use figment::value::Value;
+    let verbatim = || Value::from(raw.to_string());
+    match defaults.find_ref(path) {
+        Some(Value::Num(..) | Value::Bool(..) | Value::Dict(..)) => {
+            parse_toml(raw).unwrap_or_else(verbatim)
+        }
+        Some(Value::Array(_, items)) => {
+            let trimmed = raw.trim();
+            if trimmed.starts_with('[') {
+                return parse_toml(trimmed).unwrap_or_else(verbatim);
+            }
+            let numeric = matches!(items.first(), Some(Value::Num(..)));
+            let elements: Vec<Value> = trimmed
+                .split(',')
+                .map(str::trim)
+                .filter(|e| !e.is_empty())
+                .map(|e| {
+                    if numeric {
+                        parse_toml(e).unwrap_or_else(|| Value::from(e.to_string()))
+                    } else {
+                        Value::from(e.to_string())
+                    }
+                })
+                .collect();
+            Value::from(elements)
+        }
+        _ => verbatim(),
+    }
+}
+
+fn parse_toml(value: &str) -> Option<figment::value::Value> {
     #[derive(Deserialize)]
     struct Wrapper {
         v: figment::value::Value,
     }
     toml::from_str::<Wrapper>(&format!("v = {value}"))
+        .ok()
         .map(|w| w.v)
-        .unwrap_or_else(|_| figment::value::Value::from(value.to_string()))
 }
 
 /// Raw librdkafka properties passed through unchanged. They may hold credentials
@@ -655,6 +735,62 @@ private_key_pem = "-----BEGIN PRIVATE KEY-----\nMIIfake\n-----END PRIVATE KEY---
         );
         assert_eq!(c.enrich.retry.max_elapsed, Duration::from_secs(120));
         assert!(!c.enrich.include_raw_response);
+    }
+
+    #[test]
+    fn environment_values_are_typed_by_the_default_so_secrets_stay_verbatim() {
+        let env = [
+            ("WEBHOOK_ENRICHER_CLEARSALE__PASSWORD", "123456"),
+            ("WEBHOOK_ENRICHER_UNICO__API_KEY", "\"quoted\""),
+            ("WEBHOOK_ENRICHER_KAFKA__SASL__PASSWORD", "1e5"),
+            ("WEBHOOK_ENRICHER_KAFKA__SASL__USERNAME", "true"),
+            ("WEBHOOK_ENRICHER_KAFKA__GROUP_ID", "2024-01-01"),
+            ("WEBHOOK_ENRICHER_ENGINE__MAX_IN_FLIGHT", "64"),
+            ("WEBHOOK_ENRICHER_INPUT__TOPICS", "a.raw,b.raw"),
+            ("WEBHOOK_ENRICHER_INPUT__UNICO_STATUSES", "3,4"),
+            ("WEBHOOK_ENRICHER_KAFKA__PRODUCER__LINGER_MS", "5"),
+            ("WEBHOOK_ENRICHER_ADMIN__ENABLED", "false"),
+        ];
+        let c = load(
+            VALID,
+            &env,
+            &[
+                "kafka.consumer.fetch.wait.max.ms=50",
+                "input.topics=[\"x\"]",
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.clearsale.password.expose(), "123456");
+        assert_eq!(c.unico.api_key.expose(), "\"quoted\"");
+        assert_eq!(c.kafka.sasl.password.expose(), "1e5");
+        assert_eq!(c.kafka.sasl.username, "true");
+        assert_eq!(c.kafka.group_id, "2024-01-01");
+        assert_eq!(c.engine.max_in_flight, 64);
+        assert_eq!(c.input.topics, vec!["x"]);
+        assert_eq!(
+            c.input.unico_statuses.iter().copied().collect::<Vec<_>>(),
+            vec![3, 4]
+        );
+        assert_eq!(
+            c.kafka.producer.0.get("linger.ms").map(String::as_str),
+            Some("5")
+        );
+        assert_eq!(
+            c.kafka
+                .consumer
+                .0
+                .get("fetch.wait.max.ms")
+                .map(String::as_str),
+            Some("50")
+        );
+        assert!(!c.admin.enabled);
+        let c = load(
+            VALID,
+            &[("WEBHOOK_ENRICHER_INPUT__TOPICS", "only.one")],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.input.topics, vec!["only.one"]);
     }
 
     #[test]
