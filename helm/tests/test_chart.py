@@ -292,6 +292,11 @@ def test_admin_listen_cannot_be_set_in_config(chart):
         render(chart, {"config": {"admin": {"listen": "0.0.0.0:8080"}}})
 
 
+def test_admin_server_cannot_be_disabled(chart):
+    with pytest.raises(helm.HelmRenderError, match="probes"):
+        render(chart, {"config": {"admin": {"enabled": False}}})
+
+
 def test_other_admin_settings_pass_through(chart):
     rendered = render(chart, {"config": {"admin": {"circuit_open_unready_after": "2m"}}})
     assert rendered.config["admin"] == {"circuit_open_unready_after": "2m", "listen": "0.0.0.0:9090"}
@@ -321,9 +326,10 @@ def test_grace_period_is_derived_from_drain_timeout(chart, drain_timeout, expect
     assert grace > humantime_seconds(drain_timeout)
 
 
-def test_unparseable_drain_timeout_is_refused(chart):
+@pytest.mark.parametrize("drain_timeout", ["soon", "30x", "1.5s", "30"])
+def test_unparseable_drain_timeout_is_refused(chart, drain_timeout):
     with pytest.raises((helm.HelmValuesError, helm.HelmRenderError)):
-        render(chart, {"config": {"engine": {"drain_timeout": "soon"}}})
+        render(chart, {"config": {"engine": {"drain_timeout": drain_timeout}}})
 
 
 def test_env_cannot_override_chart_derived_settings(chart):
@@ -645,3 +651,21 @@ def test_schema_is_strict_at_the_top_level(chart):
     schema = chart.schema
     assert schema["additionalProperties"] is False
     assert set(schema["properties"]) == set(chart.values)
+
+
+# --------------------------------------------------------------------------------------------
+# The image the chart runs (Dockerfile at the repository root; not built here)
+
+
+def test_dockerfile_matches_the_chart(chart):
+    dockerfile = (CHART_DIR.parents[1] / "Dockerfile").read_text()
+    defaults = chart.values
+    assert re.search(rf"useradd .*--uid {UID} ", dockerfile)
+    assert re.search(rf"^USER {UID}:{UID}$", dockerfile, re.M)
+    assert defaults["podSecurityContext"]["runAsUser"] == UID
+    assert re.search(rf"^EXPOSE {defaults['admin']['port']}$", dockerfile, re.M)
+    assert 'ENTRYPOINT ["/usr/local/bin/webhook-enricher"]' in dockerfile
+    assert 'CMD ["run"]' in dockerfile
+    assert "cargo build --release --locked --bin webhook-enricher" in dockerfile
+    rendered = render(chart)
+    assert container(rendered.one("Deployment")["spec"]["template"]["spec"])["image"] == f"webhook-enricher:{chart.metadata['appVersion']}"

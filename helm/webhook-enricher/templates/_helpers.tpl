@@ -125,6 +125,9 @@ Checks that the templates cannot express as types; each fails the render with a 
 {{- if hasKey (dig "admin" dict $cfg) "listen" }}
 {{- fail "config.admin.listen is set by the chart from admin.port (the container port and the probes use it too): set admin.port instead" }}
 {{- end }}
+{{- if eq (toString (dig "admin" "enabled" true $cfg)) "false" }}
+{{- fail "config.admin.enabled = false would turn off /healthz, /readyz and /metrics, which the probes and the ServiceMonitor use" }}
+{{- end }}
 {{- $secretPaths := dict "clearsale.password" "clearsalePassword" "unico.api_key" "unicoApiKey" "unico.private_key_pem" "unicoPrivateKey" "kafka.sasl.password" "kafkaSaslPassword" "kafka.tls.key_password" "kafkaTlsKeyPassword" "output.encoding.registry.password" "registryPassword" }}
 {{- range $path, $valuesKey := $secretPaths }}
 {{- $parts := splitList "." $path }}
