@@ -581,6 +581,16 @@ def test_autoscaling_misconfigurations_are_refused(chart, autoscaling):
         render(chart, {"autoscaling": autoscaling})
 
 
+def test_topology_spread_gets_the_pod_selector(chart):
+    constraint = {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway"}
+    rendered = render(chart, {"topologySpreadConstraints": [constraint]})
+    deployment = rendered.one("Deployment")
+    (spread,) = deployment["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert spread["labelSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    for version in KUBE_VERSIONS:
+        kubernetes_validate.validate(deployment, version, strict=True)
+
+
 # --------------------------------------------------------------------------------------------
 # Backfill Job
 
