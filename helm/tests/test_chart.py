@@ -494,6 +494,7 @@ def test_no_secret_value_outside_the_secret(chart):
         {"kafka": {"sasl": {"password": "plain"}}},
         {"output": {"encoding": {"registry": {"password": "plain"}}}},
         {"kafka": {"consumer": {"sasl.password": "plain"}}},
+        {"kafka": {"producer": {"ssl.key.pem": "plain"}}},
     ],
 )
 def test_secrets_in_config_are_refused(chart, config):

@@ -139,7 +139,7 @@ Checks that the templates cannot express as types; each fails the render with a 
 {{- end }}
 {{- range $section := list "consumer" "producer" }}
 {{- range $k, $v := (dig "kafka" $section dict $cfg) }}
-{{- if regexMatch "(?i)(password|secret|token|jaas)" $k }}
+{{- if regexMatch "(?i)(password|secret|token|jaas|credential|key\\.pem)" $k }}
 {{- fail (printf "config.kafka.%s.%s looks like a credential and would land in the ConfigMap: pass it with extraEnv from a Secret instead" $section $k) }}
 {{- end }}
 {{- end }}
