@@ -1,0 +1,682 @@
+"""Offline tests of the webhook-enricher Helm chart.
+
+The chart is rendered with Helm's own engine (helm-python-sdk binds Helm v4's Go SDK: no helm
+binary, no cluster), for the default values and every ci/*-values.yaml scenario. The manifests
+are validated against the Kubernetes OpenAPI schemas (kubernetes-validate, strict: unknown fields
+are errors), the custom resources (ServiceMonitor, ScaledObject, TriggerAuthentication) against
+the fields the chart relies on, and the operational invariants are asserted.
+
+Run with `.ci/helm-test` (creates a venv, installs requirements.txt, runs pytest).
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+CHART_DIR = Path(__file__).resolve().parents[1] / "webhook-enricher"
+RELEASE = "rel"
+NAMESPACE = "enrich"
+# The chart's floor (Chart.yaml kubeVersion) and the newest schemas kubernetes-validate ships.
+KUBE_VERSIONS = ["1.27.0", kubernetes_validate.latest_version()]
+UID = 10001
+
+SCENARIO_FILES = {p.name.removesuffix("-values.yaml"): p for p in sorted(CHART_DIR.glob("ci/*-values.yaml"))}
+SCENARIOS = ["default", *SCENARIO_FILES]
+
+# Values that must never leave the Secret.
+SECRET_VALUES = {
+    "clearsalePassword": "s3cret-clearsale-pw",
+    "unicoApiKey": "s3cret-unico-api-key",
+    "unicoPrivateKey": "-----BEGIN PRIVATE KEY-----\ns3cret-unico-key\n-----END PRIVATE KEY-----\n",
+    "kafkaSaslUsername": "s3cret-sasl-user",
+    "kafkaSaslPassword": "s3cret-sasl-pw",
+    "kafkaTlsKeyPassword": "s3cret-tls-key-pw",
+    "registryUsername": "s3cret-registry-user",
+    "registryPassword": "s3cret-registry-pw",
+}
+# values key -> key in the Secret.
+VALUES_KEY_OF = {
+    "clearsalePassword": "clearsale-password",
+    "unicoApiKey": "unico-api-key",
+    "unicoPrivateKey": "unico-private-key.pem",
+    "kafkaSaslUsername": "kafka-sasl-username",
+    "kafkaSaslPassword": "kafka-sasl-password",
+    "kafkaTlsKeyPassword": "kafka-tls-key-password",
+    "registryUsername": "registry-username",
+    "registryPassword": "registry-password",
+}
+# Secret key -> environment variable (the service's WEBHOOK_ENRICHER_<SECTION>__<KEY> names).
+SECRET_ENV = {
+    "clearsale-password": "WEBHOOK_ENRICHER_CLEARSALE__PASSWORD",
+    "unico-api-key": "WEBHOOK_ENRICHER_UNICO__API_KEY",
+    "kafka-sasl-username": "WEBHOOK_ENRICHER_KAFKA__SASL__USERNAME",
+    "kafka-sasl-password": "WEBHOOK_ENRICHER_KAFKA__SASL__PASSWORD",
+    "kafka-tls-key-password": "WEBHOOK_ENRICHER_KAFKA__TLS__KEY_PASSWORD",
+    "registry-username": "WEBHOOK_ENRICHER_OUTPUT__ENCODING__REGISTRY__USERNAME",
+    "registry-password": "WEBHOOK_ENRICHER_OUTPUT__ENCODING__REGISTRY__PASSWORD",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering
+
+
+@dataclass
+class Rendered:
+    """The manifests of one render, by kind."""
+
+    docs: list[dict[str, Any]]
+    notes: str
+    raw: dict[str, str] = field(repr=False)
+
+    def all(self, kind: str) -> list[dict[str, Any]]:
+        return [d for d in self.docs if d["kind"] == kind]
+
+    def one(self, kind: str) -> dict[str, Any]:
+        found = self.all(kind)
+        assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+        return found[0]
+
+    def kinds(self) -> set[str]:
+        return {d["kind"] for d in self.docs}
+
+    @property
+    def config_text(self) -> str:
+        return self.one("ConfigMap")["data"]["config.toml"]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return tomllib.loads(self.config_text)
+
+    def workloads(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """(workload, pod spec) of the Deployment and the backfill Job, if any."""
+        return [(w, w["spec"]["template"]["spec"]) for w in self.docs if w["kind"] in ("Deployment", "Job")]
+
+
+@pytest.fixture(scope="session")
+def chart():
+    with helm.Chart.load(CHART_DIR) as loaded:
+        yield loaded
+
+
+def scenario_values(name: str) -> dict[str, Any]:
+    """A scenario's values, parsed by Helm's own YAML reader (as `helm -f` would)."""
+    if name == "default":
+        return {}
+    return helm.values_from_yaml(SCENARIO_FILES[name].read_text())
+
+
+def render(chart, values: dict[str, Any] | None = None) -> Rendered:
+    raw = chart.render(copy.deepcopy(values or {}), name=RELEASE, namespace=NAMESPACE)
+    docs: list[dict[str, Any]] = []
+    notes = ""
+    for path, text in raw.items():
+        if path.endswith("NOTES.txt"):
+            notes = text
+            continue
+        docs.extend(d for d in yaml.safe_load_all(text) if d)
+    return Rendered(docs, notes, raw)
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+@pytest.fixture(scope="session", params=SCENARIOS)
+def scenario(request, chart) -> tuple[str, dict[str, Any], Rendered]:
+    values = scenario_values(request.param)
+    return request.param, values, render(chart, values)
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers on the manifests
+
+
+def humantime_seconds(text: str) -> float:
+    """An independent reading of a humantime duration (what the service parses)."""
+    units = {
+        "ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1, "sec": 1, "secs": 1, "m": 60, "min": 60,
+        "mins": 60, "h": 3600, "hr": 3600, "hrs": 3600, "d": 86400,
+    }
+    parts = re.findall(r"(\d+)\s*([a-z]+)", text.strip().lower())
+    assert parts and re.fullmatch(r"(\s*\d+\s*[a-z]+\s*)+", text.lower()), text
+    return sum(int(n) * units[u] for n, u in parts)
+
+
+def container(pod_spec: dict[str, Any]) -> dict[str, Any]:
+    (only,) = pod_spec["containers"]
+    return only
+
+
+def env_map(c: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in c.get("env", [])}
+
+
+def port_number(c: dict[str, Any], port: int | str) -> int:
+    if isinstance(port, int):
+        return port
+    matches = [p["containerPort"] for p in c["ports"] if p.get("name") == port]
+    assert matches, f"no container port named {port!r}"
+    return matches[0]
+
+
+def admin_listen_port(rendered: Rendered) -> int:
+    listen = rendered.config["admin"]["listen"]
+    host, _, port = listen.rpartition(":")
+    assert host in ("0.0.0.0", "[::]"), f"admin.listen {listen!r} is not reachable by the kubelet"
+    return int(port)
+
+
+# --------------------------------------------------------------------------------------------
+# Schema validation of every rendered object
+
+
+CUSTOM_RESOURCES = {"ServiceMonitor", "ScaledObject", "TriggerAuthentication"}
+
+
+def check_custom_resource(doc: dict[str, Any]) -> None:
+    """Structural checks of the custom resources (not in the Kubernetes schemas)."""
+    kind, spec = doc["kind"], doc["spec"]
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", doc["metadata"]["name"])
+    if kind == "ServiceMonitor":
+        assert doc["apiVersion"] == "monitoring.coreos.com/v1"
+        assert spec["selector"]["matchLabels"]
+        for endpoint in spec["endpoints"]:
+            assert set(endpoint) <= {"port", "path", "scheme", "interval", "scrapeTimeout", "relabelings", "metricRelabelings"}
+            assert re.fullmatch(r"\d+(ms|s|m|h)", endpoint["interval"])
+            assert re.fullmatch(r"\d+(ms|s|m|h)", endpoint["scrapeTimeout"])
+    elif kind == "ScaledObject":
+        assert doc["apiVersion"] == "keda.sh/v1alpha1"
+        assert spec["scaleTargetRef"]["kind"] == "Deployment"
+        for key in ("minReplicaCount", "maxReplicaCount", "pollingInterval", "cooldownPeriod"):
+            assert isinstance(spec[key], int), key
+        for trigger in spec["triggers"]:
+            assert trigger["type"] == "kafka"
+            # KEDA reads trigger metadata as a map of strings.
+            assert all(isinstance(v, str) for v in trigger["metadata"].values()), trigger["metadata"]
+            assert {"bootstrapServers", "consumerGroup", "lagThreshold"} <= set(trigger["metadata"])
+    elif kind == "TriggerAuthentication":
+        assert doc["apiVersion"] == "keda.sh/v1alpha1"
+        for ref in spec["secretTargetRef"]:
+            assert set(ref) == {"parameter", "name", "key"}
+    else:  # pragma: no cover
+        raise AssertionError(f"unexpected custom resource {kind}")
+
+
+@pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
+def test_manifests_are_valid_kubernetes_objects(scenario, kube_version):
+    _, _, rendered = scenario
+    assert rendered.docs
+    for doc in rendered.docs:
+        if doc["kind"] in CUSTOM_RESOURCES:
+            check_custom_resource(doc)
+            continue
+        try:
+            kubernetes_validate.validate(doc, kube_version, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            pytest.fail(f"{doc['kind']}/{doc['metadata']['name']} on {kube_version}: {error.message} at {list(error.path)}")
+
+
+def test_chart_lints_clean():
+    report = helm.lint(CHART_DIR, strict=True)
+    assert report["errors"] == []
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+def test_default_objects(chart):
+    rendered = render(chart)
+    assert rendered.kinds() == {"ConfigMap", "Secret", "Deployment", "Service", "ServiceAccount", "PodDisruptionBudget"}
+    assert "WARNING" in rendered.notes  # no credentials in the defaults: NOTES says so
+
+
+# --------------------------------------------------------------------------------------------
+# Probes, ports and the admin listener
+
+
+def test_probes_and_ports_follow_admin_listen(scenario):
+    _, _, rendered = scenario
+    port = admin_listen_port(rendered)
+    deployment = rendered.one("Deployment")
+    c = container(deployment["spec"]["template"]["spec"])
+    assert port_number(c, "admin") == port
+    liveness, readiness = c["livenessProbe"]["httpGet"], c["readinessProbe"]["httpGet"]
+    assert liveness["path"] == "/healthz"
+    assert readiness["path"] == "/readyz"
+    assert port_number(c, liveness["port"]) == port
+    assert port_number(c, readiness["port"]) == port
+
+    service = rendered.one("Service")
+    (service_port,) = service["spec"]["ports"]
+    assert port_number(c, service_port["targetPort"]) == port
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    for monitor in rendered.all("ServiceMonitor"):
+        (endpoint,) = monitor["spec"]["endpoints"]
+        assert endpoint["path"] == "/metrics"
+        assert endpoint["port"] == service_port["name"]
+        assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+
+
+def test_admin_port_moves_config_container_and_probes_together(chart):
+    rendered = render(chart, {"admin": {"port": 9555}})
+    assert admin_listen_port(rendered) == 9555
+    c = container(rendered.one("Deployment")["spec"]["template"]["spec"])
+    assert port_number(c, c["readinessProbe"]["httpGet"]["port"]) == 9555
+
+
+def test_admin_listen_cannot_be_set_in_config(chart):
+    with pytest.raises(helm.HelmRenderError, match="set admin.port instead"):
+        render(chart, {"config": {"admin": {"listen": "0.0.0.0:8080"}}})
+
+
+def test_admin_server_cannot_be_disabled(chart):
+    with pytest.raises(helm.HelmRenderError, match="probes"):
+        render(chart, {"config": {"admin": {"enabled": False}}})
+
+
+def test_other_admin_settings_pass_through(chart):
+    rendered = render(chart, {"config": {"admin": {"circuit_open_unready_after": "2m"}}})
+    assert rendered.config["admin"] == {"circuit_open_unready_after": "2m", "listen": "0.0.0.0:9090"}
+
+
+# --------------------------------------------------------------------------------------------
+# Graceful shutdown
+
+
+def test_grace_period_exceeds_drain_timeout(scenario):
+    _, _, rendered = scenario
+    drain = humantime_seconds(rendered.config["engine"]["drain_timeout"])
+    for workload, pod_spec in rendered.workloads():
+        grace = pod_spec["terminationGracePeriodSeconds"]
+        assert grace > drain, f"{workload['kind']}: grace period {grace}s is not above the drain deadline {drain}s"
+
+
+@pytest.mark.parametrize(
+    ("drain_timeout", "expected_grace"),
+    [("30s", 45), ("1m 30s", 105), ("2m", 135), ("500ms", 16), ("1h", 3615), ("90 s", 105)],
+)
+def test_grace_period_is_derived_from_drain_timeout(chart, drain_timeout, expected_grace):
+    rendered = render(chart, {"config": {"engine": {"drain_timeout": drain_timeout}}})
+    assert rendered.config["engine"]["drain_timeout"] == drain_timeout
+    grace = rendered.one("Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace == expected_grace
+    assert grace > humantime_seconds(drain_timeout)
+
+
+@pytest.mark.parametrize("drain_timeout", ["soon", "30x", "1.5s", "30"])
+def test_unparseable_drain_timeout_is_refused(chart, drain_timeout):
+    with pytest.raises((helm.HelmValuesError, helm.HelmRenderError)):
+        render(chart, {"config": {"engine": {"drain_timeout": drain_timeout}}})
+
+
+def test_env_cannot_override_chart_derived_settings(chart):
+    for name in ("WEBHOOK_ENRICHER_ENGINE__DRAIN_TIMEOUT", "WEBHOOK_ENRICHER_ADMIN__LISTEN"):
+        with pytest.raises(helm.HelmRenderError, match=name):
+            render(chart, {"extraEnv": [{"name": name, "value": "5m"}]})
+
+
+# --------------------------------------------------------------------------------------------
+# Config file and its checksum
+
+
+def checksum(rendered: Rendered) -> str:
+    return rendered.one("Deployment")["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+
+
+def test_checksum_is_sha256_of_the_config_file(scenario):
+    _, _, rendered = scenario
+    assert checksum(rendered) == hashlib.sha256(rendered.config_text.encode()).hexdigest()
+
+
+def test_checksum_changes_with_config_and_only_with_config(chart):
+    base = render(chart)
+    assert checksum(render(chart)) == checksum(base)
+    assert checksum(render(chart, {"replicas": 5, "logLevel": "debug"})) == checksum(base)
+    assert checksum(render(chart, {"config": {"engine": {"max_in_flight": 64}}})) != checksum(base)
+    assert checksum(render(chart, {"config": {"input": {"topics": ["other.raw"]}}})) != checksum(base)
+    assert checksum(render(chart, {"admin": {"port": 9091}})) != checksum(base)
+
+
+def test_config_toml_keeps_types(chart):
+    """Integers stay integers (the service's usize settings reject 1024.0 and 1e+06)."""
+    config = {
+        "engine": {"max_in_flight": 1024, "dedupe": {"max_entries": 1000000}, "breaker": {"multiplier": 1.5}},
+        "input": {"unico_statuses": [2, 3], "topic_providers": {"unico.raw": "unico"}},
+        "kafka": {"consumer": {"session.timeout.ms": "45000", "fetch.wait.max.ms": "100"}},
+        "enrich": {"include_raw_response": False},
+        "clearsale": {"user": 'quote " and \\ backslash'},
+    }
+    rendered = render(chart, {"config": config})
+    parsed = rendered.config
+    for section, settings in config.items():
+        assert merge(parsed[section], settings) == parsed[section], section
+    assert parsed["engine"]["max_in_flight"] == 1024 and isinstance(parsed["engine"]["max_in_flight"], int)
+    assert isinstance(parsed["engine"]["dedupe"]["max_entries"], int)
+    assert parsed["input"]["unico_statuses"] == [2, 3]
+    assert "1e+06" not in rendered.config_text and "1024.0" not in rendered.config_text
+
+
+def test_unknown_config_section_is_refused(chart):
+    with pytest.raises(helm.HelmValuesError):
+        render(chart, {"config": {"kakfa": {"bootstrap_servers": "x:9092"}}})
+
+
+def test_values_typo_is_refused(chart):
+    with pytest.raises(helm.HelmValuesError, match="replcias"):
+        render(chart, {"replcias": 3})
+    with pytest.raises(helm.HelmValuesError):
+        render(chart, {"secrets": {"clearsalePasword": "x"}})
+
+
+# --------------------------------------------------------------------------------------------
+# Security context
+
+
+def test_security_context(scenario):
+    _, _, rendered = scenario
+    for _, pod_spec in rendered.workloads():
+        pod = pod_spec["securityContext"]
+        assert pod["runAsNonRoot"] is True
+        assert pod["runAsUser"] == UID
+        assert pod["seccompProfile"] == {"type": "RuntimeDefault"}
+        sc = container(pod_spec)["securityContext"]
+        assert sc["runAsNonRoot"] is True
+        assert sc["runAsUser"] == UID
+        assert sc["readOnlyRootFilesystem"] is True
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"]["drop"] == ["ALL"]
+        assert "add" not in sc["capabilities"]
+        assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert pod_spec["automountServiceAccountToken"] is False
+
+
+# --------------------------------------------------------------------------------------------
+# Secrets
+
+
+def secret_refs(pod_spec: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """secretKeyRef by env name, and the names of the Secrets mounted as volumes."""
+    refs = {
+        name: e["valueFrom"]["secretKeyRef"]
+        for name, e in env_map(container(pod_spec)).items()
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
+    volumes = [v["secret"]["secretName"] for v in pod_spec["volumes"] if "secret" in v]
+    return refs, volumes
+
+
+def test_existing_secret_is_used_and_not_rendered(chart):
+    values = scenario_values("existing-secret")
+    name = values["secrets"]["existingSecret"]
+    rendered = render(chart, values)
+    assert rendered.all("Secret") == []
+    _, pod_spec = rendered.workloads()[0]
+    refs, volumes = secret_refs(pod_spec)
+    assert {env: ref["key"] for env, ref in refs.items()} == {env: key for key, env in SECRET_ENV.items()}
+    assert all(ref["name"] == name for ref in refs.values())
+    assert volumes == [name]
+    annotations = rendered.one("Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert "checksum/secret" not in annotations
+
+
+def test_chart_secret_carries_every_credential(chart):
+    rendered = render(chart, {"secrets": SECRET_VALUES})
+    secret = rendered.one("Secret")
+    decoded = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert decoded["unico-private-key.pem"] == SECRET_VALUES["unicoPrivateKey"]
+    assert decoded["clearsale-password"] == SECRET_VALUES["clearsalePassword"]
+    assert set(decoded) == {*SECRET_ENV, "unico-private-key.pem"}
+    _, pod_spec = rendered.workloads()[0]
+    refs, volumes = secret_refs(pod_spec)
+    assert {ref["name"] for ref in refs.values()} | set(volumes) == {secret["metadata"]["name"]}
+    for env, ref in refs.items():
+        assert SECRET_ENV[ref["key"]] == env
+    for values_key, secret_key in VALUES_KEY_OF.items():
+        assert decoded[secret_key] == SECRET_VALUES[values_key]
+
+
+
+def test_unico_key_file_is_mounted_where_the_config_points(scenario):
+    _, _, rendered = scenario
+    path = rendered.config["unico"]["private_key_file"]
+    for _, pod_spec in rendered.workloads():
+        mounts = {m["name"]: m for m in container(pod_spec)["volumeMounts"]}
+        volume = next(v for v in pod_spec["volumes"] if v["name"] == "unico-key")
+        (item,) = volume["secret"]["items"]
+        assert f"{mounts['unico-key']['mountPath']}/{item['path']}" == path
+        assert item["key"] == "unico-private-key.pem"
+
+
+def test_no_secret_value_outside_the_secret(chart):
+    for name in SCENARIOS:
+        values = merge(scenario_values(name), {"secrets": SECRET_VALUES})
+        values["secrets"].pop("existingSecret", None)
+        rendered = render(chart, values)
+        for doc in rendered.docs:
+            if doc["kind"] == "Secret":
+                continue
+            text = yaml.safe_dump(doc)
+            for key, secret in SECRET_VALUES.items():
+                assert secret.strip() not in text, f"{name}: secrets.{key} appears in {doc['kind']}"
+        assert "s3cret" not in rendered.config_text
+        assert "s3cret" not in rendered.notes
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"clearsale": {"password": "plain"}},
+        {"unico": {"api_key": "plain"}},
+        {"unico": {"private_key_pem": "plain"}},
+        {"kafka": {"sasl": {"password": "plain"}}},
+        {"output": {"encoding": {"registry": {"password": "plain"}}}},
+        {"kafka": {"consumer": {"sasl.password": "plain"}}},
+        {"kafka": {"producer": {"ssl.key.pem": "plain"}}},
+    ],
+)
+def test_secrets_in_config_are_refused(chart, config):
+    with pytest.raises(helm.HelmRenderError, match="ConfigMap"):
+        render(chart, {"config": config})
+
+
+# --------------------------------------------------------------------------------------------
+# Availability and scaling
+
+
+def test_pod_disruption_budget(scenario):
+    _, _, rendered = scenario
+    pdb = rendered.one("PodDisruptionBudget")
+    pod_labels = rendered.one("Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    for job in rendered.all("Job"):
+        job_labels = job["spec"]["template"]["metadata"]["labels"]
+        assert not pdb["spec"]["selector"]["matchLabels"].items() <= job_labels.items()
+
+
+def test_autoscaling_is_capped_at_partitions(scenario):
+    _, values, rendered = scenario
+    deployment = rendered.one("Deployment")
+    autoscalers = rendered.all("ScaledObject") + rendered.all("HorizontalPodAutoscaler")
+    if not autoscalers:
+        assert deployment["spec"]["replicas"] == values.get("replicas", 2)
+        return
+    (autoscaler,) = autoscalers
+    # The autoscaler owns the replica count: the Deployment must not fight it on upgrades.
+    assert "replicas" not in deployment["spec"]
+    partitions = values["autoscaling"]["partitions"]
+    spec = autoscaler["spec"]
+    maximum = spec.get("maxReplicaCount", spec.get("maxReplicas"))
+    assert 1 <= maximum <= partitions
+    assert spec["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+
+
+def test_keda_trigger_reads_the_consumer_group_lag(chart):
+    values = scenario_values("keda")
+    rendered = render(chart, values)
+    scaled = rendered.one("ScaledObject")
+    (trigger,) = scaled["spec"]["triggers"]
+    config = rendered.config
+    assert trigger["metadata"]["bootstrapServers"] == config["kafka"]["bootstrap_servers"]
+    assert trigger["metadata"]["consumerGroup"] == config["kafka"]["group_id"]
+    assert trigger["metadata"]["topic"] == config["input"]["topics"][0]
+    assert trigger["metadata"]["lagThreshold"] == "500"
+    assert trigger["metadata"]["allowIdleConsumers"] == "false"
+    assert scaled["spec"]["maxReplicaCount"] == 12
+    assert "sasl" not in trigger["metadata"] and "authenticationRef" not in trigger
+    # Without maxReplicaCount the cap is the partition count.
+    values["autoscaling"]["keda"]["maxReplicaCount"] = None
+    assert render(chart, values).one("ScaledObject")["spec"]["maxReplicaCount"] == 12
+
+
+def test_keda_authenticates_like_the_service(chart):
+    rendered = render(chart, scenario_values("confluent-sasl"))
+    (trigger,) = rendered.one("ScaledObject")["spec"]["triggers"]
+    assert trigger["metadata"]["sasl"] == "plaintext"  # SASL mechanism PLAIN
+    assert trigger["metadata"]["tls"] == "enable"  # sasl_ssl
+    auth = rendered.one("TriggerAuthentication")
+    assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
+    refs = {r["parameter"]: r for r in auth["spec"]["secretTargetRef"]}
+    secret = rendered.one("Secret")
+    assert {p: (r["name"], r["key"]) for p, r in refs.items()} == {
+        "username": (secret["metadata"]["name"], "kafka-sasl-username"),
+        "password": (secret["metadata"]["name"], "kafka-sasl-password"),
+    }
+    assert {r["key"] for r in refs.values()} <= set(secret["data"])
+
+
+@pytest.mark.parametrize(
+    "autoscaling",
+    [
+        {"partitions": 12, "keda": {"enabled": True, "maxReplicaCount": 13}},
+        {"partitions": 4, "hpa": {"enabled": True, "maxReplicas": 8}},
+        {"keda": {"enabled": True}},
+        {"partitions": 4, "keda": {"enabled": True}, "hpa": {"enabled": True}},
+    ],
+)
+def test_autoscaling_misconfigurations_are_refused(chart, autoscaling):
+    with pytest.raises(helm.HelmRenderError, match="autoscaling"):
+        render(chart, {"autoscaling": autoscaling})
+
+
+def test_topology_spread_gets_the_pod_selector(chart):
+    constraint = {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway"}
+    rendered = render(chart, {"topologySpreadConstraints": [constraint]})
+    deployment = rendered.one("Deployment")
+    (spread,) = deployment["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert spread["labelSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    for version in KUBE_VERSIONS:
+        kubernetes_validate.validate(deployment, version, strict=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Backfill Job
+
+
+def test_backfill_is_disabled_by_default(chart):
+    assert render(chart).all("Job") == []
+
+
+def test_backfill_job(chart):
+    values = scenario_values("backfill")
+    rendered = render(chart, values)
+    job = rendered.one("Job")
+    pod_spec = job["spec"]["template"]["spec"]
+    c = container(pod_spec)
+    assert c["args"] == values["backfill"]["args"]
+    assert pod_spec["restartPolicy"] == "Never"
+    assert job["spec"]["activeDeadlineSeconds"] == 21600
+    deployment = rendered.one("Deployment")
+    assert container(deployment["spec"]["template"]["spec"])["args"] == ["run"]
+    # Same config and credentials as the consumers, but not selected by them.
+    assert env_map(c)["WEBHOOK_ENRICHER_CONFIG"] == env_map(container(deployment["spec"]["template"]["spec"]))["WEBHOOK_ENRICHER_CONFIG"]
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert not selector.items() <= job["spec"]["template"]["metadata"]["labels"].items()
+    # New arguments give a new Job (its pod template is immutable); the same ones, the same Job.
+    assert render(chart, values).one("Job")["metadata"]["name"] == job["metadata"]["name"]
+    other = merge(values, {"backfill": {"args": ["replay", "--from-offset", "0", "--to", "100"]}})
+    assert render(chart, other).one("Job")["metadata"]["name"] != job["metadata"]["name"]
+
+
+def test_backfill_needs_args(chart):
+    with pytest.raises(helm.HelmRenderError, match="backfill.args"):
+        render(chart, {"backfill": {"enabled": True}})
+
+
+# --------------------------------------------------------------------------------------------
+# Documentation of the values
+
+
+def test_every_value_is_documented():
+    """Every key of values.yaml has a comment above it, unless it is a plain section header
+    (a mapping with no value of its own) or lies inside a documented value."""
+    lines = (CHART_DIR / "values.yaml").read_text().splitlines()
+    key_re = re.compile(r"^(\s*)([A-Za-z0-9_.-]+):(.*)$")
+    documented_block: int | None = None  # indentation of a documented mapping/list value
+    undocumented: list[str] = []
+    for i, line in enumerate(lines):
+        m = key_re.match(line)
+        if not m:
+            continue
+        indent, key, rest = len(m.group(1)), m.group(2), m.group(3).split("#")[0].strip()
+        if documented_block is not None:
+            if indent > documented_block:
+                continue
+            documented_block = None
+        j = i - 1
+        while j >= 0 and not lines[j].strip():
+            j -= 1
+        has_comment = j >= 0 and lines[j].strip().startswith("#")
+        if has_comment:
+            if not rest:
+                documented_block = indent
+        elif rest:
+            undocumented.append(f"line {i + 1}: {key}")
+    assert undocumented == []
+
+
+def test_schema_is_strict_at_the_top_level(chart):
+    schema = chart.schema
+    assert schema["additionalProperties"] is False
+    assert set(schema["properties"]) == set(chart.values)
+
+
+# --------------------------------------------------------------------------------------------
+# The image the chart runs (Dockerfile at the repository root; not built here)
+
+
+def test_dockerfile_matches_the_chart(chart):
+    dockerfile = (CHART_DIR.parents[1] / "Dockerfile").read_text()
+    defaults = chart.values
+    assert re.search(rf"useradd .*--uid {UID} ", dockerfile)
+    assert re.search(rf"^USER {UID}:{UID}$", dockerfile, re.M)
+    assert defaults["podSecurityContext"]["runAsUser"] == UID
+    assert re.search(rf"^EXPOSE {defaults['admin']['port']}$", dockerfile, re.M)
+    assert 'ENTRYPOINT ["/usr/local/bin/webhook-enricher"]' in dockerfile
+    assert 'CMD ["run"]' in dockerfile
+    assert "cargo build --release --locked --bin webhook-enricher" in dockerfile
+    rendered = render(chart)
+    assert container(rendered.one("Deployment")["spec"]["template"]["spec"])["image"] == f"webhook-enricher:{chart.metadata['appVersion']}"

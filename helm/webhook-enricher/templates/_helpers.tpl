@@ -1,0 +1,345 @@
+{{/*
+Names and labels.
+*/}}
+{{- define "webhook-enricher.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "webhook-enricher.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "webhook-enricher.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels on every object. */}}
+{{- define "webhook-enricher.labels" -}}
+helm.sh/chart: {{ include "webhook-enricher.chart" . }}
+app.kubernetes.io/name: {{ include "webhook-enricher.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Selector of the long-running consumers (the backfill Job's pods have another component). */}}
+{{- define "webhook-enricher.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "webhook-enricher.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: enricher
+{{- end }}
+
+{{- define "webhook-enricher.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "webhook-enricher.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "webhook-enricher.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag | toString) }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret holding the credentials: the chart's own, or existingSecret. */}}
+{{- define "webhook-enricher.secretName" -}}
+{{- default (include "webhook-enricher.fullname" .) .Values.secrets.existingSecret }}
+{{- end }}
+
+{{/*
+The credentials: values key -> key in the Secret and the environment variable the service
+reads it from. The Unico private key is mounted as a file instead (unico.private_key_file).
+*/}}
+{{- define "webhook-enricher.secretKeys" -}}
+clearsalePassword: {key: clearsale-password, env: WEBHOOK_ENRICHER_CLEARSALE__PASSWORD}
+unicoApiKey: {key: unico-api-key, env: WEBHOOK_ENRICHER_UNICO__API_KEY}
+unicoPrivateKey: {key: unico-private-key.pem}
+kafkaSaslUsername: {key: kafka-sasl-username, env: WEBHOOK_ENRICHER_KAFKA__SASL__USERNAME}
+kafkaSaslPassword: {key: kafka-sasl-password, env: WEBHOOK_ENRICHER_KAFKA__SASL__PASSWORD}
+kafkaTlsKeyPassword: {key: kafka-tls-key-password, env: WEBHOOK_ENRICHER_KAFKA__TLS__KEY_PASSWORD}
+registryUsername: {key: registry-username, env: WEBHOOK_ENRICHER_OUTPUT__ENCODING__REGISTRY__USERNAME}
+registryPassword: {key: registry-password, env: WEBHOOK_ENRICHER_OUTPUT__ENCODING__REGISTRY__PASSWORD}
+{{- end }}
+
+{{- define "webhook-enricher.unicoKeyDir" -}}/etc/webhook-enricher/secrets{{- end }}
+{{- define "webhook-enricher.configDir" -}}/etc/webhook-enricher{{- end }}
+
+{{/*
+Duration (humantime, as the service parses it: "30s", "1m 30s", "500ms", "2h") -> whole
+seconds, rounded up.
+*/}}
+{{- define "webhook-enricher.durationSeconds" -}}
+{{- $s := toString . | trim | lower }}
+{{- if not (regexMatch "^([0-9]+ *[a-z]+ *)+$" $s) }}
+{{- fail (printf "cannot parse the duration %q: use e.g. 30s, 1m, 1m 30s, 500ms" $s) }}
+{{- end }}
+{{- $micros := dict "ns" 0 "nsec" 0 "us" 1 "usec" 1 "ms" 1000 "msec" 1000 "s" 1000000 "sec" 1000000 "secs" 1000000 "second" 1000000 "seconds" 1000000 "m" 60000000 "min" 60000000 "mins" 60000000 "minute" 60000000 "minutes" 60000000 "h" 3600000000 "hr" 3600000000 "hrs" 3600000000 "hour" 3600000000 "hours" 3600000000 "d" 86400000000 "day" 86400000000 "days" 86400000000 }}
+{{- $total := 0 }}
+{{- range regexFindAll "[0-9]+ *[a-z]+" $s -1 }}
+{{- $unit := regexFind "[a-z]+$" . }}
+{{- if not (hasKey $micros $unit) }}
+{{- fail (printf "cannot parse the duration %q: unknown unit %q" $s $unit) }}
+{{- end }}
+{{- $n := regexFind "^[0-9]+" . | int64 }}
+{{- $total = add $total (mul $n (get $micros $unit)) }}
+{{- if and (eq (get $micros $unit) 0) (gt $n 0) }}{{ $total = add $total 1 }}{{ end }}
+{{- end }}
+{{- div (add $total 999999) 1000000 }}
+{{- end }}
+
+{{/* engine.drain_timeout in seconds (the service's default is 30s). */}}
+{{- define "webhook-enricher.drainSeconds" -}}
+{{- include "webhook-enricher.durationSeconds" (dig "engine" "drain_timeout" "30s" (.Values.config | default dict)) }}
+{{- end }}
+
+{{/* The pod's grace period: the drain deadline plus a margin for the flush, commit and leave. */}}
+{{- define "webhook-enricher.terminationGracePeriodSeconds" -}}
+{{- add (include "webhook-enricher.drainSeconds" . | int64) .Values.terminationGracePeriodMarginSeconds }}
+{{- end }}
+
+{{- define "webhook-enricher.unicoEnabled" -}}
+{{- if ne (toString (dig "unico" "enabled" true (.Values.config | default dict))) "false" }}true{{ end }}
+{{- end }}
+
+{{/*
+Checks that the templates cannot express as types; each fails the render with a fix.
+*/}}
+{{- define "webhook-enricher.validate" -}}
+{{- $cfg := .Values.config | default dict }}
+{{- if hasKey (dig "admin" dict $cfg) "listen" }}
+{{- fail "config.admin.listen is set by the chart from admin.port (the container port and the probes use it too): set admin.port instead" }}
+{{- end }}
+{{- if eq (toString (dig "admin" "enabled" true $cfg)) "false" }}
+{{- fail "config.admin.enabled = false would turn off /healthz, /readyz and /metrics, which the probes and the ServiceMonitor use" }}
+{{- end }}
+{{- $secretPaths := dict "clearsale.password" "clearsalePassword" "unico.api_key" "unicoApiKey" "unico.private_key_pem" "unicoPrivateKey" "kafka.sasl.password" "kafkaSaslPassword" "kafka.tls.key_password" "kafkaTlsKeyPassword" "output.encoding.registry.password" "registryPassword" }}
+{{- range $path, $valuesKey := $secretPaths }}
+{{- $parts := splitList "." $path }}
+{{- $node := $cfg }}
+{{- range $parts }}{{ if kindIs "map" $node }}{{ $node = get $node . }}{{ else }}{{ $node = "" }}{{ end }}{{ end }}
+{{- if $node }}
+{{- fail (printf "config.%s is a secret and would land in the ConfigMap: set secrets.%s (or a key of secrets.existingSecret) instead" $path $valuesKey) }}
+{{- end }}
+{{- end }}
+{{- range $section := list "consumer" "producer" }}
+{{- range $k, $v := (dig "kafka" $section dict $cfg) }}
+{{- if regexMatch "(?i)(password|secret|token|jaas|credential|key\\.pem)" $k }}
+{{- fail (printf "config.kafka.%s.%s looks like a credential and would land in the ConfigMap: pass it with extraEnv from a Secret instead" $section $k) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- $reserved := list "WEBHOOK_ENRICHER_CONFIG" "WEBHOOK_ENRICHER_ADMIN__LISTEN" "WEBHOOK_ENRICHER_ENGINE__DRAIN_TIMEOUT" }}
+{{- range concat (.Values.extraEnv | default list) (.Values.backfill.extraEnv | default list) }}
+{{- if has .name $reserved }}
+{{- fail (printf "extraEnv must not set %s: the chart derives the port, the probes and the grace period from values (admin.port, config.engine.drain_timeout)" .name) }}
+{{- end }}
+{{- end }}
+{{- $a := .Values.autoscaling }}
+{{- if and $a.keda.enabled $a.hpa.enabled }}
+{{- fail "autoscaling.keda.enabled and autoscaling.hpa.enabled are exclusive: choose one" }}
+{{- end }}
+{{- if or $a.keda.enabled $a.hpa.enabled }}
+{{- if not $a.partitions }}
+{{- fail "autoscaling.partitions (the input topics' partition count) is required with autoscaling: replicas beyond it sit idle" }}
+{{- end }}
+{{- if and $a.keda.enabled $a.keda.maxReplicaCount (gt (int64 $a.keda.maxReplicaCount) (int64 $a.partitions)) }}
+{{- fail (printf "autoscaling.keda.maxReplicaCount (%v) must be at most autoscaling.partitions (%v)" $a.keda.maxReplicaCount $a.partitions) }}
+{{- end }}
+{{- if and $a.hpa.enabled $a.hpa.maxReplicas (gt (int64 $a.hpa.maxReplicas) (int64 $a.partitions)) }}
+{{- fail (printf "autoscaling.hpa.maxReplicas (%v) must be at most autoscaling.partitions (%v)" $a.hpa.maxReplicas $a.partitions) }}
+{{- end }}
+{{- end }}
+{{- if and .Values.backfill.enabled (not .Values.backfill.args) }}
+{{- fail "backfill.args is required with backfill.enabled, e.g. [replay, --from-timestamp, 2024-05-01T00:00:00Z, --to, 2024-05-02T00:00:00Z]" }}
+{{- end }}
+{{- end }}
+
+{{/*
+TOML rendering of the `config` tree. Helm hands numbers to templates as float64, and Helm's own
+toToml prints 1024 as 1024.0 and 1000000 as 1e+06, which the service's integer settings reject:
+whole numbers are printed as integers here (a float setting accepts an integer).
+*/}}
+{{- define "webhook-enricher.toml.key" -}}
+{{- if regexMatch "^[A-Za-z0-9_-]+$" . }}{{ . }}{{ else }}{{ toJson . }}{{ end }}
+{{- end }}
+
+{{- define "webhook-enricher.toml.value" -}}
+{{- $v := . }}
+{{- if kindIs "string" $v }}{{ toJson $v }}
+{{- else if kindIs "bool" $v }}{{ $v }}
+{{- else if or (kindIs "float64" $v) (kindIs "float32" $v) }}{{ if eq (floor $v) (float64 $v) }}{{ int64 $v }}{{ else }}{{ $v }}{{ end }}
+{{- else if or (kindIs "int" $v) (kindIs "int64" $v) (kindIs "int32" $v) (kindIs "uint64" $v) }}{{ $v }}
+{{- else if kindIs "slice" $v }}[{{ range $i, $e := $v }}{{ if $i }}, {{ end }}{{ include "webhook-enricher.toml.value" $e }}{{ end }}]
+{{- else }}{{ fail (printf "config: cannot write %v (%s) as a TOML value" $v (kindOf $v)) }}
+{{- end }}
+{{- end }}
+
+{{- define "webhook-enricher.toml.table" -}}
+{{- $path := .path }}
+{{- range $k, $v := .table }}
+{{- if not (or (kindIs "map" $v) (kindIs "invalid" $v)) }}
+{{ include "webhook-enricher.toml.key" $k }} = {{ include "webhook-enricher.toml.value" $v }}
+{{- end }}
+{{- end }}
+{{- range $k, $v := .table }}
+{{- if kindIs "map" $v }}
+{{- $sub := include "webhook-enricher.toml.key" $k }}
+{{- if $path }}{{ $sub = printf "%s.%s" $path $sub }}{{ end }}
+
+[{{ $sub }}]
+{{- include "webhook-enricher.toml.table" (dict "path" $sub "table" $v) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The service's config file: the `config` values with the keys the chart owns set from values
+(admin.listen from admin.port, unico.private_key_file from the mounted Secret key). Its sha256 is
+the pods' checksum/config annotation.
+*/}}
+{{- define "webhook-enricher.configToml" -}}
+{{- include "webhook-enricher.validate" . }}
+{{- $cfg := deepCopy (.Values.config | default dict) }}
+{{- $admin := get $cfg "admin" | default dict }}
+{{- $_ := set $admin "listen" (printf "0.0.0.0:%d" (int64 .Values.admin.port)) }}
+{{- $_ = set $cfg "admin" $admin }}
+{{- if include "webhook-enricher.unicoEnabled" . }}
+{{- $unico := get $cfg "unico" | default dict }}
+{{- if not (get $unico "private_key_file") }}
+{{- $_ = set $unico "private_key_file" (printf "%s/unico-private-key.pem" (include "webhook-enricher.unicoKeyDir" .)) }}
+{{- end }}
+{{- $_ = set $cfg "unico" $unico }}
+{{- end -}}
+# webhook-enricher configuration, rendered by the Helm chart. Credentials are not here: they
+# come from the Secret as WEBHOOK_ENRICHER_* environment variables and a mounted key file.
+{{- include "webhook-enricher.toml.table" (dict "path" "" "table" $cfg) }}
+{{ end }}
+
+{{/*
+The pod spec shared by the Deployment and the backfill Job. Takes (dict "root" $ "args" list
+"probes" bool "resources" map "extraEnv" list).
+*/}}
+{{- define "webhook-enricher.podSpec" -}}
+{{- $root := .root }}
+{{- $v := $root.Values }}
+{{- with $v.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+serviceAccountName: {{ include "webhook-enricher.serviceAccountName" $root }}
+automountServiceAccountToken: {{ $v.serviceAccount.automountToken }}
+terminationGracePeriodSeconds: {{ include "webhook-enricher.terminationGracePeriodSeconds" $root }}
+{{- with $v.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+securityContext:
+  {{- toYaml $v.podSecurityContext | nindent 2 }}
+containers:
+  - name: webhook-enricher
+    image: {{ include "webhook-enricher.image" $root }}
+    imagePullPolicy: {{ $v.image.pullPolicy }}
+    args:
+      {{- toYaml .args | nindent 6 }}
+    ports:
+      - name: admin
+        containerPort: {{ $v.admin.port }}
+        protocol: TCP
+    env:
+      - name: WEBHOOK_ENRICHER_CONFIG
+        value: {{ include "webhook-enricher.configDir" $root }}/config.toml
+      - name: WEBHOOK_ENRICHER_LOG_FORMAT
+        value: json
+      - name: WEBHOOK_ENRICHER_LOG_LEVEL
+        value: {{ $v.logLevel | quote }}
+      {{- range $valuesKey, $s := fromYaml (include "webhook-enricher.secretKeys" $root) }}
+      {{- if $s.env }}
+      - name: {{ $s.env }}
+        valueFrom:
+          secretKeyRef:
+            name: {{ include "webhook-enricher.secretName" $root }}
+            key: {{ $s.key }}
+            optional: true
+      {{- end }}
+      {{- end }}
+      {{- with .extraEnv }}
+      {{- toYaml . | nindent 6 }}
+      {{- end }}
+    {{- with $v.extraEnvFrom }}
+    envFrom:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+    {{- if .probes }}
+    livenessProbe:
+      httpGet:
+        path: /healthz
+        port: admin
+      {{- toYaml $v.livenessProbe | nindent 6 }}
+    readinessProbe:
+      httpGet:
+        path: /readyz
+        port: admin
+      {{- toYaml $v.readinessProbe | nindent 6 }}
+    {{- end }}
+    resources:
+      {{- toYaml .resources | nindent 6 }}
+    securityContext:
+      {{- toYaml $v.securityContext | nindent 6 }}
+    volumeMounts:
+      - name: config
+        mountPath: {{ include "webhook-enricher.configDir" $root }}/config.toml
+        subPath: config.toml
+        readOnly: true
+      - name: unico-key
+        mountPath: {{ include "webhook-enricher.unicoKeyDir" $root }}
+        readOnly: true
+      {{- with $v.extraVolumeMounts }}
+      {{- toYaml . | nindent 6 }}
+      {{- end }}
+volumes:
+  - name: config
+    configMap:
+      name: {{ include "webhook-enricher.fullname" $root }}
+  - name: unico-key
+    secret:
+      secretName: {{ include "webhook-enricher.secretName" $root }}
+      optional: true
+      defaultMode: 0440
+      items:
+        - key: unico-private-key.pem
+          path: unico-private-key.pem
+  {{- with $v.extraVolumes }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- with $v.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $v.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $v.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .topologySpreadConstraints }}
+topologySpreadConstraints:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
