@@ -53,11 +53,10 @@ enum Command {
     /// otherwise (`--log-level info` shows everything). Needs no configuration: --config and
     /// --set are ignored.
     Demo {
-        /// `table`: progress, aligned tables and a summary; `json`: JSON lines only (records,
-        /// dead letters, then the summary), for `jq`.
+        /// How to print the results.
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
-        /// How many sample webhooks to produce.
+        /// How many sample webhooks to produce (18 to 1000).
         #[arg(long, default_value_t = demo::samples::DEFAULT_COUNT as u16,
             value_parser = clap::value_parser!(u16).range(demo::samples::MIN_COUNT as i64..=demo::samples::MAX_COUNT as i64))]
         count: u16,

@@ -269,6 +269,7 @@ pub async fn run(options: &DemoOptions, out: &mut impl Write) -> Result<DemoRepo
 
     let report = DemoReport {
         inputs: samples.len(),
+        samples,
         records,
         dead_letters,
         stats,
@@ -323,6 +324,8 @@ fn demo_config(
     c.unico.tenant = credentials.unico.tenant;
     c.unico.api_key = credentials.unico.api_key;
     c.unico.private_key_pem = private_key;
+    // No request-rate limits: the simulator has none, and the demo should not wait on them.
+    c.clearsale.limits.rate_per_second = 0;
     c.unico.limits.rate_per_second = 0;
     c.enrich.retry.initial = Duration::from_millis(20);
     c.enrich.retry.max_delay = Duration::from_millis(100);

@@ -1,6 +1,7 @@
 //! What the demo prints: the published records (a table, or one JSON line each), the dead
 //! letters, and the summary.
 
+use super::samples::Sample;
 use crate::engine::stats::StatsSnapshot;
 use serde_json::{json, Value};
 use std::io::{self, Write};
@@ -21,6 +22,8 @@ pub enum OutputFormat {
 pub struct DemoReport {
     /// How many webhooks were produced.
     pub inputs: usize,
+    /// The webhooks produced, in order (input `n` is `samples[n - 1]`).
+    pub samples: Vec<Sample>,
     /// The records on the output topics, in input order.
     pub records: Vec<PublishedRecord>,
     /// The records on the dead-letter topic, in input order.
