@@ -42,6 +42,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
+/// The input topic (`run`'s default).
+const INPUT_TOPIC: &str = "webhooks.raw";
 /// Partitions of the input topic (and of each output topic).
 const PARTITIONS: i32 = 3;
 /// The longest the pipeline may take to finish every input.
@@ -171,11 +173,6 @@ pub async fn run(options: &DemoOptions, out: &mut impl Write) -> Result<DemoRepo
     let format = options.format;
     let count = options.count.clamp(samples::MIN_COUNT, samples::MAX_COUNT);
     let defaults = Config::default();
-    let input_topic = DecoderSettings::default()
-        .topics
-        .first()
-        .cloned()
-        .unwrap_or_else(|| "webhooks.raw".into());
     let output = &defaults.output;
     progress(
         out,
@@ -189,7 +186,7 @@ pub async fn run(options: &DemoOptions, out: &mut impl Write) -> Result<DemoRepo
     // Key generation is slow-ish CPU work: overlap it with the mock cluster's start.
     let keygen = tokio::task::spawn_blocking(|| crate::simulator::generate_rsa_keypair(RSA_BITS));
     let kafka = MockKafka::start(vec![
-        (input_topic.clone(), PARTITIONS),
+        (INPUT_TOPIC.to_string(), PARTITIONS),
         (output.clearsale_topic.clone(), PARTITIONS),
         (output.unico_topic.clone(), PARTITIONS),
         (output.dead_letter_topic.clone(), 1),
@@ -200,7 +197,7 @@ pub async fn run(options: &DemoOptions, out: &mut impl Write) -> Result<DemoRepo
         out,
         format,
         &format!(
-            "  ✓ mock Kafka cluster at {}: {input_topic} ({PARTITIONS} partitions) → {}, {}, {}",
+            "  ✓ mock Kafka cluster at {}: {INPUT_TOPIC} ({PARTITIONS} partitions) → {}, {}, {}",
             kafka.bootstrap(),
             output.clearsale_topic,
             output.unico_topic,
@@ -218,7 +215,7 @@ pub async fn run(options: &DemoOptions, out: &mut impl Write) -> Result<DemoRepo
         ),
     )?;
 
-    let config = demo_config(kafka.bootstrap(), &sim, private_key, &input_topic);
+    let config = demo_config(kafka.bootstrap(), &sim, private_key);
     let problems = config.validate();
     if !problems.is_empty() {
         return Err(DemoError::Config {
@@ -226,7 +223,7 @@ pub async fn run(options: &DemoOptions, out: &mut impl Write) -> Result<DemoRepo
         });
     }
     let samples = build_samples(&config, options.seed, count).await?;
-    let landed = kafka::produce(kafka.bootstrap(), &input_topic, &samples).await?;
+    let landed = kafka::produce(kafka.bootstrap(), INPUT_TOPIC, &samples).await?;
     let repeats = samples
         .iter()
         .filter(|s| s.expected == Expected::Deduplicated)
@@ -239,7 +236,7 @@ pub async fn run(options: &DemoOptions, out: &mut impl Write) -> Result<DemoRepo
         out,
         format,
         &format!(
-            "  ✓ {} webhooks produced to {input_topic}: both providers, {repeats} exact repeats, \
+            "  ✓ {} webhooks produced to {INPUT_TOPIC}: both providers, {repeats} exact repeats, \
              {bad} that cannot be enriched",
             samples.len()
         ),
@@ -255,7 +252,7 @@ pub async fn run(options: &DemoOptions, out: &mut impl Write) -> Result<DemoRepo
     let mut records = Vec::new();
     for topic in [&output.clearsale_topic, &output.unico_topic] {
         for r in kafka::read_topic(kafka.bootstrap(), topic, PARTITIONS).await? {
-            records.push(published_record(topic, r, &input_topic, &at)?);
+            records.push(published_record(topic, r, &at)?);
         }
     }
     records.sort_by_key(|r| r.input);
@@ -277,7 +274,7 @@ pub async fn run(options: &DemoOptions, out: &mut impl Write) -> Result<DemoRepo
         total_time: started.elapsed(),
     };
     let topics = Topics {
-        input: &input_topic,
+        input: INPUT_TOPIC,
         records: vec![&output.clearsale_topic, &output.unico_topic],
         dead_letter: &output.dead_letter_topic,
     };
@@ -302,19 +299,15 @@ async fn start_simulator(seed: u64, public_key: String) -> Result<SimulatorHandl
     Ok(crate::simulator::start(config, listener).await?)
 }
 
-/// The configuration of `run` pointed at the mock cluster and the simulator, with retry, grace
-/// and breaker timings shortened from production's seconds to the demo's milliseconds.
-fn demo_config(
-    bootstrap: &str,
-    sim: &SimulatorHandle,
-    private_key: Secret,
-    input_topic: &str,
-) -> Config {
+/// The configuration of `run` (its defaults: topics, encoding, dedupe, in-flight limit) pointed
+/// at the mock cluster and the simulator, with retry, not-found grace and breaker timings
+/// shortened from production's seconds to the demo's milliseconds.
+fn demo_config(bootstrap: &str, sim: &SimulatorHandle, private_key: Secret) -> Config {
     let credentials = SimulatorConfig::default();
     let mut c = Config::default();
     c.kafka.bootstrap_servers = bootstrap.to_string();
     c.kafka.group_id = "webhook-enricher-demo".into();
-    c.input.topics = vec![input_topic.to_string()];
+    c.input.topics = vec![INPUT_TOPIC.to_string()];
     c.clearsale.base_url = sim.base_url();
     c.clearsale.user = credentials.clearsale.user;
     c.clearsale.password = credentials.clearsale.password;
@@ -331,9 +324,6 @@ fn demo_config(
     c.enrich.retry.max_delay = Duration::from_millis(100);
     c.enrich.retry.max_elapsed = Duration::from_millis(600);
     c.enrich.not_found.delay = Duration::from_millis(100);
-    c.enrich.pending.initial = Duration::from_millis(50);
-    c.enrich.pending.max_delay = Duration::from_millis(200);
-    c.enrich.pending.max_elapsed = Duration::from_secs(1);
     c.engine.commit_interval = Duration::from_millis(200);
     c.engine.breaker.open_for = Duration::from_millis(500);
     c.engine.breaker.max_open_for = Duration::from_secs(2);
@@ -515,7 +505,6 @@ fn clearsale_keys(settings: &DecoderSettings, samples: &[Sample]) -> usize {
 fn published_record(
     topic: &str,
     r: ReadRecord,
-    input_topic: &str,
     at: &HashMap<(i32, i64), usize>,
 ) -> Result<PublishedRecord, DemoError> {
     let decoded = crate::avro::decode(&r.value, crate::avro::schema()?).map_err(|source| {
@@ -528,7 +517,7 @@ fn published_record(
     })?;
     let record = crate::avro::to_json(&decoded.value);
     let lineage = &record["lineage"];
-    let input = (lineage["topic"] == input_topic)
+    let input = (lineage["topic"] == INPUT_TOPIC)
         .then(|| {
             let partition = i32::try_from(lineage["partition"].as_i64()?).ok()?;
             at.get(&(partition, lineage["offset"].as_i64()?)).copied()
