@@ -128,10 +128,15 @@ pub(super) async fn produce(
 /// A record read back from a topic.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct ReadRecord {
+    /// Its partition.
     pub partition: i32,
+    /// Its offset.
     pub offset: i64,
+    /// Its key, as text.
     pub key: Option<String>,
+    /// Its value (empty when null).
     pub value: Vec<u8>,
+    /// Its headers, values as text.
     pub headers: Vec<(String, String)>,
 }
 

@@ -111,8 +111,11 @@ pub(super) fn write(
 
 /// The topic names, for the headings.
 pub(super) struct Topics<'a> {
+    /// The input topic.
     pub input: &'a str,
+    /// The output topics.
     pub records: Vec<&'a str>,
+    /// The dead-letter topic.
     pub dead_letter: &'a str,
 }
 
