@@ -12,6 +12,7 @@ pub mod app;
 pub mod avro;
 pub mod config;
 pub mod datetime;
+pub mod demo;
 pub mod engine;
 pub mod enrich;
 pub mod event;

@@ -5,6 +5,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use webhook_enricher::config::{Config, ConfigSources};
+use webhook_enricher::demo::{self, DemoOptions, OutputFormat};
 use webhook_enricher::logging::{self, LogFormat};
 
 /// Turns provider webhook notifications on Kafka into complete, decision-ready Avro records.
@@ -41,6 +42,27 @@ enum Command {
         /// Simulator configuration file (TOML); the defaults otherwise.
         #[arg(long)]
         simulator_config: Option<PathBuf>,
+    },
+    /// Run the whole pipeline once on sample webhooks, with nothing to install.
+    ///
+    /// Starts an in-process mock Kafka cluster and the provider simulator (with a short ClearSale
+    /// outage), produces sample webhooks of both providers (repeats, a skipped status, bad
+    /// payloads), runs the real pipeline until every input has a final outcome, then prints the
+    /// enriched records, the dead letters and a summary on stdout. Logs go to stderr: warnings
+    /// only, without the per-record events the demo prints itself, unless --log-level says
+    /// otherwise (`--log-level info` shows everything). Needs no configuration: --config and
+    /// --set are ignored.
+    Demo {
+        /// How to print the results.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
+        /// How many sample webhooks to produce (18 to 1000).
+        #[arg(long, default_value_t = demo::samples::DEFAULT_COUNT as u16,
+            value_parser = clap::value_parser!(u16).range(demo::samples::MIN_COUNT as i64..=demo::samples::MAX_COUNT as i64))]
+        count: u16,
+        /// Seed of the sample ids and the simulated answers (same seed, same records).
+        #[arg(long, default_value_t = DemoOptions::default().seed)]
+        seed: u64,
     },
 }
 
@@ -127,6 +149,28 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                 webhook_enricher::shutdown::signal(),
             )
             .await?;
+            Ok(())
+        }
+        Command::Demo {
+            format,
+            count,
+            seed,
+        } => {
+            // The per-record events (`webhook_enricher::telemetry`) are what the demo prints on
+            // stdout; on stderr they would only repeat it, and bury any real warning.
+            logging::init(
+                cli.log_format.unwrap_or(LogFormat::Text),
+                cli.log_level
+                    .as_deref()
+                    .or(Some("warn,webhook_enricher::telemetry=off")),
+            )
+            .map_err(anyhow::Error::msg)?;
+            let options = DemoOptions {
+                format,
+                count: count.into(),
+                seed,
+            };
+            demo::run(&options, &mut std::io::stdout()).await?;
             Ok(())
         }
     }

@@ -1,5 +1,6 @@
 mod avro;
 mod clearsale_client;
+mod demo;
 mod engine;
 mod enrich;
 mod registry;
