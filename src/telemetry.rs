@@ -22,6 +22,7 @@ pub mod names {
     pub const RECORDS_DEAD_LETTERED: &str = "webhook_enricher_records_dead_lettered_total";
     pub const PRODUCE_RETRIES: &str = "webhook_enricher_produce_retries_total";
     pub const CIRCUIT_OPENED: &str = "webhook_enricher_circuit_opened_total";
+    pub const RECORDS_PAUSED: &str = "webhook_enricher_records_paused_total";
     pub const CIRCUIT_STATE: &str = "webhook_enricher_circuit_state";
     pub const RECORDS_IN_FLIGHT: &str = "webhook_enricher_records_in_flight";
     pub const END_TO_END_SECONDS: &str = "webhook_enricher_end_to_end_latency_seconds";
@@ -75,6 +76,10 @@ pub fn describe_metrics() {
     describe_counter!(
         names::CIRCUIT_OPENED,
         "Times a provider's circuit opened (systemic failure), by provider."
+    );
+    describe_counter!(
+        names::RECORDS_PAUSED,
+        "Records whose provider call failed systemically and waited for the circuit, by provider."
     );
     describe_gauge!(
         names::CIRCUIT_STATE,
@@ -258,9 +263,10 @@ pub fn produce_retry(topic: &str, error: &rdkafka::error::KafkaError, attempt: u
     }
 }
 
-/// A provider's circuit opened: its work pauses for `period`.
+/// A provider's circuit opened (a transition, once per outage or failed probe): its work
+/// pauses for `period`.
 pub fn circuit_opened(stats: &EngineStats, provider: Provider, period: Duration, reason: &str) {
-    stats.systemic_pauses.fetch_add(1, Ordering::Relaxed);
+    stats.circuits_opened.fetch_add(1, Ordering::Relaxed);
     metrics::counter!(names::CIRCUIT_OPENED, "provider" => provider.as_str()).increment(1);
     tracing::error!(
         provider = provider.as_str(),
@@ -268,6 +274,14 @@ pub fn circuit_opened(stats: &EngineStats, provider: Provider, period: Duration,
         reason,
         "provider failing systemically: pausing its work (nothing is dead-lettered)"
     );
+}
+
+/// A record's provider call failed systemically; it waits for the circuit, keeping its place.
+pub fn record_paused(stats: &EngineStats, provider: Provider, source: &InputRecord, reason: &str) {
+    stats.systemic_pauses.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!(names::RECORDS_PAUSED, "provider" => provider.as_str()).increment(1);
+    tracing::debug!(provider = provider.as_str(), topic = %source.topic, partition = source.partition,
+        offset = source.offset, reason, "record waits for the provider's circuit");
 }
 
 /// The state of a provider's circuit (0 closed, 1 open, 2 half-open).

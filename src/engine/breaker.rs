@@ -184,16 +184,15 @@ impl CircuitBreaker {
         }
     }
 
-    /// The call failed systemically: open (or re-open) the circuit. Returns the open period.
-    pub fn on_systemic_failure(&self, permit: Permit) -> Duration {
+    /// The call failed systemically: open (or re-open) the circuit. Returns the open period when
+    /// this call opened it, `None` when another in-flight call already had.
+    pub fn on_systemic_failure(&self, permit: Permit) -> Option<Duration> {
         let now = Instant::now();
         let mut inner = self.lock();
         let (failures, since) = match &*inner {
             Inner::Closed => (0, now),
             // Another in-flight call already opened it: do not extend.
-            Inner::Open { until, .. } if permit == Permit::Normal => {
-                return until.saturating_duration_since(now)
-            }
+            Inner::Open { .. } if permit == Permit::Normal => return None,
             Inner::Open {
                 failures, since, ..
             }
@@ -207,7 +206,7 @@ impl CircuitBreaker {
         };
         drop(inner);
         self.changed.send_modify(|v| *v += 1);
-        period
+        Some(period)
     }
 
     fn open_period(&self, failures: u32) -> Duration {
@@ -242,7 +241,7 @@ mod tests {
         assert_eq!(b.acquire().await, Permit::Normal);
         assert_eq!(
             b.on_systemic_failure(Permit::Normal),
-            Duration::from_secs(5)
+            Some(Duration::from_secs(5))
         );
         assert_eq!(b.state(), BreakerState::Open);
 
@@ -274,17 +273,17 @@ mod tests {
         let b = CircuitBreaker::new(settings());
         assert_eq!(
             b.on_systemic_failure(Permit::Normal),
-            Duration::from_secs(5)
+            Some(Duration::from_secs(5))
         );
         assert_eq!(b.acquire().await, Permit::Probe);
         assert_eq!(
             b.on_systemic_failure(Permit::Probe),
-            Duration::from_secs(10)
+            Some(Duration::from_secs(10))
         );
         assert_eq!(b.acquire().await, Permit::Probe);
         assert_eq!(
             b.on_systemic_failure(Permit::Probe),
-            Duration::from_secs(12)
+            Some(Duration::from_secs(12))
         );
         assert!(b.not_closed_for().unwrap() >= Duration::from_secs(15));
     }
@@ -294,7 +293,11 @@ mod tests {
         let b = CircuitBreaker::new(settings());
         b.on_systemic_failure(Permit::Normal);
         tokio::time::advance(Duration::from_secs(2)).await;
-        b.on_systemic_failure(Permit::Normal);
+        assert_eq!(
+            b.on_systemic_failure(Permit::Normal),
+            None,
+            "already open: not reopened"
+        );
         let t = Instant::now();
         assert_eq!(b.acquire().await, Permit::Probe);
         assert_eq!(t.elapsed(), Duration::from_secs(3));

@@ -84,8 +84,10 @@ mod tests {
 
     #[test]
     fn consumer_stores_offsets_only_when_told_and_applies_security_and_passthrough() {
-        let mut s = KafkaSettings::default();
-        s.security_protocol = SecurityProtocol::SaslSsl;
+        let mut s = KafkaSettings {
+            security_protocol: SecurityProtocol::SaslSsl,
+            ..Default::default()
+        };
         s.sasl.mechanism = SaslMechanism::ScramSha256;
         s.sasl.username = "svc".into();
         s.sasl.password = "pw".into();

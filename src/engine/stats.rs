@@ -13,7 +13,10 @@ pub struct EngineStats {
     pub published: AtomicU64,
     pub deduplicated: AtomicU64,
     pub skipped: AtomicU64,
+    /// Records whose provider call failed systemically and that waited for the circuit.
     pub systemic_pauses: AtomicU64,
+    /// Times a provider circuit opened.
+    pub circuits_opened: AtomicU64,
     dead_lettered: Mutex<BTreeMap<ErrorClass, u64>>,
 }
 
@@ -25,6 +28,7 @@ pub struct StatsSnapshot {
     pub deduplicated: u64,
     pub skipped: u64,
     pub systemic_pauses: u64,
+    pub circuits_opened: u64,
     pub dead_lettered: BTreeMap<ErrorClass, u64>,
 }
 
@@ -54,6 +58,7 @@ impl EngineStats {
             deduplicated: self.deduplicated.load(Ordering::Relaxed),
             skipped: self.skipped.load(Ordering::Relaxed),
             systemic_pauses: self.systemic_pauses.load(Ordering::Relaxed),
+            circuits_opened: self.circuits_opened.load(Ordering::Relaxed),
             dead_lettered: self
                 .dead_lettered
                 .lock()

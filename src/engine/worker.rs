@@ -180,8 +180,10 @@ pub async fn process(ctx: &WorkerContext, job: &Job) -> Result<Final, ProduceErr
                     };
                     return dead_letter(ctx, record, reason).await;
                 }
-                let period = breaker.on_systemic_failure(permit);
-                telemetry::circuit_opened(&ctx.stats, provider, period, &reason);
+                if let Some(period) = breaker.on_systemic_failure(permit) {
+                    telemetry::circuit_opened(&ctx.stats, provider, period, &reason);
+                }
+                telemetry::record_paused(&ctx.stats, provider, record, &reason);
                 successes_before = breaker.successes();
             }
         }
