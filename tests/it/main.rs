@@ -1,6 +1,8 @@
 mod avro;
 mod clearsale_client;
 mod engine;
+mod engine_faults;
+mod engine_lifecycle;
 mod engine_order;
 mod registry;
 mod simulator;
