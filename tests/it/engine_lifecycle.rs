@@ -15,6 +15,7 @@ async fn shutdown_drains_in_flight_records_and_commits_exactly_what_finished() {
     let kafka = Kafka::new(&[(&input, 2)]);
     let mut sim_config = SimulatorConfig::default();
     sim_config.latency.base = Duration::from_millis(300);
+    sim_config.latency.jitter = Duration::from_millis(200);
     let sim = support::start_simulator(sim_config).await;
     let mut config = support::config(&kafka, &sim, &input);
     config.engine.max_in_flight = 4;
@@ -38,15 +39,25 @@ async fn shutdown_drains_in_flight_records_and_commits_exactly_what_finished() {
     }
 
     let engine = RunningEngine::start(&config).await;
+    // Shut down while records are in flight (received, not finished).
     assert!(
-        support::eventually(Duration::from_secs(30), || engine.snapshot().published >= 2).await,
+        support::eventually(Duration::from_secs(30), || {
+            let s = engine.snapshot();
+            s.published >= 2 && s.consumed > s.finished()
+        })
+        .await,
         "{:?}",
         engine.snapshot()
     );
+    let at_stop = engine.snapshot();
     let summary = engine.stop().await.expect("shutdown returns Ok");
     assert!(
         summary.published < 40,
         "shutdown came after everything finished: {summary:?}"
+    );
+    assert!(
+        summary.published >= at_stop.consumed,
+        "records in flight at shutdown were abandoned instead of drained: {at_stop:?} then {summary:?}"
     );
     assert_eq!(summary.finished(), summary.published, "{summary:?}");
 

@@ -127,14 +127,14 @@ async fn same_key_runs_in_offset_order_while_different_keys_overlap() {
     let u = new_id();
     let others: Vec<String> = (0..6).map(|_| new_id()).collect();
     let mut payloads = Vec::new();
-    for i in 0..6usize {
+    for (i, other) in others.iter().enumerate() {
         if i < 5 {
             payloads.push(clearsale(&a, "mfa", &date(i as u32)));
         }
         if (1..4).contains(&i) {
             payloads.push(unico(&u, &(i + 1).to_string()));
         }
-        payloads.push(clearsale(&others[i], "mfa", DATE));
+        payloads.push(clearsale(other, "mfa", DATE));
     }
     for p in &payloads {
         kafka
