@@ -261,7 +261,8 @@ fn poll_loop(
     commands: std_mpsc::Receiver<ToConsumer>,
     flow: Arc<FlowControl>,
 ) {
-    let mut paused_generation: Option<u64> = None;
+    // The (assignment generation, paused) state last applied to the assignment.
+    let mut applied: Option<(u64, bool)> = None;
     loop {
         loop {
             match commands.try_recv() {
@@ -301,20 +302,23 @@ fn poll_loop(
         let generation = consumer.context().generation.load(Ordering::SeqCst);
         let want_pause = flow.stop_fetching.load(Ordering::SeqCst)
             || flow.in_flight.load(Ordering::SeqCst) >= flow.max_in_flight;
-        if want_pause && paused_generation != Some(generation) {
+        // Applied once per assignment generation and on every change: librdkafka keeps a
+        // partition's application pause across a revoke and a new assign, so a partition paused
+        // before a rebalance must be resumed explicitly when it comes back.
+        if applied != Some((generation, want_pause)) {
             if let Ok(assignment) = consumer.assignment() {
-                match consumer.pause(&assignment) {
-                    Ok(()) => paused_generation = Some(generation),
-                    Err(e) => tracing::warn!(error = %e, "cannot pause partitions"),
+                let result = if want_pause {
+                    consumer.pause(&assignment)
+                } else {
+                    consumer.resume(&assignment)
+                };
+                match result {
+                    Ok(()) => applied = Some((generation, want_pause)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, pause = want_pause, "cannot pause or resume partitions")
+                    }
                 }
             }
-        } else if !want_pause && paused_generation.is_some() {
-            if let Ok(assignment) = consumer.assignment() {
-                if let Err(e) = consumer.resume(&assignment) {
-                    tracing::warn!(error = %e, "cannot resume partitions");
-                }
-            }
-            paused_generation = None;
         }
 
         match consumer.poll(Duration::from_millis(100)) {

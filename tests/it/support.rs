@@ -11,8 +11,12 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
 use webhook_enricher::config::Config;
+use webhook_enricher::engine::stats::{EngineStats, StatsSnapshot};
+use webhook_enricher::engine::EngineError;
 use webhook_enricher::simulator::{self, SimulatorConfig, SimulatorHandle};
 
 /// A unique suffix per test, so topics and groups never collide.
@@ -141,6 +145,82 @@ impl Kafka {
             .collect()
     }
 
+    /// The high watermark of every partition of `topic`; empty when the topic does not exist.
+    pub fn end_offsets(&self, topic: &str) -> HashMap<i32, i64> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("group.id", unique("watermarks"))
+            .create()
+            .expect("watermark reader");
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .expect("metadata");
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic && t.error().is_none())
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        partitions
+            .into_iter()
+            .map(|p| {
+                let (_, high) = consumer
+                    .fetch_watermarks(topic, p, Duration::from_secs(10))
+                    .expect("watermarks");
+                (p, high)
+            })
+            .collect()
+    }
+
+    /// How many records `topic` holds (0 when it does not exist).
+    pub fn count(&self, topic: &str) -> i64 {
+        self.end_offsets(topic).values().sum()
+    }
+
+    /// Every record of `topic` up to its current end, by partition then offset. Reads by
+    /// assignment (no group join), so it is quick.
+    pub fn read_now(&self, topic: &str) -> Vec<OutRecord> {
+        let ends = self.end_offsets(topic);
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("group.id", unique("reader"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("reader");
+        let mut tpl = TopicPartitionList::new();
+        let mut missing: HashMap<i32, i64> = HashMap::new();
+        for (p, end) in &ends {
+            if *end > 0 {
+                tpl.add_partition_offset(topic, *p, Offset::Beginning)
+                    .expect("partition offset");
+                missing.insert(*p, *end);
+            }
+        }
+        let mut out = Vec::new();
+        if missing.is_empty() {
+            return out;
+        }
+        consumer.assign(&tpl).expect("assign");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !missing.is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "could not read {topic} to its end"
+            );
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                if missing
+                    .get(&m.partition())
+                    .is_some_and(|end| m.offset() >= end - 1)
+                {
+                    missing.remove(&m.partition());
+                }
+                out.push(OutRecord::from(&m));
+            }
+        }
+        out.sort_by_key(|r| (r.partition, r.offset));
+        out
+    }
+
     pub fn admin(&self) -> AdminClient<rdkafka::client::DefaultClientContext> {
         ClientConfig::new()
             .set("bootstrap.servers", &self.bootstrap)
@@ -157,32 +237,40 @@ pub struct OutRecord {
     pub key: Option<String>,
     pub value: Vec<u8>,
     pub headers: HashMap<String, String>,
+    /// The headers in order, null values as `None`.
+    pub header_list: Vec<(String, Option<String>)>,
+    /// The record timestamp, ms since the epoch.
+    pub timestamp_ms: Option<i64>,
 }
 
 impl OutRecord {
     fn from<M: Message>(m: &M) -> Self {
         use rdkafka::message::Headers;
-        let headers = m
+        let header_list: Vec<(String, Option<String>)> = m
             .headers()
             .map(|hs| {
                 hs.iter()
                     .map(|h| {
                         (
                             h.key.to_string(),
-                            h.value
-                                .map(|v| String::from_utf8_lossy(v).into_owned())
-                                .unwrap_or_default(),
+                            h.value.map(|v| String::from_utf8_lossy(v).into_owned()),
                         )
                     })
                     .collect()
             })
             .unwrap_or_default();
+        let headers = header_list
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone().unwrap_or_default()))
+            .collect();
         Self {
             partition: m.partition(),
             offset: m.offset(),
             key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
             value: m.payload().unwrap_or_default().to_vec(),
             headers,
+            header_list,
+            timestamp_ms: m.timestamp().to_millis(),
         }
     }
 
@@ -232,6 +320,89 @@ pub fn config(kafka: &Kafka, sim: &SimulatorHandle, input: &str) -> Config {
     c.engine.breaker.open_for = Duration::from_millis(200);
     c.engine.breaker.max_open_for = Duration::from_secs(1);
     c
+}
+
+/// An engine running in-process, as `webhook-enricher run` would. Dropping it resolves the
+/// shutdown future too.
+pub struct RunningEngine {
+    pub stats: Arc<EngineStats>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<StatsSnapshot, EngineError>>,
+}
+
+impl RunningEngine {
+    /// Builds the engine's parts from `config` and spawns `engine::run`.
+    pub async fn start(config: &Config) -> Self {
+        let stats = Arc::new(EngineStats::default());
+        let parts = webhook_enricher::app::build_parts(config, stats.clone())
+            .await
+            .expect("engine parts");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let config = config.clone();
+        let task = tokio::spawn(async move {
+            webhook_enricher::engine::run(&config, parts, async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        Self {
+            stats,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// The counters now.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// Resolves the shutdown future (what SIGTERM does) and waits for `run` to return.
+    pub async fn stop(mut self) -> Result<StatsSnapshot, EngineError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(60), &mut self.task)
+            .await
+            .expect("the engine stops within a minute")
+            .expect("the engine task does not panic")
+    }
+}
+
+/// A ClearSale webhook payload.
+pub fn clearsale(id: &str, kind: &str, date: &str) -> String {
+    format!(r#"{{"analysisId":"{id}","date":"{date}","type":"{kind}"}}"#)
+}
+
+/// A Unico webhook payload.
+pub fn unico(id: &str, status: &str) -> String {
+    format!(r#"{{"id":"{id}","status":"{status}"}}"#)
+}
+
+/// The `event_id` the engine derives for a well-formed payload.
+pub fn event_id(payload: &str) -> uuid::Uuid {
+    let decoded = webhook_enricher::event::decode(
+        webhook_enricher::event::RawEvent {
+            topic: "any",
+            payload: Some(payload.as_bytes()),
+            provider_header: None,
+        },
+        &webhook_enricher::event::DecoderSettings::default(),
+    );
+    match decoded {
+        Ok(webhook_enricher::event::Decoded::Enrich(e)) => e.event_id,
+        other => panic!("not an enrichable payload: {other:?}"),
+    }
+}
+
+/// A fresh provider id.
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// The committed offset of one partition, 0 when nothing is committed.
+pub fn committed_of(committed: &HashMap<i32, i64>, partition: i32) -> i64 {
+    committed.get(&partition).copied().unwrap_or(0)
 }
 
 /// Polls `check` until it is true or `timeout` passes.
