@@ -148,6 +148,7 @@ pub async fn run(
         scheduler: KeyScheduler::default(),
         tracker: OffsetTracker::default(),
         running: HashMap::new(),
+        epochs: HashMap::new(),
         tokens: HashMap::new(),
         root: CancellationToken::new(),
         generation: 0,
@@ -193,6 +194,9 @@ struct PendingRevoke {
 
 struct Done {
     tp: TopicPartition,
+    /// The partition's assignment epoch when the task started: a completion from an earlier
+    /// assignment of the same partition must not touch the current one's bookkeeping.
+    epoch: u64,
     offset: i64,
     key: String,
     /// `None` when the task was cancelled (its partition was revoked, or shutdown).
@@ -206,6 +210,8 @@ struct Dispatcher {
     tracker: OffsetTracker,
     /// Started, unfinished tasks per partition.
     running: HashMap<TopicPartition, usize>,
+    /// Assignment epoch per partition, bumped on every assignment of it.
+    epochs: HashMap<TopicPartition, u64>,
     /// Cancels the tasks of a partition (on revocation past the deadline).
     tokens: HashMap<TopicPartition, CancellationToken>,
     root: CancellationToken,
@@ -300,6 +306,7 @@ impl Dispatcher {
 
     fn start(&mut self, job: Job) {
         let tp = job.record.topic_partition();
+        let epoch = self.epochs.get(&tp).copied().unwrap_or_default();
         *self.running.entry(tp.clone()).or_default() += 1;
         let token = self
             .tokens
@@ -315,6 +322,7 @@ impl Dispatcher {
             };
             let _ = done.send(Done {
                 tp,
+                epoch,
                 offset: job.record.offset,
                 key: job.key,
                 outcome,
@@ -323,11 +331,15 @@ impl Dispatcher {
     }
 
     fn on_done(&mut self, done: Done) {
-        if let Some(n) = self.running.get_mut(&done.tp) {
-            *n = n.saturating_sub(1);
-        }
         self.release(1);
+        let current = self.epochs.get(&done.tp) == Some(&done.epoch);
+        if current {
+            if let Some(n) = self.running.get_mut(&done.tp) {
+                *n = n.saturating_sub(1);
+            }
+        }
         match done.outcome {
+            Some(Ok(_)) if !current => {}
             Some(Ok(_)) => {
                 if let Some(next) = self.tracker.finish(&done.tp, done.offset) {
                     let _ = self.commands.send(ToConsumer::Store {
@@ -355,6 +367,7 @@ impl Dispatcher {
     fn on_assigned(&mut self, generation: u64, partitions: Vec<TopicPartition>) {
         self.generation = generation;
         for tp in partitions {
+            *self.epochs.entry(tp.clone()).or_default() += 1;
             self.tracker.assign(tp.clone());
             self.tokens.insert(tp, self.root.child_token());
         }
