@@ -1,7 +1,9 @@
 mod avro;
+mod binary;
 mod clearsale_client;
 mod engine;
 mod registry;
 mod simulator;
 mod support;
+mod tansu;
 mod unico_client;
