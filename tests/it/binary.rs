@@ -403,6 +403,97 @@ async fn sigterm_drains_commits_the_finished_records_and_exits_zero() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_abandons_unfinished_records_at_the_drain_deadline_without_committing_them() {
+    let t = Setup::new(SimulatorConfig::default()).await;
+    // Unico stays down: its records can never finish.
+    t.sim.set_outage(Provider::Unico, true);
+    let mut config = t.config.clone();
+    config.engine.max_in_flight = 20;
+    config.engine.drain_timeout = Duration::from_secs(1);
+    let total = 60;
+    let producer = support::producer_for(&t.kafka.bootstrap);
+    let produced = support::produce_webhooks(
+        &producer,
+        t.input(),
+        INPUT_PARTITIONS,
+        support::webhook_mix(total, false),
+    )
+    .await;
+
+    let mut child = support::spawn_run(&config, t.dir.path(), "sigterm-abandon");
+    let watcher = support::inspector(&t.kafka.bootstrap, &support::unique("watcher"));
+    let outputs = t.output_topics();
+    wait_until(
+        &mut child,
+        "ClearSale outputs and the Unico circuit open",
+        Duration::from_secs(60),
+        |child| {
+            support::record_count(&watcher, &outputs) >= 5
+                && child.log_contains("provider failing systemically")
+        },
+    )
+    .await;
+    child.signal("TERM");
+    let status = child.wait_exit(Duration::from_secs(60)).await;
+    assert_eq!(
+        exit_code(status),
+        Some(0),
+        "exit status {status:?}\n{}",
+        child.tail()
+    );
+    assert!(
+        child.log_contains("drain deadline passed"),
+        "the drain should have been cut short by its deadline\n{}",
+        child.tail()
+    );
+
+    let committed = t.committed();
+    let (published, dead_letters) = t.read_outputs();
+    assert!(
+        published
+            .iter()
+            .all(|r| r.header("provider") == "clearsale"),
+        "a Unico record was published during the outage"
+    );
+    let counts = support::outcome_counts(&published, &dead_letters);
+    // Each partition's commit stops at its first unfinished (Unico) record; ClearSale records
+    // finished after it are in the outputs but not committed, so they are redelivered later.
+    for p in &produced {
+        let seen = counts.get(&p.webhook.identity()).copied().unwrap_or(0);
+        if p.offset < committed.get(&p.partition).copied().unwrap_or(0) {
+            assert_eq!(
+                seen,
+                1,
+                "committed input at {}:{} has no outcome\n{}",
+                p.partition,
+                p.offset,
+                child.tail()
+            );
+        }
+    }
+    for partition in 0..INPUT_PARTITIONS {
+        let mine: Vec<&Produced> = produced
+            .iter()
+            .filter(|p| p.partition == partition)
+            .collect();
+        let first_without_outcome = mine
+            .iter()
+            .find(|p| counts.get(&p.webhook.identity()).copied().unwrap_or(0) == 0)
+            .map_or(mine.len() as i64, |p| p.offset);
+        assert_eq!(
+            committed.get(&partition).copied().unwrap_or(0),
+            first_without_outcome,
+            "partition {partition}: the commit must stop at the first unfinished record\n{}",
+            child.tail()
+        );
+    }
+    assert!(
+        committed.values().sum::<i64>() > 0,
+        "nothing was committed: {committed:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_forces_exit_130_while_draining_is_held_up() {
     let t = Setup::new(SimulatorConfig::default()).await;
     t.sim.set_outage(Provider::ClearSale, true);
@@ -462,7 +553,7 @@ async fn kill_9_then_restart_loses_nothing_and_duplicates_only_after_the_last_co
     sim_config.latency.jitter = Duration::from_millis(60);
     let t = Setup::new(sim_config).await;
     let mut config = t.config.clone();
-    config.engine.max_in_flight = 8;
+    config.engine.max_in_flight = 40;
     // The killed member never leaves the group: a short session lets the restarted one take
     // its partitions soon.
     config
@@ -501,8 +592,23 @@ async fn kill_9_then_restart_loses_nothing_and_duplicates_only_after_the_last_co
         "outputs and a first commit",
         Duration::from_secs(60),
         |_| {
-            support::record_count(&watcher, &outputs) >= 40
+            support::record_count(&watcher, &outputs) >= 30
                 && !support::committed_by(&watcher, t.input(), INPUT_PARTITIONS).is_empty()
+        },
+    )
+    .await;
+    // Then Unico goes down: its records stay in flight and hold each partition's commit back,
+    // while later ClearSale records finish past it. The kill lands with all three kinds of
+    // record: committed, finished but not committed, and unfinished.
+    t.sim.set_outage(Provider::Unico, true);
+    let before_outage = support::record_count(&watcher, &outputs);
+    wait_until(
+        &mut first,
+        "the Unico circuit open and more ClearSale outputs",
+        Duration::from_secs(60),
+        |child| {
+            child.log_contains("provider failing systemically")
+                && support::record_count(&watcher, &outputs) >= before_outage + 10
         },
     )
     .await;
@@ -515,6 +621,21 @@ async fn kill_9_then_restart_loses_nothing_and_duplicates_only_after_the_last_co
         "the kill should land midway: committed {at_kill:?} of {total}\n{}",
         first.tail()
     );
+    let (published, dead_letters) = t.read_outputs();
+    let counts_at_kill = support::outcome_counts(&published, &dead_letters);
+    let finished_uncommitted = produced
+        .iter()
+        .filter(|p| {
+            p.offset >= at_kill.get(&p.partition).copied().unwrap_or(0)
+                && counts_at_kill.contains_key(&p.webhook.identity())
+        })
+        .count();
+    assert!(
+        finished_uncommitted > 0,
+        "the kill should leave finished records past the commit\n{}",
+        first.tail()
+    );
+    t.sim.set_outage(Provider::Unico, false);
 
     let mut second = support::spawn_run(&config, t.dir.path(), "kill9-second");
     let mut ends: HashMap<i32, i64> = HashMap::new();
@@ -558,6 +679,7 @@ async fn kill_9_then_restart_loses_nothing_and_duplicates_only_after_the_last_co
         redelivered += seen.saturating_sub(1);
     }
     eprintln!(
-        "kill -9 at committed {at_kill_total}/{total}: {redelivered} duplicates after the commit"
+        "kill -9 at committed {at_kill_total}/{total} with {finished_uncommitted} finished past \
+         the commit: {redelivered} duplicates"
     );
 }
