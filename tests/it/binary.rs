@@ -58,11 +58,14 @@ impl Setup {
     }
 
     /// Every enriched record and every dead letter now in the output topics.
-    fn read_outputs(&self) -> (Vec<OutRecord>, Vec<OutRecord>) {
+    async fn read_outputs(&self) -> (Vec<OutRecord>, Vec<OutRecord>) {
         let [clearsale, unico, dlq] = self.output_topics();
-        let mut published = support::read_to_end(&self.kafka.bootstrap, clearsale);
-        published.extend(support::read_to_end(&self.kafka.bootstrap, unico));
-        (published, support::read_to_end(&self.kafka.bootstrap, dlq))
+        let mut published = support::read_to_end(&self.kafka.bootstrap, clearsale).await;
+        published.extend(support::read_to_end(&self.kafka.bootstrap, unico).await);
+        (
+            published,
+            support::read_to_end(&self.kafka.bootstrap, dlq).await,
+        )
     }
 
     fn committed(&self) -> HashMap<i32, i64> {
@@ -376,7 +379,7 @@ async fn sigterm_drains_commits_the_finished_records_and_exits_zero() {
     );
 
     let committed = t.committed();
-    let (published, dead_letters) = t.read_outputs();
+    let (published, dead_letters) = t.read_outputs().await;
     let counts = support::outcome_counts(&published, &dead_letters);
     let committed_total: i64 = committed.values().sum();
     assert!(
@@ -448,7 +451,7 @@ async fn sigterm_abandons_unfinished_records_at_the_drain_deadline_without_commi
     );
 
     let committed = t.committed();
-    let (published, dead_letters) = t.read_outputs();
+    let (published, dead_letters) = t.read_outputs().await;
     assert!(
         published
             .iter()
@@ -539,7 +542,7 @@ async fn a_second_signal_forces_exit_130_while_draining_is_held_up() {
 
     // Nothing finished, so nothing was committed; the outage dead-lettered nothing.
     assert_eq!(t.committed(), HashMap::new(), "{}", child.tail());
-    let (published, dead_letters) = t.read_outputs();
+    let (published, dead_letters) = t.read_outputs().await;
     assert!(published.is_empty() && dead_letters.is_empty());
 }
 
@@ -621,7 +624,7 @@ async fn kill_9_then_restart_loses_nothing_and_duplicates_only_after_the_last_co
         "the kill should land midway: committed {at_kill:?} of {total}\n{}",
         first.tail()
     );
-    let (published, dead_letters) = t.read_outputs();
+    let (published, dead_letters) = t.read_outputs().await;
     let counts_at_kill = support::outcome_counts(&published, &dead_letters);
     let finished_uncommitted = produced
         .iter()
@@ -659,7 +662,7 @@ async fn kill_9_then_restart_loses_nothing_and_duplicates_only_after_the_last_co
         second.tail()
     );
 
-    let (published, dead_letters) = t.read_outputs();
+    let (published, dead_letters) = t.read_outputs().await;
     let counts = support::outcome_counts(&published, &dead_letters);
     let logs = format!("{}\n{}", first.tail(), second.tail());
     let mut redelivered = 0;
