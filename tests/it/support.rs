@@ -255,10 +255,12 @@ pub async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> b
 // ---------------------------------------------------------------------------------------------
 // Broker-agnostic helpers (mock cluster or a real broker such as Tansu): they take a bootstrap.
 
-/// A producer for tests (not the service's producer).
+/// A producer for tests (not the service's producer). Idempotent, so a retried write never
+/// adds a second copy of an input.
 pub fn producer_for(bootstrap: &str) -> FutureProducer {
     ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
         .set("message.timeout.ms", "20000")
         .create()
         .expect("producer")
@@ -498,8 +500,8 @@ impl ChildGuard {
         self.exited
     }
 
-    /// Sends a signal by name (`TERM`, `INT`, `KILL`) with `kill(1)`, if the process is still
-    /// running (never to a reaped pid, which may have been reused).
+    /// Sends a signal by name (`TERM`, `INT`, `KILL`) with the shell's `kill`, if the process
+    /// is still running (never to a reaped pid, which may have been reused).
     pub fn signal(&mut self, name: &str) {
         assert!(
             self.try_status().is_none(),
@@ -507,8 +509,8 @@ impl ChildGuard {
             self.exited,
             self.tail()
         );
-        let status = std::process::Command::new("kill")
-            .args([format!("-{name}"), self.pid().to_string()])
+        let status = std::process::Command::new("sh")
+            .args(["-c", &format!("kill -{name} {}", self.pid())])
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -{name} {} failed", self.pid());
@@ -608,15 +610,22 @@ pub struct Webhook {
 }
 
 impl Webhook {
-    /// How its outputs are recognised in [`outcome_counts`]: the output key for published (and
-    /// skipped) records, the original value for dead letters.
-    pub fn identity(&self) -> String {
-        match &self.expected {
-            Expected::Published { subject_id } | Expected::Skipped { subject_id } => {
-                format!("out:{subject_id}")
-            }
-            Expected::DeadLettered => format!("dlq:{}", self.value),
-        }
+    /// How many outcomes it has in `counts` (from [`outcome_counts`]): enriched records keyed
+    /// by its provider id plus dead letters carrying its value. Any input may end in a dead
+    /// letter (e.g. `retries_exhausted`), not only bad payloads.
+    pub fn outcomes(&self, counts: &HashMap<String, usize>) -> usize {
+        let published = match &self.expected {
+            Expected::Published { subject_id } | Expected::Skipped { subject_id } => counts
+                .get(&format!("out:{subject_id}"))
+                .copied()
+                .unwrap_or(0),
+            Expected::DeadLettered => 0,
+        };
+        published
+            + counts
+                .get(&format!("dlq:{}", self.value))
+                .copied()
+                .unwrap_or(0)
     }
 
     /// False for a skipped webhook, which must have no output at all.
@@ -704,7 +713,8 @@ pub async fn produce_webhooks(
     out
 }
 
-/// How many times each identity (see [`Webhook::identity`]) appears in the outputs.
+/// Outcomes by identity: `out:<key>` for enriched records, `dlq:<value>` for dead letters
+/// (read them with [`Webhook::outcomes`]).
 pub fn outcome_counts(outputs: &[OutRecord], dead_letters: &[OutRecord]) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
     for r in outputs {
