@@ -1,4 +1,5 @@
 mod avro;
+mod binary;
 mod clearsale_client;
 mod demo;
 mod engine;
@@ -9,4 +10,5 @@ mod enrich;
 mod registry;
 mod simulator;
 mod support;
+mod tansu;
 mod unico_client;

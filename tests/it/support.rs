@@ -290,8 +290,14 @@ pub async fn start_simulator(mut sim: SimulatorConfig) -> SimulatorHandle {
 
 /// A configuration for one test: the mock cluster, the simulator, fast retries.
 pub fn config(kafka: &Kafka, sim: &SimulatorHandle, input: &str) -> Config {
+    config_for(&kafka.bootstrap, sim, input)
+}
+
+/// A configuration for one test against any broker: the simulator, fast retries, topics named
+/// after `input` (`<input>.clearsale`, `<input>.unico`, `<input>.dlq`).
+pub fn config_for(bootstrap: &str, sim: &SimulatorHandle, input: &str) -> Config {
     let mut c = Config::default();
-    c.kafka.bootstrap_servers = kafka.bootstrap.clone();
+    c.kafka.bootstrap_servers = bootstrap.to_string();
     c.kafka.group_id = unique("group");
     c.input.topics = vec![input.to_string()];
     c.output.clearsale_topic = format!("{input}.clearsale");
@@ -415,4 +421,482 @@ pub async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> b
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     check()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Broker-agnostic helpers (mock cluster or a real broker such as Tansu): they take a bootstrap.
+
+/// A producer for tests (not the service's producer). Idempotent, so a retried write never
+/// adds a second copy of an input.
+pub fn producer_for(bootstrap: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("message.timeout.ms", "20000")
+        .create()
+        .expect("producer")
+}
+
+/// Produces one record and waits for the ack; returns its partition and offset.
+pub async fn produce_to(
+    producer: &FutureProducer,
+    topic: &str,
+    partition: Option<i32>,
+    key: Option<&str>,
+    value: &[u8],
+) -> (i32, i64) {
+    let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).payload(value);
+    if let Some(k) = key {
+        record = record.key(k);
+    }
+    if let Some(p) = partition {
+        record = record.partition(p);
+    }
+    let d = producer
+        .send(record, Duration::from_secs(20))
+        .await
+        .expect("produce");
+    (d.partition, d.offset)
+}
+
+/// A plain consumer (no group membership) for metadata, watermarks and committed offsets.
+pub fn inspector(bootstrap: &str, group: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("inspector")
+}
+
+/// The number of partitions of `topic` (0 if it does not exist).
+pub fn partition_count(consumer: &BaseConsumer, topic: &str) -> i32 {
+    consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .ok()
+        .and_then(|m| {
+            m.topics()
+                .iter()
+                .find(|t| t.name() == topic && t.error().is_none())
+                .map(|t| t.partitions().len() as i32)
+        })
+        .unwrap_or(0)
+}
+
+/// How many records `topics` hold now (sum of high minus low watermarks).
+pub fn record_count(consumer: &BaseConsumer, topics: &[&str]) -> i64 {
+    let mut total = 0;
+    for topic in topics {
+        for p in 0..partition_count(consumer, topic) {
+            if let Ok((low, high)) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)) {
+                total += high - low;
+            }
+        }
+    }
+    total
+}
+
+/// The committed offsets of `group` for `topic`'s partitions (partitions without a commit are
+/// left out).
+pub fn committed_offsets(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> HashMap<i32, i64> {
+    committed_by(&inspector(bootstrap, group), topic, partitions)
+}
+
+/// The committed offsets of the group of `consumer` (an [`inspector`]) for `topic`.
+pub fn committed_by(consumer: &BaseConsumer, topic: &str, partitions: i32) -> HashMap<i32, i64> {
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed");
+    committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The key prefix of the fence records [`read_to_end`] writes (and skips when reading).
+const FENCE_PREFIX: &str = "__test_fence__";
+
+/// Reads every record of `topic` written before this call (use it once nothing writes to
+/// `topic` any more). Each partition is read up to a fence record this function writes there
+/// (and leaves out of the result): watermarks are not used, since some brokers (Tansu) report
+/// them behind the last record.
+pub async fn read_to_end(bootstrap: &str, topic: &str) -> Vec<OutRecord> {
+    let consumer = inspector(bootstrap, &unique("reader"));
+    let partitions = partition_count(&consumer, topic);
+    assert!(partitions > 0, "topic {topic} does not exist");
+    let fence = unique(FENCE_PREFIX);
+    let producer = producer_for(bootstrap);
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        produce_to(&producer, topic, Some(p), Some(&fence), b"").await;
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("partition offset");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut fenced = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fenced.len() < partitions as usize {
+        assert!(
+            Instant::now() < deadline,
+            "{topic}: the fence records of partitions other than {fenced:?} were not read back"
+        );
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            let record = OutRecord::from(&m);
+            let key = record.key.as_deref().unwrap_or_default();
+            if key == fence {
+                fenced.insert(record.partition);
+            } else if !key.starts_with(FENCE_PREFIX) && !fenced.contains(&record.partition) {
+                out.push(record);
+            }
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// The built binary as a child process.
+
+/// Writes `config` as a TOML file for `--config`. Secrets are printed as `[redacted]`: pass
+/// the real values with [`secret_env`].
+pub fn write_config(config: &Config, dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("webhook-enricher.toml");
+    let text = config.to_redacted_toml().expect("config as TOML");
+    std::fs::write(&path, text).expect("write config file");
+    path
+}
+
+/// The configuration's secrets as `WEBHOOK_ENRICHER_*` environment variables.
+pub fn secret_env(config: &Config) -> Vec<(String, String)> {
+    [
+        ("CLEARSALE__PASSWORD", &config.clearsale.password),
+        ("UNICO__API_KEY", &config.unico.api_key),
+        ("UNICO__PRIVATE_KEY_PEM", &config.unico.private_key_pem),
+    ]
+    .into_iter()
+    .filter(|(_, secret)| !secret.is_empty())
+    .map(|(name, secret)| {
+        (
+            format!("{}{name}", webhook_enricher::config::ENV_PREFIX),
+            secret.expose().to_string(),
+        )
+    })
+    .collect()
+}
+
+/// A command for the built binary with a clean environment: no inherited `WEBHOOK_ENRICHER_*`
+/// or `RUST_LOG` variables, so only what the test passes configures it.
+pub fn binary_command() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_webhook-enricher"));
+    for (name, _) in std::env::vars_os() {
+        let text = name.to_string_lossy();
+        if text.starts_with(webhook_enricher::config::ENV_PREFIX) || text == "RUST_LOG" {
+            cmd.env_remove(&name);
+        }
+    }
+    cmd
+}
+
+/// A directory kept after the test (under the target dir) for logs of child processes.
+pub fn log_dir() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("it-logs");
+    std::fs::create_dir_all(&dir).expect("log dir");
+    dir
+}
+
+/// The last `lines` lines of a file (for assertion messages).
+pub fn tail(path: &std::path::Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    let from = all.len().saturating_sub(lines);
+    format!(
+        "--- last {} lines of {} ---\n{}",
+        all.len() - from,
+        path.display(),
+        all[from..].join("\n")
+    )
+}
+
+/// A child process that is killed (SIGKILL) and reaped when dropped, so a failing test never
+/// leaves it behind. Its stderr goes to `log`.
+pub struct ChildGuard {
+    child: std::process::Child,
+    /// Where the child's stderr (and stdout) go.
+    pub log: std::path::PathBuf,
+    exited: Option<std::process::ExitStatus>,
+}
+
+impl ChildGuard {
+    /// Starts `cmd` with stdout and stderr appended to `log` (created if missing).
+    pub fn spawn(mut cmd: std::process::Command, log: std::path::PathBuf) -> Self {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file);
+        let child = cmd.spawn().expect("spawn child process");
+        Self {
+            child,
+            log,
+            exited: None,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The exit status if the process has ended (reaping it).
+    pub fn try_status(&mut self) -> Option<std::process::ExitStatus> {
+        if self.exited.is_none() {
+            self.exited = self.child.try_wait().expect("try_wait");
+        }
+        self.exited
+    }
+
+    /// Sends a signal by name (`TERM`, `INT`, `KILL`) with the shell's `kill`, if the process
+    /// is still running (never to a reaped pid, which may have been reused).
+    pub fn signal(&mut self, name: &str) {
+        assert!(
+            self.try_status().is_none(),
+            "process already exited ({:?}) before SIG{name}\n{}",
+            self.exited,
+            self.tail()
+        );
+        let status = std::process::Command::new("sh")
+            .args(["-c", &format!("kill -{name} {}", self.pid())])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} {} failed", self.pid());
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill_now(&mut self) -> std::process::ExitStatus {
+        if self.try_status().is_none() {
+            let _ = self.child.kill();
+            self.exited = Some(self.child.wait().expect("wait"));
+        }
+        self.exited.expect("exit status")
+    }
+
+    /// Waits for the exit, up to `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while self.try_status().is_none() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.try_status()
+    }
+
+    /// Waits until the log contains `needle`, up to `timeout`, failing early if the process
+    /// ends. Returns whether it was found.
+    pub async fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.log_contains(needle) {
+                return true;
+            }
+            if self.try_status().is_some() || Instant::now() >= deadline {
+                return self.log_contains(needle);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// True when the log contains `needle`.
+    pub fn log_contains(&self, needle: &str) -> bool {
+        std::fs::read_to_string(&self.log)
+            .map(|t| t.contains(needle))
+            .unwrap_or(false)
+    }
+
+    /// The log's last lines, for assertion messages.
+    pub fn tail(&self) -> String {
+        tail(&self.log, 40)
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        // No panics here: this also runs while a failed test unwinds.
+        if self.exited.is_none() && !matches!(self.child.try_wait(), Ok(Some(_))) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The built binary running `run` with a configuration file and secrets from the environment.
+pub fn spawn_run(config: &Config, dir: &std::path::Path, log_name: &str) -> ChildGuard {
+    let file = write_config(config, dir);
+    let mut cmd = binary_command();
+    cmd.arg("--config")
+        .arg(&file)
+        .args(["--log-level", "info,librdkafka=warn", "run"])
+        .envs(secret_env(config));
+    let log = log_dir().join(format!("{}.log", unique(log_name)));
+    ChildGuard::spawn(cmd, log)
+}
+
+// ---------------------------------------------------------------------------------------------
+// A realistic mix of webhooks and the outcome each must have.
+
+/// What must come out of one input webhook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expected {
+    /// An enriched record keyed by this provider id.
+    Published { subject_id: String },
+    /// A dead letter carrying the original value.
+    DeadLettered,
+    /// Nothing (a Unico status outside the enriched set): no record keyed by this id.
+    Skipped { subject_id: String },
+}
+
+/// One input webhook.
+#[derive(Debug, Clone)]
+pub struct Webhook {
+    /// The Kafka value.
+    pub value: String,
+    /// The Kafka key (the provider id for valid webhooks).
+    pub key: Option<String>,
+    /// What must come out of it.
+    pub expected: Expected,
+}
+
+impl Webhook {
+    /// How many outcomes it has in `counts` (from [`outcome_counts`]): enriched records keyed
+    /// by its provider id plus dead letters carrying its value. Any input may end in a dead
+    /// letter (e.g. `retries_exhausted`), not only bad payloads.
+    pub fn outcomes(&self, counts: &HashMap<String, usize>) -> usize {
+        let published = match &self.expected {
+            Expected::Published { subject_id } | Expected::Skipped { subject_id } => counts
+                .get(&format!("out:{subject_id}"))
+                .copied()
+                .unwrap_or(0),
+            Expected::DeadLettered => 0,
+        };
+        published
+            + counts
+                .get(&format!("dlq:{}", self.value))
+                .copied()
+                .unwrap_or(0)
+    }
+
+    /// False for a skipped webhook, which must have no output at all.
+    pub fn must_appear(&self) -> bool {
+        !matches!(self.expected, Expected::Skipped { .. })
+    }
+}
+
+/// `n` webhooks, each with its own provider id: ClearSale and Unico alternating, every tenth a
+/// bad payload (not JSON, or an id that is not a GUID), and, with `with_skipped`, every
+/// fifteenth a Unico status that is not enriched (1).
+pub fn webhook_mix(n: usize, with_skipped: bool) -> Vec<Webhook> {
+    const TYPES: [&str; 3] = ["mfa", "biolink", "devicecheck"];
+    (0..n)
+        .map(|i| {
+            let id = uuid::Uuid::new_v4().to_string();
+            if i % 10 == 9 {
+                let value = if i % 20 == 9 {
+                    format!("not json #{i} {id}")
+                } else {
+                    format!(r#"{{"id":"not-a-guid-{id}","status":"3"}}"#)
+                };
+                Webhook {
+                    value,
+                    key: None,
+                    expected: Expected::DeadLettered,
+                }
+            } else if with_skipped && i % 15 == 14 {
+                Webhook {
+                    value: format!(r#"{{"id":"{id}","status":"1"}}"#),
+                    key: Some(id.clone()),
+                    expected: Expected::Skipped { subject_id: id },
+                }
+            } else if i % 2 == 0 {
+                Webhook {
+                    value: format!(
+                        r#"{{"analysisId":"{id}","date":"2025-09-26T17:21:11.0367845Z","type":"{}"}}"#,
+                        TYPES[i % TYPES.len()]
+                    ),
+                    key: Some(id.clone()),
+                    expected: Expected::Published { subject_id: id },
+                }
+            } else {
+                Webhook {
+                    value: format!(r#"{{"id":"{id}","status":"{}"}}"#, 2 + i % 4),
+                    key: Some(id.clone()),
+                    expected: Expected::Published { subject_id: id },
+                }
+            }
+        })
+        .collect()
+}
+
+/// A produced webhook and where it landed.
+#[derive(Debug, Clone)]
+pub struct Produced {
+    pub webhook: Webhook,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Produces `webhooks` round-robin over `partitions` partitions, in order.
+pub async fn produce_webhooks(
+    producer: &FutureProducer,
+    topic: &str,
+    partitions: i32,
+    webhooks: Vec<Webhook>,
+) -> Vec<Produced> {
+    let mut out = Vec::with_capacity(webhooks.len());
+    for (i, webhook) in webhooks.into_iter().enumerate() {
+        let (partition, offset) = produce_to(
+            producer,
+            topic,
+            Some(i as i32 % partitions),
+            webhook.key.as_deref(),
+            webhook.value.as_bytes(),
+        )
+        .await;
+        out.push(Produced {
+            webhook,
+            partition,
+            offset,
+        });
+    }
+    out
+}
+
+/// Outcomes by identity: `out:<key>` for enriched records, `dlq:<value>` for dead letters
+/// (read them with [`Webhook::outcomes`]).
+pub fn outcome_counts(outputs: &[OutRecord], dead_letters: &[OutRecord]) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for r in outputs {
+        *counts
+            .entry(format!("out:{}", r.key.clone().unwrap_or_default()))
+            .or_default() += 1;
+    }
+    for r in dead_letters {
+        *counts
+            .entry(format!("dlq:{}", String::from_utf8_lossy(&r.value)))
+            .or_default() += 1;
+    }
+    counts
 }
