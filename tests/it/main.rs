@@ -1,3 +1,4 @@
+mod admin;
 mod avro;
 mod binary;
 mod clearsale_client;

@@ -325,7 +325,14 @@ pub fn config_for(bootstrap: &str, sim: &SimulatorHandle, input: &str) -> Config
     c.engine.drain_timeout = Duration::from_secs(10);
     c.engine.breaker.open_for = Duration::from_millis(200);
     c.engine.breaker.max_open_for = Duration::from_secs(1);
+    // Servers started by tests listen on loopback only, on a port of the OS's choosing.
+    c.admin.listen = "127.0.0.1:0".into();
     c
+}
+
+/// A loopback port that was free a moment ago (for a server the test must reach).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
 /// An engine running in-process, as `webhook-enricher run` would. Dropping it resolves the
