@@ -8,8 +8,9 @@
 //!   from before a rebalance is dropped) and the final close.
 //!
 //! Backpressure: before each poll the thread compares the shared in-flight count with the
-//! limit, and pauses (or resumes) every assigned partition, so memory stays bounded under any
-//! backlog instead of buffering.
+//! limit and pauses every assigned partition at the limit, resuming below three quarters of it.
+//! Records librdkafka had already fetched when the pause took effect are parked here, in order,
+//! and handed over as room frees up, so the engine never holds more than the limit.
 
 use super::input::InputRecord;
 use super::offsets::TopicPartition;
@@ -93,6 +94,8 @@ pub struct ConsumerHandle {
 
 struct EngineContext {
     events: mpsc::UnboundedSender<FromConsumer>,
+    /// Partitions revoked since the poll loop last looked (it drops their parked records).
+    revoked: std::sync::Mutex<Vec<TopicPartition>>,
     health: Arc<crate::admin::Health>,
     generation: AtomicU64,
     closing: AtomicBool,
@@ -139,6 +142,10 @@ impl ConsumerContext for EngineContext {
             return;
         };
         let partitions = partitions_of(tpl);
+        self.revoked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(partitions.iter().cloned());
         if !self.closing.load(Ordering::SeqCst) && !partitions.is_empty() {
             let (reply, answer) = std_mpsc::sync_channel(1);
             tracing::info!(
@@ -222,6 +229,7 @@ pub fn start(
     let (events_tx, events) = mpsc::unbounded_channel();
     let context = EngineContext {
         events: events_tx,
+        revoked: std::sync::Mutex::new(Vec::new()),
         health,
         generation: AtomicU64::new(0),
         closing: AtomicBool::new(false),
@@ -263,6 +271,10 @@ fn poll_loop(
 ) {
     // The (assignment generation, paused) state last applied to the assignment.
     let mut applied: Option<(u64, bool)> = None;
+    // Records received while at the limit (prefetched before the pause took effect).
+    let mut parked: std::collections::VecDeque<InputRecord> = std::collections::VecDeque::new();
+    let mut backpressure = false;
+    let resume_below = flow.max_in_flight - flow.max_in_flight / 4;
     loop {
         loop {
             match commands.try_recv() {
@@ -299,9 +311,36 @@ fn poll_loop(
             }
         }
 
+        // Records of revoked partitions that were parked are dropped: they were never handed to
+        // the engine, so nothing after them was either, and the new owner reads them again.
+        let revoked = std::mem::take(
+            &mut *consumer
+                .context()
+                .revoked
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        if !revoked.is_empty() {
+            parked.retain(|r| !revoked.contains(&r.topic_partition()));
+        }
+        let stopping = flow.stop_fetching.load(Ordering::SeqCst);
+        while !stopping && flow.in_flight.load(Ordering::SeqCst) < flow.max_in_flight {
+            match parked.pop_front() {
+                Some(record) => forward(&consumer, &flow, record),
+                None => break,
+            }
+        }
+
+        // Backpressure with hysteresis: pause at the limit, resume only below the low mark, so
+        // each finished record does not resume fetching for a single message.
+        let in_flight = flow.in_flight.load(Ordering::SeqCst);
+        if in_flight >= flow.max_in_flight {
+            backpressure = true;
+        } else if in_flight < resume_below {
+            backpressure = false;
+        }
         let generation = consumer.context().generation.load(Ordering::SeqCst);
-        let want_pause = flow.stop_fetching.load(Ordering::SeqCst)
-            || flow.in_flight.load(Ordering::SeqCst) >= flow.max_in_flight;
+        let want_pause = stopping || backpressure || !parked.is_empty();
         // Applied once per assignment generation and on every change: librdkafka keeps a
         // partition's application pause across a revoke and a new assign, so a partition paused
         // before a rebalance must be resumed explicitly when it comes back.
@@ -325,14 +364,15 @@ fn poll_loop(
             Some(Ok(message)) => {
                 let record = InputRecord::from_message(&message);
                 drop(message);
-                flow.in_flight.fetch_add(1, Ordering::SeqCst);
-                if consumer
-                    .context()
-                    .events
-                    .send(FromConsumer::Record(record))
-                    .is_err()
+                // librdkafka may still deliver records it fetched before the pause took effect:
+                // they wait here, in order, so the engine never holds more than the limit.
+                if stopping
+                    || !parked.is_empty()
+                    || flow.in_flight.load(Ordering::SeqCst) >= flow.max_in_flight
                 {
-                    flow.in_flight.fetch_sub(1, Ordering::SeqCst);
+                    parked.push_back(record);
+                } else {
+                    forward(&consumer, &flow, record);
                 }
             }
             Some(Err(e)) => {
@@ -347,5 +387,18 @@ fn poll_loop(
             }
             None => {}
         }
+    }
+}
+
+/// Hands a record to the engine, counting it in flight.
+fn forward(consumer: &BaseConsumer<EngineContext>, flow: &FlowControl, record: InputRecord) {
+    flow.in_flight.fetch_add(1, Ordering::SeqCst);
+    if consumer
+        .context()
+        .events
+        .send(FromConsumer::Record(record))
+        .is_err()
+    {
+        flow.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }

@@ -125,7 +125,11 @@ pub async fn process(ctx: &WorkerContext, job: &Job) -> Result<Final, ProduceErr
     }
 
     let breaker = ctx.breaker(event.provider);
-    let mut successes_before = breaker.successes();
+    // Poison-record detection: a record is dead-lettered as `retries_exhausted` only when its
+    // retry budget ran out in a *later* round, after the provider answered other records since
+    // this record's previous systemic failure. The first round never dead-letters: a record
+    // caught at the start of an outage must wait like the others.
+    let mut successes_since_last_failure: Option<u64> = None;
     loop {
         let permit = breaker.acquire().await;
         match ctx.enricher.enrich(event).await {
@@ -169,7 +173,9 @@ pub async fn process(ctx: &WorkerContext, job: &Job) -> Result<Final, ProduceErr
                 attempts,
                 retries_exhausted,
             } => {
-                if retries_exhausted && breaker.successes() > successes_before {
+                let healthy_for_others =
+                    successes_since_last_failure.is_some_and(|before| breaker.successes() > before);
+                if retries_exhausted && healthy_for_others {
                     let reason = DeadLetterReason {
                         class: ErrorClass::RetriesExhausted,
                         stage: Stage::Enrich,
@@ -184,7 +190,7 @@ pub async fn process(ctx: &WorkerContext, job: &Job) -> Result<Final, ProduceErr
                     telemetry::circuit_opened(&ctx.stats, provider, period, &reason);
                 }
                 telemetry::record_paused(&ctx.stats, provider, record, &reason);
-                successes_before = breaker.successes();
+                successes_since_last_failure = Some(breaker.successes());
             }
         }
     }

@@ -29,11 +29,20 @@ async fn start(log_level: &str, tweak: impl FnOnce(&mut Config)) -> Running {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = support::write_config(&config, dir.path());
     let mut cmd = support::binary_command();
-    cmd.arg("--config").arg(&file).args(["--log-format", "json", "--log-level", log_level, "run"]);
+    cmd.arg("--config")
+        .arg(&file)
+        .args(["--log-format", "json", "--log-level", log_level, "run"]);
     cmd.envs(support::secret_env(&config));
     let log = support::log_dir().join(format!("{}.log", support::unique("admin-run")));
     let child = ChildGuard::spawn(cmd, log);
-    Running { kafka, sim, config, child, base: format!("http://127.0.0.1:{port}"), _dir: dir }
+    Running {
+        kafka,
+        sim,
+        config,
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+        _dir: dir,
+    }
 }
 
 async fn get(url: &str) -> Option<(u16, String)> {
@@ -47,7 +56,11 @@ async fn wait_for(run: &mut Running, path: &str, status: u16) -> String {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last = None;
     while Instant::now() < deadline {
-        assert!(run.child.try_status().is_none(), "the binary exited:\n{}", run.child.tail());
+        assert!(
+            run.child.try_status().is_none(),
+            "the binary exited:\n{}",
+            run.child.tail()
+        );
         if let Some((s, body)) = get(&format!("{}{path}", run.base)).await {
             if s == status {
                 return body;
@@ -56,19 +69,34 @@ async fn wait_for(run: &mut Running, path: &str, status: u16) -> String {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("{path} never answered {status}; last {last:?}\n{}", run.child.tail());
+    panic!(
+        "{path} never answered {status}; last {last:?}\n{}",
+        run.child.tail()
+    );
 }
 
 async fn produce(run: &Running, values: &[String]) {
     let producer = run.kafka.producer();
     for v in values {
-        run.kafka.produce(&producer, &run.config.input.topics[0], None, None, v.as_bytes(), &[]).await;
+        run.kafka
+            .produce(
+                &producer,
+                &run.config.input.topics[0],
+                None,
+                None,
+                v.as_bytes(),
+                &[],
+            )
+            .await;
     }
 }
 
 fn webhooks() -> Vec<String> {
     vec![
-        format!(r#"{{"analysisId":"{}","date":"2025-09-26T17:21:11.0367845Z","type":"mfa"}}"#, uuid::Uuid::new_v4()),
+        format!(
+            r#"{{"analysisId":"{}","date":"2025-09-26T17:21:11.0367845Z","type":"mfa"}}"#,
+            uuid::Uuid::new_v4()
+        ),
         format!(r#"{{"id":"{}","status":"3"}}"#, uuid::Uuid::new_v4()),
         "not json".to_string(),
     ]
@@ -96,36 +124,93 @@ async fn a_running_binary_serves_metrics_health_and_readiness() {
     produce(&run, &webhooks()).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     let metrics = loop {
-        let (_, m) = get(&format!("{}/metrics", run.base)).await.expect("metrics");
-        let done = series(&m, "webhook_enricher_records_published_total", &["provider=\"clearsale\""]) == Some(1.0)
-            && series(&m, "webhook_enricher_records_published_total", &["provider=\"unico\""]) == Some(1.0)
-            && series(&m, "webhook_enricher_records_dead_lettered_total", &["class=\"malformed_payload\""]) == Some(1.0);
+        let (_, m) = get(&format!("{}/metrics", run.base))
+            .await
+            .expect("metrics");
+        let done = series(
+            &m,
+            "webhook_enricher_records_published_total",
+            &["provider=\"clearsale\""],
+        ) == Some(1.0)
+            && series(
+                &m,
+                "webhook_enricher_records_published_total",
+                &["provider=\"unico\""],
+            ) == Some(1.0)
+            && series(
+                &m,
+                "webhook_enricher_records_dead_lettered_total",
+                &["class=\"malformed_payload\""],
+            ) == Some(1.0);
         if done {
             break m;
         }
-        assert!(Instant::now() < deadline, "records never counted:\n{m}\n{}", run.child.tail());
+        assert!(
+            Instant::now() < deadline,
+            "records never counted:\n{m}\n{}",
+            run.child.tail()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let input = &run.config.input.topics[0];
     for (name, labels) in [
         ("webhook_enricher_records_consumed_total", vec![]),
-        ("webhook_enricher_provider_requests_total", vec!["provider=\"clearsale\"", "operation=\"get_analysis\"", "outcome=\"ok\"", "status_class=\"2xx\""]),
-        ("webhook_enricher_provider_requests_total", vec!["provider=\"unico\"", "operation=\"token\""]),
-        ("webhook_enricher_provider_request_duration_seconds_bucket", vec!["provider=\"unico\"", "operation=\"get_process\""]),
-        ("webhook_enricher_token_refreshes_total", vec!["provider=\"clearsale\"", "outcome=\"ok\""]),
-        ("webhook_enricher_end_to_end_latency_seconds_count", vec!["provider=\"clearsale\""]),
+        (
+            "webhook_enricher_provider_requests_total",
+            vec![
+                "provider=\"clearsale\"",
+                "operation=\"get_analysis\"",
+                "outcome=\"ok\"",
+                "status_class=\"2xx\"",
+            ],
+        ),
+        (
+            "webhook_enricher_provider_requests_total",
+            vec!["provider=\"unico\"", "operation=\"token\""],
+        ),
+        (
+            "webhook_enricher_provider_request_duration_seconds_bucket",
+            vec!["provider=\"unico\"", "operation=\"get_process\""],
+        ),
+        (
+            "webhook_enricher_token_refreshes_total",
+            vec!["provider=\"clearsale\"", "outcome=\"ok\""],
+        ),
+        (
+            "webhook_enricher_end_to_end_latency_seconds_count",
+            vec!["provider=\"clearsale\""],
+        ),
         ("webhook_enricher_circuit_state", vec!["provider=\"unico\""]),
         ("webhook_enricher_records_in_flight", vec![]),
     ] {
-        assert!(series(&metrics, name, &labels).is_some(), "missing {name}{labels:?} in:\n{metrics}");
+        assert!(
+            series(&metrics, name, &labels).is_some(),
+            "missing {name}{labels:?} in:\n{metrics}"
+        );
     }
-    assert_eq!(series(&metrics, "webhook_enricher_records_consumed_total", &[]), Some(3.0));
-    assert_eq!(series(&metrics, "webhook_enricher_circuit_state", &["provider=\"clearsale\""]), Some(0.0));
+    assert_eq!(
+        series(&metrics, "webhook_enricher_records_consumed_total", &[]),
+        Some(3.0)
+    );
+    assert_eq!(
+        series(
+            &metrics,
+            "webhook_enricher_circuit_state",
+            &["provider=\"clearsale\""]
+        ),
+        Some(0.0)
+    );
     // Lag per partition, from librdkafka's statistics (they arrive every 500 ms here).
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (_, m) = get(&format!("{}/metrics", run.base)).await.expect("metrics");
-        let lag = series(&m, "webhook_enricher_consumer_lag", &[&format!("topic=\"{input}\""), "basis=\"stored\""]);
+        let (_, m) = get(&format!("{}/metrics", run.base))
+            .await
+            .expect("metrics");
+        let lag = series(
+            &m,
+            "webhook_enricher_consumer_lag",
+            &[&format!("topic=\"{input}\""), "basis=\"stored\""],
+        );
         if lag == Some(0.0) {
             break;
         }
@@ -134,7 +219,10 @@ async fn a_running_binary_serves_metrics_health_and_readiness() {
     }
     // No ids in labels.
     let uuid_like = regex_lite_uuid(&metrics);
-    assert!(uuid_like.is_none(), "an id leaked into a label: {uuid_like:?}");
+    assert!(
+        uuid_like.is_none(),
+        "an id leaked into a label: {uuid_like:?}"
+    );
 
     run.child.signal("TERM");
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -142,7 +230,11 @@ async fn a_running_binary_serves_metrics_health_and_readiness() {
         if let Some(s) = run.child.try_status() {
             break s;
         }
-        assert!(Instant::now() < deadline, "no exit after SIGTERM\n{}", run.child.tail());
+        assert!(
+            Instant::now() < deadline,
+            "no exit after SIGTERM\n{}",
+            run.child.tail()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(status.code(), Some(0), "{}", run.child.tail());
@@ -168,8 +260,13 @@ async fn readiness_fails_while_a_provider_circuit_stays_open_and_recovers() {
     produce(&run, &webhooks()[..1]).await;
     let body = wait_for(&mut run, "/readyz", 503).await;
     assert!(body.contains("clearsale circuit open"), "{body}");
-    let (status, _) = get(&format!("{}/healthz", run.base)).await.expect("healthz");
-    assert_eq!(status, 200, "an outage must not fail liveness (restarting would not help)");
+    let (status, _) = get(&format!("{}/healthz", run.base))
+        .await
+        .expect("healthz");
+    assert_eq!(
+        status, 200,
+        "an outage must not fail liveness (restarting would not help)"
+    );
     run.sim.set_outage(Provider::ClearSale, false);
     wait_for(&mut run, "/readyz", 200).await;
     run.child.signal("TERM");
@@ -184,13 +281,27 @@ async fn logs_never_contain_secrets_or_payload_bodies_at_any_level() {
     produce(&run, &webhooks()).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let (_, m) = get(&format!("{}/metrics", run.base)).await.expect("metrics");
-        let finished = series(&m, "webhook_enricher_records_published_total", &["provider=\"clearsale\""]) == Some(1.0)
-            && series(&m, "webhook_enricher_records_published_total", &["provider=\"unico\""]) == Some(1.0);
+        let (_, m) = get(&format!("{}/metrics", run.base))
+            .await
+            .expect("metrics");
+        let finished = series(
+            &m,
+            "webhook_enricher_records_published_total",
+            &["provider=\"clearsale\""],
+        ) == Some(1.0)
+            && series(
+                &m,
+                "webhook_enricher_records_published_total",
+                &["provider=\"unico\""],
+            ) == Some(1.0);
         if finished {
             break;
         }
-        assert!(Instant::now() < deadline, "records never published\n{}", run.child.tail());
+        assert!(
+            Instant::now() < deadline,
+            "records never published\n{}",
+            run.child.tail()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     run.child.signal("TERM");
@@ -200,7 +311,10 @@ async fn logs_never_contain_secrets_or_payload_bodies_at_any_level() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let log = std::fs::read_to_string(&run.child.log).expect("log");
-    assert!(log.lines().count() > 100, "trace logging produced too little to prove anything");
+    assert!(
+        log.lines().count() > 100,
+        "trace logging produced too little to prove anything"
+    );
     let key = run.config.unico.private_key_pem.expose().to_string();
     let key_body: Vec<&str> = key.lines().filter(|l| !l.starts_with("-----")).collect();
     let mut secrets = vec![
@@ -209,10 +323,23 @@ async fn logs_never_contain_secrets_or_payload_bodies_at_any_level() {
     ];
     secrets.extend(key_body.iter().map(|l| l.to_string()));
     for secret in &secrets {
-        assert!(!log.contains(secret.as_str()), "a secret appeared in the logs: {}…", &secret[..secret.len().min(6)]);
+        assert!(
+            !log.contains(secret.as_str()),
+            "a secret appeared in the logs: {}…",
+            &secret[..secret.len().min(6)]
+        );
     }
     // Tokens the simulator issued are secrets too; bodies hold personal data.
-    for needle in ["Bearer ", "access_token", "\"token\":", "expirationDate", "\"analysisId\"", "unicoId", "identityFraudsters", "not json"] {
+    for needle in [
+        "Bearer ",
+        "access_token",
+        "\"token\":",
+        "expirationDate",
+        "\"analysisId\"",
+        "unicoId",
+        "identityFraudsters",
+        "not json",
+    ] {
         assert!(!log.contains(needle), "{needle:?} appeared in the logs");
     }
 }

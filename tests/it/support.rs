@@ -332,7 +332,11 @@ pub fn config_for(bootstrap: &str, sim: &SimulatorHandle, input: &str) -> Config
 
 /// A loopback port that was free a moment ago (for a server the test must reach).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 /// An engine running in-process, as `webhook-enricher run` would. Dropping it resolves the
