@@ -453,3 +453,102 @@ async fn broker_faults_lose_nothing() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_record_is_dead_lettered_as_retries_exhausted_while_the_provider_serves_others() {
+    let input = support::unique("poison");
+    let kafka = Kafka::new(&[(&input, 2)]);
+    let sim = support::start_simulator(SimulatorConfig::default()).await;
+    // ClearSale is a wiremock peer: one id always fails with 500, every other id answers.
+    let peer = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/connect/v1/authenticate"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "token": "t0k3n", "expirationDate": "2099-01-01T00:00:00.0000000",
+        })))
+        .mount(&peer)
+        .await;
+    let poison = uuid::Uuid::new_v4();
+    Mock::given(method("GET"))
+        .and(path(format!("/connect/v1/integration/analysis/{poison}")))
+        .respond_with(
+            ResponseTemplate::new(500).set_body_json(json!({"title": "boom", "status": 500})),
+        )
+        .mount(&peer)
+        .await;
+    Mock::given(method("GET"))
+        .and(wiremock::matchers::path_regex(
+            r"^/connect/v1/integration/analysis/.+$",
+        ))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"mfa": {"status": "approved"}})),
+        )
+        .mount(&peer)
+        .await;
+    let mut config = support::config(&kafka, &sim, &input);
+    config.clearsale.base_url = peer.uri();
+    config.enrich.retry.max_elapsed = Duration::from_millis(300);
+    let engine = RunningEngine::start(&config).await;
+    let producer = kafka.producer();
+    kafka
+        .produce(
+            &producer,
+            &input,
+            Some(0),
+            None,
+            clearsale(&poison.to_string(), "mfa", DATE).as_bytes(),
+            &[],
+        )
+        .await;
+    // Healthy records keep arriving while the poison one fails, round after round.
+    let mut healthy = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while engine.snapshot().dead_lettered_total() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never dead-lettered: {:?}",
+            engine.snapshot()
+        );
+        let id = uuid::Uuid::new_v4().to_string();
+        kafka
+            .produce(
+                &producer,
+                &input,
+                Some(1),
+                None,
+                clearsale(&id, "mfa", DATE).as_bytes(),
+                &[],
+            )
+            .await;
+        healthy += 1;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert!(
+        support::eventually(Duration::from_secs(30), || engine.snapshot().finished()
+            == healthy + 1)
+        .await
+    );
+    let stats = engine.stop().await.expect("engine stops cleanly");
+    assert_eq!(
+        stats
+            .dead_lettered
+            .get(&webhook_enricher::failure::ErrorClass::RetriesExhausted),
+        Some(&1),
+        "{stats:?}"
+    );
+    assert_eq!(stats.published, healthy);
+    assert!(
+        stats.circuits_opened >= 1,
+        "the first round opens the circuit instead of dead-lettering: {stats:?}"
+    );
+    let dlq = kafka.read_all(&config.output.dead_letter_topic, 1, Duration::from_secs(10));
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(
+        dlq[0].header("__connect.errors.class.name"),
+        "retries_exhausted"
+    );
+    assert_eq!(
+        dlq[0].value,
+        clearsale(&poison.to_string(), "mfa", DATE).into_bytes()
+    );
+}
