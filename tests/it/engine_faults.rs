@@ -552,3 +552,72 @@ async fn a_poison_record_is_dead_lettered_as_retries_exhausted_while_the_provide
         clearsale(&poison.to_string(), "mfa", DATE).into_bytes()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_producer_error_stops_the_engine_without_committing_past_the_record() {
+    let input = support::unique("fatal");
+    let kafka = Kafka::new(&[(&input, 1)]);
+    // Provider latency keeps the second record's output write after the fault injection below.
+    let mut sim_config = SimulatorConfig::default();
+    sim_config.latency.base = Duration::from_secs(1);
+    let sim = support::start_simulator(sim_config).await;
+    let mut config = support::config(&kafka, &sim, &input);
+    // With the gapless guarantee, a sequence error is fatal for the idempotent producer.
+    config
+        .kafka
+        .producer
+        .0
+        .insert("enable.gapless.guarantee".into(), "true".into());
+    let producer = kafka.producer();
+    let first = new_id();
+    kafka
+        .produce(
+            &producer,
+            &input,
+            Some(0),
+            None,
+            clearsale(&first, "mfa", DATE).as_bytes(),
+            &[],
+        )
+        .await;
+    let engine = RunningEngine::start(&config).await;
+    assert!(
+        support::eventually(Duration::from_secs(30), || engine.snapshot().published == 1).await
+    );
+    assert!(
+        support::eventually(Duration::from_secs(15), || kafka
+            .committed(&config.kafka.group_id, &input, 1)
+            .get(&0)
+            == Some(&1))
+        .await,
+        "the first record is committed"
+    );
+    let second = new_id();
+    kafka
+        .produce(
+            &producer,
+            &input,
+            Some(0),
+            None,
+            clearsale(&second, "mfa", DATE).as_bytes(),
+            &[],
+        )
+        .await;
+    kafka.cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER; 4],
+    );
+    let result = engine.stop_when_done(Duration::from_secs(60)).await;
+    match result {
+        Err(webhook_enricher::engine::EngineError::Produce(
+            webhook_enricher::engine::producer::ProduceError::Fatal { .. },
+        )) => {}
+        other => panic!("expected a fatal producer error, got {other:?}"),
+    }
+    kafka.cluster.clear_request_errors(RDKafkaApiKey::Produce);
+    assert_eq!(
+        kafka.committed(&config.kafka.group_id, &input, 1).get(&0),
+        Some(&1),
+        "nothing committed past the unpublished record"
+    );
+}

@@ -374,6 +374,15 @@ impl RunningEngine {
         self.stats.snapshot()
     }
 
+    /// Waits for `run` to return by itself (a fatal error), without asking it to stop.
+    pub async fn stop_when_done(mut self, timeout: Duration) -> Result<StatsSnapshot, EngineError> {
+        let result = tokio::time::timeout(timeout, &mut self.task).await;
+        let _ = self.stop.take();
+        result
+            .expect("the engine stops by itself")
+            .expect("the engine task does not panic")
+    }
+
     /// Resolves the shutdown future (what SIGTERM does) and waits for `run` to return.
     pub async fn stop(mut self) -> Result<StatsSnapshot, EngineError> {
         if let Some(stop) = self.stop.take() {
