@@ -196,6 +196,77 @@ pub fn provider_retry(provider: Provider, reason: &'static str, delay: Duration)
     );
 }
 
+/// A librdkafka log line. Its errors are mostly connection chatter that librdkafka retries by
+/// itself (and readiness reports), so they are logged as warnings; ERROR stays for what an
+/// operator must act on.
+pub fn librdkafka_log(level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+    use rdkafka::config::RDKafkaLogLevel::*;
+    match level {
+        Emerg | Alert | Critical => tracing::error!(target: "librdkafka", fac, "{message}"),
+        Error | Warning => tracing::warn!(target: "librdkafka", fac, "{message}"),
+        Notice | Info => tracing::info!(target: "librdkafka", fac, "{message}"),
+        Debug => tracing::debug!(target: "librdkafka", fac, "{message}"),
+    }
+}
+
+/// A librdkafka client error (transport failures, all brokers down, ...), retried by librdkafka.
+/// The same error repeats on every poll while brokers are down: each distinct error is logged
+/// once, then at most every 30 s with the number of repeats suppressed.
+pub fn librdkafka_error(error: &rdkafka::error::KafkaError, reason: &str) {
+    static THROTTLE: Throttle = Throttle::new();
+    if let Some(repeats) = THROTTLE.admit(&format!("{error}|{reason}")) {
+        tracing::warn!(target: "librdkafka", error = %error, reason, repeats, "kafka client error");
+    }
+}
+
+/// An error returned by the consumer's poll (librdkafka retries; see [`librdkafka_error`]).
+pub fn consumer_poll_error(error: &rdkafka::error::KafkaError) {
+    static THROTTLE: Throttle = Throttle::new();
+    if let Some(repeats) = THROTTLE.admit(&error.to_string()) {
+        tracing::warn!(error = %error, repeats, "kafka consumer error");
+    }
+}
+
+/// Lets a repeating log line through once, then at most every [`Throttle::EVERY`], counting the
+/// repeats it held back.
+struct Throttle {
+    state: std::sync::Mutex<Option<(String, std::time::Instant, u64)>>,
+}
+
+impl Throttle {
+    const EVERY: Duration = Duration::from_secs(30);
+
+    const fn new() -> Self {
+        Self {
+            state: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// `Some(repeats suppressed since the last line)` when the line should be logged.
+    fn admit(&self, key: &str) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        match &mut *state {
+            Some((last, at, suppressed))
+                if last == key && now.duration_since(*at) < Self::EVERY =>
+            {
+                *suppressed += 1;
+                None
+            }
+            Some((last, at, suppressed)) if last == key => {
+                let repeats = *suppressed;
+                *at = now;
+                *suppressed = 0;
+                Some(repeats)
+            }
+            _ => {
+                *state = Some((key.to_string(), now, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
 /// A record was received from an input topic.
 pub fn record_consumed(stats: &EngineStats) {
     stats.consumed.fetch_add(1, Ordering::Relaxed);
@@ -325,6 +396,16 @@ pub fn schema_id_resolved(subject: &str, schema_id: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn throttle_lets_a_new_line_through_and_holds_repeats() {
+        let t = Throttle::new();
+        assert_eq!(t.admit("a"), Some(0));
+        assert_eq!(t.admit("a"), None);
+        assert_eq!(t.admit("a"), None);
+        assert_eq!(t.admit("b"), Some(0), "a different error is logged at once");
+        assert_eq!(t.admit("b"), None);
+    }
 
     #[test]
     fn status_classes() {

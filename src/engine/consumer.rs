@@ -104,19 +104,11 @@ struct EngineContext {
 
 impl ClientContext for EngineContext {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
-        use rdkafka::config::RDKafkaLogLevel::*;
-        match level {
-            Emerg | Alert | Critical | Error => {
-                tracing::error!(target: "librdkafka", fac, "{log_message}")
-            }
-            Warning => tracing::warn!(target: "librdkafka", fac, "{log_message}"),
-            Notice | Info => tracing::info!(target: "librdkafka", fac, "{log_message}"),
-            Debug => tracing::debug!(target: "librdkafka", fac, "{log_message}"),
-        }
+        crate::telemetry::librdkafka_log(level, fac, log_message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(target: "librdkafka", error = %error, reason, "kafka client error");
+        crate::telemetry::librdkafka_error(&error, reason);
     }
 
     fn stats(&self, statistics: rdkafka::Statistics) {
@@ -382,7 +374,7 @@ fn poll_loop(
                         .events
                         .send(FromConsumer::Fatal(format!("{code:?}: {reason}")));
                 } else {
-                    tracing::warn!(error = %e, "kafka consumer error");
+                    crate::telemetry::consumer_poll_error(&e);
                 }
             }
             None => {}

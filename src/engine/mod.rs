@@ -106,9 +106,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<StatsSnapshot, EngineError> {
     let settings = &config.engine;
-    let producer: rdkafka::producer::FutureProducer = kafka_config::producer_config(&config.kafka)
-        .create()
-        .map_err(EngineError::Producer)?;
+    let producer: rdkafka::producer::FutureProducer<producer::ProducerLog> =
+        kafka_config::producer_config(&config.kafka)
+            .create_with_context(producer::ProducerLog)
+            .map_err(EngineError::Producer)?;
     let producer = producer::OutputProducer::new(producer);
     let consumer_config = kafka_config::consumer_config(
         &config.kafka,

@@ -10,6 +10,7 @@ use crate::retry::BackoffPolicy;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientContext;
 use std::time::Duration;
 
 /// A write that can never succeed, or a producer that can no longer be used.
@@ -30,6 +31,20 @@ pub enum ProduceError {
     },
 }
 
+/// The producer's client context: librdkafka's logs and errors go through [`crate::telemetry`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProducerLog;
+
+impl ClientContext for ProducerLog {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        crate::telemetry::librdkafka_log(level, fac, log_message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        crate::telemetry::librdkafka_error(&error, reason);
+    }
+}
+
 /// Where a write landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Acked {
@@ -40,12 +55,12 @@ pub struct Acked {
 /// The shared producer.
 #[derive(Clone)]
 pub struct OutputProducer {
-    producer: FutureProducer,
+    producer: FutureProducer<ProducerLog>,
     retry: BackoffPolicy,
 }
 
 impl OutputProducer {
-    pub fn new(producer: FutureProducer) -> Self {
+    pub fn new(producer: FutureProducer<ProducerLog>) -> Self {
         let retry = BackoffPolicy {
             initial: Duration::from_millis(100),
             multiplier: 2.0,
@@ -56,7 +71,7 @@ impl OutputProducer {
     }
 
     /// The underlying producer (for flushing on shutdown).
-    pub fn inner(&self) -> &FutureProducer {
+    pub fn inner(&self) -> &FutureProducer<ProducerLog> {
         &self.producer
     }
 
