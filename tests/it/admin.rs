@@ -113,6 +113,53 @@ fn series(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Scrapes `/metrics` until `done` holds for a scrape, and returns that scrape.
+async fn metrics_until(run: &mut Running, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, m) = get(&format!("{}/metrics", run.base))
+            .await
+            .expect("metrics");
+        if done(&m) {
+            return m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} never happened:\n{m}\n{}",
+            run.child.tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The enrichable [`webhooks`] were published (one per provider).
+fn both_published(m: &str) -> bool {
+    ["clearsale", "unico"].iter().all(|p| {
+        series(
+            m,
+            "webhook_enricher_records_published_total",
+            &[&format!("provider=\"{p}\"")],
+        ) == Some(1.0)
+    })
+}
+
+/// Sends SIGTERM and waits for the exit status.
+async fn terminate(run: &mut Running) -> std::process::ExitStatus {
+    run.child.signal("TERM");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = run.child.try_status() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no exit after SIGTERM\n{}",
+            run.child.tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_binary_serves_metrics_health_and_readiness() {
     let mut run = start("info,librdkafka=warn", |_| {}).await;
@@ -122,36 +169,15 @@ async fn a_running_binary_serves_metrics_health_and_readiness() {
     assert!(ready.contains("\"ok\":true"), "{ready}");
 
     produce(&run, &webhooks()).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let metrics = loop {
-        let (_, m) = get(&format!("{}/metrics", run.base))
-            .await
-            .expect("metrics");
-        let done = series(
-            &m,
-            "webhook_enricher_records_published_total",
-            &["provider=\"clearsale\""],
-        ) == Some(1.0)
+    let metrics = metrics_until(&mut run, "publishing and dead-lettering", |m| {
+        both_published(m)
             && series(
-                &m,
-                "webhook_enricher_records_published_total",
-                &["provider=\"unico\""],
-            ) == Some(1.0)
-            && series(
-                &m,
+                m,
                 "webhook_enricher_records_dead_lettered_total",
                 &["class=\"malformed_payload\""],
-            ) == Some(1.0);
-        if done {
-            break m;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "records never counted:\n{m}\n{}",
-            run.child.tail()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+            ) == Some(1.0)
+    })
+    .await;
     let input = &run.config.input.topics[0];
     for (name, labels) in [
         ("webhook_enricher_records_consumed_total", vec![]),
@@ -201,22 +227,15 @@ async fn a_running_binary_serves_metrics_health_and_readiness() {
         Some(0.0)
     );
     // Lag per partition, from librdkafka's statistics (they arrive every 500 ms here).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, m) = get(&format!("{}/metrics", run.base))
-            .await
-            .expect("metrics");
-        let lag = series(
-            &m,
+    let lag_series = [format!("topic=\"{input}\""), "basis=\"stored\"".to_string()];
+    metrics_until(&mut run, "a lag series reaching 0", |m| {
+        series(
+            m,
             "webhook_enricher_consumer_lag",
-            &[&format!("topic=\"{input}\""), "basis=\"stored\""],
-        );
-        if lag == Some(0.0) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no lag series reached 0:\n{m}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+            &[&lag_series[0], &lag_series[1]],
+        ) == Some(0.0)
+    })
+    .await;
     // No ids in labels.
     let uuid_like = regex_lite_uuid(&metrics);
     assert!(
@@ -224,19 +243,7 @@ async fn a_running_binary_serves_metrics_health_and_readiness() {
         "an id leaked into a label: {uuid_like:?}"
     );
 
-    run.child.signal("TERM");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(s) = run.child.try_status() {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no exit after SIGTERM\n{}",
-            run.child.tail()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = terminate(&mut run).await;
     assert_eq!(status.code(), Some(0), "{}", run.child.tail());
 }
 
@@ -279,37 +286,8 @@ async fn logs_never_contain_secrets_or_payload_bodies_at_any_level() {
     // Force token refreshes too, so the token paths are logged.
     run.sim.expire_tokens();
     produce(&run, &webhooks()).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (_, m) = get(&format!("{}/metrics", run.base))
-            .await
-            .expect("metrics");
-        let finished = series(
-            &m,
-            "webhook_enricher_records_published_total",
-            &["provider=\"clearsale\""],
-        ) == Some(1.0)
-            && series(
-                &m,
-                "webhook_enricher_records_published_total",
-                &["provider=\"unico\""],
-            ) == Some(1.0);
-        if finished {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "records never published\n{}",
-            run.child.tail()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    run.child.signal("TERM");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while run.child.try_status().is_none() {
-        assert!(Instant::now() < deadline, "no exit after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    metrics_until(&mut run, "publishing", both_published).await;
+    terminate(&mut run).await;
     let log = std::fs::read_to_string(&run.child.log).expect("log");
     assert!(
         log.lines().count() > 100,

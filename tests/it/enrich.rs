@@ -116,6 +116,37 @@ fn process_path(e: &WebhookEvent) -> String {
     format!("/processes/v1/{}", e.subject_id)
 }
 
+/// The first `times` GETs of `at` get `response`, and exactly that many must come; later calls
+/// fall through to the next mock.
+async fn answer_first(server: &MockServer, at: String, response: ResponseTemplate, times: u64) {
+    Mock::given(method("GET"))
+        .and(path(at))
+        .respond_with(response)
+        .up_to_n_times(times)
+        .expect(times)
+        .mount(server)
+        .await;
+}
+
+/// Every GET of `at` gets `response`, and exactly `times` must come.
+async fn answer_exactly(server: &MockServer, at: String, response: ResponseTemplate, times: u64) {
+    Mock::given(method("GET"))
+        .and(path(at))
+        .respond_with(response)
+        .expect(times)
+        .mount(server)
+        .await;
+}
+
+/// Every GET of `at` gets `response`, however many come.
+async fn answer_always(server: &MockServer, at: String, response: ResponseTemplate) {
+    Mock::given(method("GET"))
+        .and(path(at))
+        .respond_with(response)
+        .mount(server)
+        .await;
+}
+
 fn ok_analysis(e: &WebhookEvent, mfa_status: &str) -> ResponseTemplate {
     ResponseTemplate::new(200).set_body_json(json!({
         "analysisId": e.subject_id.to_string(), "transactionId": "tx", "mfa": {"status": mfa_status}
@@ -127,19 +158,14 @@ async fn retry_after_on_429_is_honoured_then_success() {
     let server = MockServer::start().await;
     let enricher = clearsale_enricher(&server, fast_settings()).await;
     let e = cs_event("mfa");
-    Mock::given(method("GET"))
-        .and(path(analysis_path(&e)))
-        .respond_with(ResponseTemplate::new(429).insert_header("Retry-After", "0"))
-        .up_to_n_times(1)
-        .expect(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path(analysis_path(&e)))
-        .respond_with(ok_analysis(&e, "approved"))
-        .expect(1)
-        .mount(&server)
-        .await;
+    answer_first(
+        &server,
+        analysis_path(&e),
+        ResponseTemplate::new(429).insert_header("Retry-After", "0"),
+        1,
+    )
+    .await;
+    answer_exactly(&server, analysis_path(&e), ok_analysis(&e, "approved"), 1).await;
     match enricher.enrich(&e).await {
         EnrichOutcome::Fetched {
             attempts,
@@ -157,22 +183,14 @@ async fn server_errors_then_success() {
     let server = MockServer::start().await;
     let enricher = clearsale_enricher(&server, fast_settings()).await;
     let e = cs_event("mfa");
-    Mock::given(method("GET"))
-        .and(path(analysis_path(&e)))
-        .respond_with(
-            ResponseTemplate::new(503)
-                .set_body_json(json!({"title": "maintenance", "status": 503})),
-        )
-        .up_to_n_times(2)
-        .expect(2)
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path(analysis_path(&e)))
-        .respond_with(ok_analysis(&e, "approved"))
-        .expect(1)
-        .mount(&server)
-        .await;
+    answer_first(
+        &server,
+        analysis_path(&e),
+        ResponseTemplate::new(503).set_body_json(json!({"title": "maintenance", "status": 503})),
+        2,
+    )
+    .await;
+    answer_exactly(&server, analysis_path(&e), ok_analysis(&e, "approved"), 1).await;
     assert!(matches!(
         enricher.enrich(&e).await,
         EnrichOutcome::Fetched { attempts: 3, .. }
@@ -184,15 +202,13 @@ async fn not_found_gets_a_bounded_grace_then_is_permanent() {
     let server = MockServer::start().await;
     let enricher = clearsale_enricher(&server, fast_settings()).await;
     let e = cs_event("mfa");
-    Mock::given(method("GET"))
-        .and(path(analysis_path(&e)))
-        .respond_with(
-            ResponseTemplate::new(404)
-                .set_body_json(json!({"title": "Id not found", "status": 404})),
-        )
-        .expect(3)
-        .mount(&server)
-        .await;
+    answer_exactly(
+        &server,
+        analysis_path(&e),
+        ResponseTemplate::new(404).set_body_json(json!({"title": "Id not found", "status": 404})),
+        3,
+    )
+    .await;
     match enricher.enrich(&e).await {
         EnrichOutcome::Failed(f) => {
             assert_eq!(f.class, ErrorClass::NotFound);
@@ -208,19 +224,8 @@ async fn not_found_that_becomes_visible_within_the_grace_succeeds() {
     let server = MockServer::start().await;
     let enricher = clearsale_enricher(&server, fast_settings()).await;
     let e = cs_event("mfa");
-    Mock::given(method("GET"))
-        .and(path(analysis_path(&e)))
-        .respond_with(ResponseTemplate::new(404))
-        .up_to_n_times(2)
-        .expect(2)
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path(analysis_path(&e)))
-        .respond_with(ok_analysis(&e, "approved"))
-        .expect(1)
-        .mount(&server)
-        .await;
+    answer_first(&server, analysis_path(&e), ResponseTemplate::new(404), 2).await;
+    answer_exactly(&server, analysis_path(&e), ok_analysis(&e, "approved"), 1).await;
     assert!(matches!(
         enricher.enrich(&e).await,
         EnrichOutcome::Fetched { attempts: 3, .. }
@@ -232,15 +237,14 @@ async fn bad_request_is_permanent_at_once() {
     let server = MockServer::start().await;
     let enricher = clearsale_enricher(&server, fast_settings()).await;
     let e = cs_event("mfa");
-    Mock::given(method("GET"))
-        .and(path(analysis_path(&e)))
-        .respond_with(
-            ResponseTemplate::new(400)
-                .set_body_json(json!({"title": "Fail to Validate Request.", "status": 400})),
-        )
-        .expect(1)
-        .mount(&server)
-        .await;
+    answer_exactly(
+        &server,
+        analysis_path(&e),
+        ResponseTemplate::new(400)
+            .set_body_json(json!({"title": "Fail to Validate Request.", "status": 400})),
+        1,
+    )
+    .await;
     match enricher.enrich(&e).await {
         EnrichOutcome::Failed(f) => {
             assert_eq!(f.class, ErrorClass::ProviderRejected);
@@ -255,12 +259,13 @@ async fn unparseable_answer_is_permanent() {
     let server = MockServer::start().await;
     let enricher = clearsale_enricher(&server, fast_settings()).await;
     let e = cs_event("mfa");
-    Mock::given(method("GET"))
-        .and(path(analysis_path(&e)))
-        .respond_with(ResponseTemplate::new(200).set_body_string("<html>"))
-        .expect(1)
-        .mount(&server)
-        .await;
+    answer_exactly(
+        &server,
+        analysis_path(&e),
+        ResponseTemplate::new(200).set_body_string("<html>"),
+        1,
+    )
+    .await;
     assert!(
         matches!(enricher.enrich(&e).await, EnrichOutcome::Failed(f) if f.class == ErrorClass::InvalidResponse)
     );
@@ -271,11 +276,7 @@ async fn a_provider_failing_consistently_is_systemic_not_a_dead_letter() {
     let server = MockServer::start().await;
     let enricher = clearsale_enricher(&server, fast_settings()).await;
     let e = cs_event("mfa");
-    Mock::given(method("GET"))
-        .and(path(analysis_path(&e)))
-        .respond_with(ResponseTemplate::new(500))
-        .mount(&server)
-        .await;
+    answer_always(&server, analysis_path(&e), ResponseTemplate::new(500)).await;
     match enricher.enrich(&e).await {
         EnrichOutcome::Systemic {
             provider,
@@ -326,19 +327,8 @@ async fn pending_module_is_refetched_until_final() {
     let server = MockServer::start().await;
     let enricher = clearsale_enricher(&server, fast_settings()).await;
     let e = cs_event("mfa");
-    Mock::given(method("GET"))
-        .and(path(analysis_path(&e)))
-        .respond_with(ok_analysis(&e, "pending"))
-        .up_to_n_times(2)
-        .expect(2)
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path(analysis_path(&e)))
-        .respond_with(ok_analysis(&e, "approved"))
-        .expect(1)
-        .mount(&server)
-        .await;
+    answer_first(&server, analysis_path(&e), ok_analysis(&e, "pending"), 2).await;
+    answer_exactly(&server, analysis_path(&e), ok_analysis(&e, "approved"), 1).await;
     match enricher.enrich(&e).await {
         EnrichOutcome::Fetched { fetched, attempts } => {
             assert_eq!(attempts, 3);
@@ -354,11 +344,7 @@ async fn pending_forever_is_published_as_pending_after_the_bound() {
     let server = MockServer::start().await;
     let enricher = clearsale_enricher(&server, fast_settings()).await;
     let e = cs_event("mfa");
-    Mock::given(method("GET"))
-        .and(path(analysis_path(&e)))
-        .respond_with(ok_analysis(&e, "pending"))
-        .mount(&server)
-        .await;
+    answer_always(&server, analysis_path(&e), ok_analysis(&e, "pending")).await;
     match enricher.enrich(&e).await {
         EnrichOutcome::Fetched { fetched, attempts } => {
             assert!(matches!(
@@ -378,12 +364,7 @@ async fn pending_forever_is_published_as_pending_after_the_bound() {
     }
     // The module named by the webhook decides: a pending `mfa` does not hold a `biolink` event.
     let b = cs_event("biolink");
-    Mock::given(method("GET"))
-        .and(path(analysis_path(&b)))
-        .respond_with(ok_analysis(&b, "pending"))
-        .expect(1)
-        .mount(&server)
-        .await;
+    answer_exactly(&server, analysis_path(&b), ok_analysis(&b, "pending"), 1).await;
     assert!(matches!(
         enricher.enrich(&b).await,
         EnrichOutcome::Fetched { attempts: 1, .. }
@@ -395,15 +376,14 @@ async fn unico_gone_is_a_terminal_failed_result() {
     let server = MockServer::start().await;
     let enricher = unico_enricher(&server, fast_settings()).await;
     let e = unico_event(5);
-    Mock::given(method("GET"))
-        .and(path(process_path(&e)))
-        .respond_with(
-            ResponseTemplate::new(410)
-                .set_body_json(json!({"Error": {"code": "41001", "description": "gone"}})),
-        )
-        .expect(1)
-        .mount(&server)
-        .await;
+    answer_exactly(
+        &server,
+        process_path(&e),
+        ResponseTemplate::new(410)
+            .set_body_json(json!({"Error": {"code": "41001", "description": "gone"}})),
+        1,
+    )
+    .await;
     match enricher.enrich(&e).await {
         EnrichOutcome::Fetched {
             fetched,
@@ -424,21 +404,22 @@ async fn unico_429_with_retry_after_then_success() {
     let server = MockServer::start().await;
     let enricher = unico_enricher(&server, fast_settings()).await;
     let e = unico_event(3);
-    Mock::given(method("GET"))
-        .and(path(process_path(&e)))
-        .respond_with(ResponseTemplate::new(429).insert_header("Retry-After", "0"))
-        .up_to_n_times(1)
-        .expect(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path(process_path(&e)))
-        .respond_with(ResponseTemplate::new(200).set_body_json(
+    answer_first(
+        &server,
+        process_path(&e),
+        ResponseTemplate::new(429).insert_header("Retry-After", "0"),
+        1,
+    )
+    .await;
+    answer_exactly(
+        &server,
+        process_path(&e),
+        ResponseTemplate::new(200).set_body_json(
             json!({"id": e.subject_id.to_string(), "status": 3, "unicoId": {"result": "yes"}}),
-        ))
-        .expect(1)
-        .mount(&server)
-        .await;
+        ),
+        1,
+    )
+    .await;
     match enricher.enrich(&e).await {
         EnrichOutcome::Fetched {
             fetched,
