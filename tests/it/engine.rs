@@ -30,18 +30,7 @@ async fn publishes_both_providers_dedupes_and_dead_letters() {
         unico(&b, "1"), // skipped
         "not json".to_string(),
     ];
-    for (i, v) in inputs.iter().enumerate() {
-        kafka
-            .produce(
-                &producer,
-                &input,
-                Some((i % 2) as i32),
-                None,
-                v.as_bytes(),
-                &[],
-            )
-            .await;
-    }
+    kafka.produce_spread(&producer, &input, 2, &inputs).await;
 
     let stats = Arc::new(EngineStats::default());
     let parts = webhook_enricher::app::build_parts(&config, stats.clone())

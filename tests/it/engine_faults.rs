@@ -27,18 +27,7 @@ async fn provider_outage_pauses_without_dead_letters_and_resumes() {
     let producer = kafka.producer();
     sim.set_outage(Provider::ClearSale, true);
     let payloads: Vec<String> = (0..4).map(|_| clearsale(&new_id(), "mfa", DATE)).collect();
-    for (i, p) in payloads.iter().enumerate() {
-        kafka
-            .produce(
-                &producer,
-                &input,
-                Some((i % 2) as i32),
-                None,
-                p.as_bytes(),
-                &[],
-            )
-            .await;
-    }
+    kafka.produce_spread(&producer, &input, 2, &payloads).await;
 
     let engine = RunningEngine::start(&config).await;
     assert!(
@@ -379,18 +368,7 @@ async fn broker_faults_lose_nothing() {
             }
         })
         .collect();
-    for (i, p) in payloads.iter().enumerate() {
-        kafka
-            .produce(
-                &producer,
-                &input,
-                Some((i % 2) as i32),
-                None,
-                p.as_bytes(),
-                &[],
-            )
-            .await;
-    }
+    kafka.produce_spread(&producer, &input, 2, &payloads).await;
 
     use RDKafkaRespErr::*;
     kafka.cluster.request_errors(

@@ -104,18 +104,7 @@ async fn a_second_engine_joining_the_group_loses_nothing() {
     }
     let producer = kafka.producer();
     let payloads: Vec<String> = (0..64).map(|_| clearsale(&new_id(), "mfa", DATE)).collect();
-    for (i, p) in payloads.iter().enumerate() {
-        kafka
-            .produce(
-                &producer,
-                &input,
-                Some((i % 4) as i32),
-                None,
-                p.as_bytes(),
-                &[],
-            )
-            .await;
-    }
+    kafka.produce_spread(&producer, &input, 4, &payloads).await;
 
     // While ClearSale is down the first engine fills its in-flight limit and pauses its
     // partitions; the second engine joins then, so the revocation finds them paused and the

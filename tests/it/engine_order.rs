@@ -288,19 +288,10 @@ async fn in_flight_limit_bounds_concurrent_provider_calls() {
     config.clearsale.limits.rate_per_second = 0;
     let producer = kafka.producer();
     let total = 40u64;
-    for i in 0..total {
-        let p = clearsale(&new_id(), "mfa", DATE);
-        kafka
-            .produce(
-                &producer,
-                &input,
-                Some((i % 2) as i32),
-                None,
-                p.as_bytes(),
-                &[],
-            )
-            .await;
-    }
+    let payloads: Vec<String> = (0..total)
+        .map(|_| clearsale(&new_id(), "mfa", DATE))
+        .collect();
+    kafka.produce_spread(&producer, &input, 2, &payloads).await;
 
     let engine = RunningEngine::start(&config).await;
     assert!(

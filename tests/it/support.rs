@@ -94,6 +94,28 @@ impl Kafka {
         (d.partition, d.offset)
     }
 
+    /// Produces `values` in order, round-robin over the first `partitions` partitions, waiting
+    /// for each ack.
+    pub async fn produce_spread(
+        &self,
+        producer: &FutureProducer,
+        topic: &str,
+        partitions: i32,
+        values: &[impl AsRef<[u8]>],
+    ) {
+        for (i, value) in values.iter().enumerate() {
+            self.produce(
+                producer,
+                topic,
+                Some(i as i32 % partitions),
+                None,
+                value.as_ref(),
+                &[],
+            )
+            .await;
+        }
+    }
+
     /// Reads every record of `topic` from the beginning until `count` are seen or `timeout`.
     pub fn read_all(&self, topic: &str, count: usize, timeout: Duration) -> Vec<OutRecord> {
         let consumer: BaseConsumer = ClientConfig::new()
