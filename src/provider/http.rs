@@ -386,9 +386,10 @@ impl fmt::Debug for BearerToken {
 /// At most one token request runs at a time (the lock is held across it), and callers that were
 /// waiting while a token request completed take that request's result (token or error) instead
 /// of starting another. So N concurrent callers needing a token cause exactly one token request,
-/// and N concurrent rejections of the same stale token cause exactly one refresh.
-#[derive(Default)]
+/// and N concurrent rejections of the same stale token cause exactly one refresh. Every token
+/// request is reported once, here ([`crate::telemetry::token_refreshed`]).
 pub struct TokenCache {
+    provider: Provider,
     /// Number of token requests completed so far.
     completed: AtomicU64,
     state: tokio::sync::Mutex<TokenState>,
@@ -402,6 +403,15 @@ struct TokenState {
 }
 
 impl TokenCache {
+    /// An empty cache for `provider`'s tokens.
+    pub fn new(provider: Provider) -> Self {
+        Self {
+            provider,
+            completed: AtomicU64::new(0),
+            state: tokio::sync::Mutex::new(TokenState::default()),
+        }
+    }
+
     /// A fresh token: the cached one, or one from `fetch`.
     ///
     /// `rejected` is the token the provider just refused (401/403): it is not returned again.
@@ -429,6 +439,7 @@ impl TokenCache {
             }
         }
         let result = fetch().await.map(Arc::new);
+        crate::telemetry::token_refreshed(self.provider, result.is_ok());
         state.current = result.as_ref().ok().cloned();
         let number = self.completed.fetch_add(1, Ordering::AcqRel) + 1;
         state.last = Some((number, result.clone()));
@@ -506,7 +517,7 @@ mod tests {
 
     #[tokio::test]
     async fn token_cache_reuses_a_fresh_token_and_refreshes_a_rejected_one() {
-        let cache = TokenCache::default();
+        let cache = TokenCache::new(Provider::ClearSale);
         let first = cache
             .get(None, || async { Ok(token(Duration::from_secs(3600))) })
             .await
@@ -533,7 +544,7 @@ mod tests {
 
     #[tokio::test]
     async fn token_cache_refreshes_a_token_within_the_margin() {
-        let cache = TokenCache::default();
+        let cache = TokenCache::new(Provider::ClearSale);
         let short = cache
             .get(None, || async { Ok(token(Duration::from_secs(30))) })
             .await

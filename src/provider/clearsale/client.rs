@@ -43,7 +43,7 @@ impl ClearSaleClient {
             user: settings.user.clone(),
             password: settings.password.clone(),
             token_refresh_margin: settings.token_refresh_margin,
-            token: TokenCache::default(),
+            token: TokenCache::new(PROVIDER),
         })
     }
 
@@ -102,13 +102,7 @@ impl ClearSaleClient {
         &self,
         rejected: Option<&Arc<BearerToken>>,
     ) -> Result<Arc<BearerToken>, ProviderError> {
-        self.token
-            .get(rejected, || async {
-                let result = self.authenticate().await;
-                crate::telemetry::token_refreshed(PROVIDER, result.is_ok());
-                result
-            })
-            .await
+        self.token.get(rejected, || self.authenticate()).await
     }
 
     /// One `POST /connect/v1/authenticate`. 400/401/403 mean the credentials are wrong

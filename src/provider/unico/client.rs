@@ -70,7 +70,7 @@ impl UnicoClient {
             api_key,
             signer: AssertionSigner::new(settings)?,
             token_refresh_margin: settings.token_refresh_margin,
-            token: TokenCache::default(),
+            token: TokenCache::new(PROVIDER),
         })
     }
 
@@ -135,13 +135,7 @@ impl UnicoClient {
         &self,
         rejected: Option<&Arc<BearerToken>>,
     ) -> Result<Arc<BearerToken>, ProviderError> {
-        self.token
-            .get(rejected, || async {
-                let result = self.request_token().await;
-                crate::telemetry::token_refreshed(PROVIDER, result.is_ok());
-                result
-            })
-            .await
+        self.token.get(rejected, || self.request_token()).await
     }
 
     /// One `POST {issuer}/oauth2/token` with a freshly signed assertion. 400/401/403 mean the
