@@ -73,7 +73,6 @@ struct KafkaView {
     brokers_up: usize,
     group_state: String,
     join_state: String,
-    assigned_partitions: i32,
     at: Option<Instant>,
 }
 
@@ -139,15 +138,14 @@ impl Health {
             .values()
             .filter(|b| b.state == "UP" && b.nodeid >= 0)
             .count();
-        let (group_state, join_state, assigned) = match &stats.cgrp {
-            Some(g) => (g.state.clone(), g.join_state.clone(), g.assignment_size),
-            None => (String::new(), String::new(), 0),
+        let (group_state, join_state) = match &stats.cgrp {
+            Some(g) => (g.state.clone(), g.join_state.clone()),
+            None => (String::new(), String::new()),
         };
         *self.kafka() = KafkaView {
             brokers_up,
             group_state,
             join_state,
-            assigned_partitions: assigned,
             at: Some(Instant::now()),
         };
     }
@@ -209,11 +207,6 @@ impl Health {
             ok: reasons.is_empty(),
             reasons,
         }
-    }
-
-    /// Assigned partitions, as last reported by librdkafka.
-    pub fn assigned_partitions(&self) -> i32 {
-        self.kafka().assigned_partitions
     }
 }
 

@@ -145,19 +145,6 @@ impl OffsetTracker {
             .map(PartitionOffsets::in_flight)
             .sum()
     }
-
-    /// Unfinished records of the given partitions.
-    pub fn in_flight_of(&self, tps: &[TopicPartition]) -> usize {
-        tps.iter()
-            .filter_map(|tp| self.partitions.get(tp))
-            .map(PartitionOffsets::in_flight)
-            .sum()
-    }
-
-    /// The tracked state of a partition.
-    pub fn get(&self, tp: &TopicPartition) -> Option<&PartitionOffsets> {
-        self.partitions.get(tp)
-    }
 }
 
 #[cfg(test)]

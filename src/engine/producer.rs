@@ -70,11 +70,6 @@ impl OutputProducer {
         Self { producer, retry }
     }
 
-    /// The underlying producer (for flushing on shutdown).
-    pub fn inner(&self) -> &FutureProducer<ProducerLog> {
-        &self.producer
-    }
-
     /// Writes one record and waits for its acknowledgement, retrying transient failures.
     pub async fn send(
         &self,
