@@ -69,10 +69,16 @@ pub async fn run(
     config: &Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<StatsSnapshot, AppError> {
+    // The recorder first: the clients and the engine register their metric handles once, at
+    // construction, with whatever recorder is installed then.
+    let prometheus = if config.admin.enabled {
+        Some(crate::admin::prometheus()?)
+    } else {
+        None
+    };
     let stats = Arc::new(EngineStats::default());
     let parts = build_parts(config, stats).await?;
-    let admin = if config.admin.enabled {
-        let prometheus = crate::admin::prometheus()?;
+    let admin = if let Some(prometheus) = prometheus {
         let listener = crate::admin::bind(&config.admin).await?;
         Some(tokio::spawn(crate::admin::serve(
             listener,

@@ -423,9 +423,7 @@ impl Config {
         check_backoff(&mut p, "enrich.retry", &self.enrich.retry);
         check_backoff(&mut p, "enrich.pending", &self.enrich.pending);
         let e = &self.engine;
-        if e.max_in_flight == 0 {
-            p.push("engine.max_in_flight must be at least 1".into());
-        }
+        p.extend(e.validate());
         if e.revoke_drain_timeout >= Duration::from_secs(45)
             && !self.kafka.consumer.0.contains_key("session.timeout.ms")
         {

@@ -29,11 +29,14 @@ pub enum ErrorClass {
     /// The provider kept failing for this record until the retry budget was spent, while it
     /// answered other records in the meantime: a poison record, not an outage.
     RetriesExhausted,
+    /// The record's processing failed inside the service (a panic: a defect to report). It is
+    /// dead-lettered so that its key and partition move on.
+    InternalError,
 }
 
 impl ErrorClass {
     /// Every class, for documentation and tests.
-    pub const ALL: [ErrorClass; 8] = [
+    pub const ALL: [ErrorClass; 9] = [
         ErrorClass::MalformedPayload,
         ErrorClass::InvalidId,
         ErrorClass::UnsupportedEvent,
@@ -42,6 +45,7 @@ impl ErrorClass {
         ErrorClass::InvalidResponse,
         ErrorClass::EncodingFailed,
         ErrorClass::RetriesExhausted,
+        ErrorClass::InternalError,
     ];
 
     /// The stable name used in headers, metrics and logs.
@@ -55,6 +59,7 @@ impl ErrorClass {
             ErrorClass::InvalidResponse => "invalid_response",
             ErrorClass::EncodingFailed => "encoding_failed",
             ErrorClass::RetriesExhausted => "retries_exhausted",
+            ErrorClass::InternalError => "internal_error",
         }
     }
 }

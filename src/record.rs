@@ -290,7 +290,7 @@ pub fn normalize(
         _ => None,
     };
     if include_raw {
-        record.raw_response = raw.map(|r| r.to_string());
+        record.raw_response = raw.cloned();
     }
     record
 }
@@ -451,7 +451,7 @@ mod tests {
         };
         Fetched::ClearSale {
             analysis,
-            raw: serde_json::json!({}),
+            raw: serde_json::json!({}).to_string(),
             still_pending: false,
         }
     }
@@ -507,7 +507,7 @@ mod tests {
         };
         let f = Fetched::ClearSale {
             analysis,
-            raw: serde_json::json!({}),
+            raw: serde_json::json!({}).to_string(),
             still_pending: false,
         };
         let r = normalize(&clearsale_event("mfa"), &f, None, false, at());
@@ -520,7 +520,7 @@ mod tests {
     fn mismatched_provider_fills_nothing() {
         let f = Fetched::Unico {
             process: Process::default(),
-            raw: serde_json::json!({"status": 3}),
+            raw: serde_json::json!({"status": 3}).to_string(),
         };
         let r = normalize(&clearsale_event("mfa"), &f, None, true, at());
         assert_eq!(r.state, State::Unknown);
@@ -536,7 +536,7 @@ mod tests {
         );
         let f = Fetched::Unico {
             process: Process::default(),
-            raw: serde_json::json!({}),
+            raw: serde_json::json!({}).to_string(),
         };
         let r = normalize(&e, &f, None, false, at());
         assert_eq!(r.state, State::Divergent);

@@ -77,6 +77,10 @@ struct Args {
     /// Rewrite the results block of this README (between the bench markers).
     #[arg(long)]
     readme: Option<PathBuf>,
+    /// The service binary to measure (default: the one cargo built for this benchmark); lets
+    /// two builds be compared on the same harness.
+    #[arg(long)]
+    service_binary: Option<PathBuf>,
     /// Give up on a scenario after this long without progress, in seconds.
     #[arg(long, default_value_t = 120)]
     stall_timeout: u64,
@@ -239,7 +243,10 @@ fn run_scenario(
         "bench.dead-letter",
         "bench.passthrough",
     );
-    let out_partitions = 16;
+    // The mock cluster keeps at most 5 MiB per partition and drops the oldest records beyond
+    // that: spread the outputs (about 1.2 KiB each with the raw response) over enough partitions
+    // that nothing is dropped before the check reads it back.
+    let out_partitions = (s.events / 2_000).clamp(16, 256) as i32;
     let dlq_partitions = 4;
     let kafka = kafka::MockKafka::start(
         args.brokers,
@@ -357,7 +364,11 @@ listen = "127.0.0.1:{admin_port}"
     std::fs::write(&config_path, config).map_err(|e| format!("writing the config: {e}"))?;
     let log_path = out_dir.join(format!("{}.log", s.name));
     let log = std::fs::File::create(&log_path).map_err(|e| format!("log file: {e}"))?;
-    let mut command = Command::new(SERVICE);
+    let binary = args
+        .service_binary
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(SERVICE));
+    let mut command = Command::new(&binary);
     command.arg("--config").arg(&config_path);
     for o in &args.overrides {
         command.arg("--set").arg(o);
@@ -370,7 +381,7 @@ listen = "127.0.0.1:{admin_port}"
     let spawned = Instant::now();
     let mut service = command
         .spawn()
-        .map_err(|e| format!("starting {SERVICE}: {e}"))?;
+        .map_err(|e| format!("starting {}: {e}", binary.display()))?;
     let pid = service.id();
 
     let expected = &work.expected;

@@ -1,7 +1,8 @@
 //! Avro for the enriched record: the embedded schema ([`mod@schema`]), the conversion of an
 //! [`EnrichedRecord`](crate::record::EnrichedRecord) to an Avro value and of any Avro value to
 //! readable JSON ([`value`]), and the two wire formats with the encoder built at startup
-//! ([`wire`]).
+//! ([`wire`]). The encoder writes records through a borrowed `serde` view (`serialize`), straight
+//! to bytes; the `Value` conversion is the reference the tests hold it to.
 //!
 //! Two framings are supported:
 //! - `confluent`: magic byte `0`, the 4-byte big-endian Schema Registry id, the Avro datum. The id
@@ -11,6 +12,7 @@
 //!   the Avro datum.
 
 pub mod schema;
+mod serialize;
 pub mod value;
 pub mod wire;
 

@@ -10,7 +10,7 @@ use crate::avro::schema::{
     fingerprint, fingerprint_hex, schema, SchemaError, ENRICHED_EVENT_AVSC,
     ENRICHED_EVENT_FULL_NAME,
 };
-use crate::avro::value::to_avro_value;
+use crate::avro::serialize::EnrichedEventView;
 use crate::record::EnrichedRecord;
 use crate::registry::{RegistryClient, RegistryError, RegistrySettings};
 use apache_avro::reader::datum::GenericDatumReader;
@@ -163,6 +163,7 @@ pub struct Decoded {
 pub struct RecordEncoder {
     writer: GenericDatumWriter<'static>,
     framing: Framing,
+    content: ContentHeaders,
 }
 
 enum Framing {
@@ -242,21 +243,25 @@ impl RecordEncoder {
         })?;
         let mut header = SINGLE_OBJECT_MAGIC.to_vec();
         header.extend_from_slice(&fingerprint);
+        let framing = Framing::SingleObject {
+            header,
+            fingerprint_hex: fingerprint_hex(&fingerprint),
+        };
         Ok(Self {
             writer: writer(schema)?,
-            framing: Framing::SingleObject {
-                header,
-                fingerprint_hex: fingerprint_hex(&fingerprint),
-            },
+            content: ContentHeaders::new(&framing),
+            framing,
         })
     }
 
     /// A Confluent encoder with schema ids already known (output topic to id).
     pub fn confluent(ids: HashMap<String, u32>) -> Result<Self, EncoderInitError> {
         let schema = schema()?;
+        let framing = Framing::Confluent { ids };
         Ok(Self {
             writer: writer(schema)?,
-            framing: Framing::Confluent { ids },
+            content: ContentHeaders::new(&framing),
+            framing,
         })
     }
 
@@ -282,7 +287,7 @@ impl RecordEncoder {
             }
         }
         self.writer
-            .write_value_ref(&mut out, &to_avro_value(record))
+            .write_ser(&mut out, &EnrichedEventView::new(record))
             .map_err(|e| EncodeError::Avro {
                 event_id: record.event_id,
                 message: e.to_string(),
@@ -291,20 +296,47 @@ impl RecordEncoder {
     }
 
     /// The headers to put on every record written to `topic`: `content-type`, and `schema-id`
-    /// (confluent, when the topic has an id) or `schema-fingerprint` (single object).
-    pub fn content_headers(&self, topic: &str) -> Vec<(&'static str, String)> {
-        let mut headers = vec![("content-type", CONTENT_TYPE.to_string())];
-        match &self.framing {
+    /// (confluent, when the topic has an id) or `schema-fingerprint` (single object). Built once.
+    pub fn content_headers(&self, topic: &str) -> &[(&'static str, String)] {
+        self.content
+            .per_topic
+            .get(topic)
+            .unwrap_or(&self.content.default)
+    }
+}
+
+/// The content headers, per output topic.
+struct ContentHeaders {
+    per_topic: HashMap<String, Vec<(&'static str, String)>>,
+    default: Vec<(&'static str, String)>,
+}
+
+impl ContentHeaders {
+    fn new(framing: &Framing) -> Self {
+        let content_type = ("content-type", CONTENT_TYPE.to_string());
+        match framing {
             Framing::SingleObject {
                 fingerprint_hex, ..
-            } => headers.push((SCHEMA_FINGERPRINT_HEADER, fingerprint_hex.clone())),
-            Framing::Confluent { ids } => {
-                if let Some(id) = ids.get(topic) {
-                    headers.push((SCHEMA_ID_HEADER, id.to_string()));
-                }
-            }
+            } => Self {
+                per_topic: HashMap::new(),
+                default: vec![
+                    content_type,
+                    (SCHEMA_FINGERPRINT_HEADER, fingerprint_hex.clone()),
+                ],
+            },
+            Framing::Confluent { ids } => Self {
+                per_topic: ids
+                    .iter()
+                    .map(|(topic, id)| {
+                        (
+                            topic.clone(),
+                            vec![content_type.clone(), (SCHEMA_ID_HEADER, id.to_string())],
+                        )
+                    })
+                    .collect(),
+                default: vec![content_type],
+            },
         }
-        headers
     }
 }
 

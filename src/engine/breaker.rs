@@ -90,6 +90,8 @@ pub struct CircuitBreaker {
     inner: Mutex<Inner>,
     changed: watch::Sender<u64>,
     successes: std::sync::atomic::AtomicU64,
+    /// Mirrors `inner` being `Closed`: the lock-free fast path of [`CircuitBreaker::acquire`].
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl CircuitBreaker {
@@ -100,6 +102,7 @@ impl CircuitBreaker {
             inner: Mutex::new(Inner::Closed),
             changed,
             successes: Default::default(),
+            closed: std::sync::atomic::AtomicBool::new(true),
         }
     }
 
@@ -134,6 +137,9 @@ impl CircuitBreaker {
 
     /// Waits until a call may be made.
     pub async fn acquire(&self) -> Permit {
+        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Permit::Normal;
+        }
         let mut changes = self.changed.subscribe();
         loop {
             let wait_until = {
@@ -176,9 +182,14 @@ impl CircuitBreaker {
     pub fn on_success(&self) {
         self.successes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
         let mut inner = self.lock();
         if !matches!(*inner, Inner::Closed) {
             *inner = Inner::Closed;
+            self.closed
+                .store(true, std::sync::atomic::Ordering::Release);
             drop(inner);
             self.changed.send_modify(|v| *v += 1);
         }
@@ -204,6 +215,8 @@ impl CircuitBreaker {
             failures,
             since,
         };
+        self.closed
+            .store(false, std::sync::atomic::Ordering::Release);
         drop(inner);
         self.changed.send_modify(|v| *v += 1);
         Some(period)

@@ -1,60 +1,102 @@
-//! The consumer thread. librdkafka's consumer is driven by `poll`, which also runs the rebalance
-//! callbacks, so it lives on a dedicated OS thread: blocking there (waiting for the async side
-//! to drain revoked partitions, committing synchronously) never blocks a tokio worker, and the
-//! callbacks never touch a tokio lock. The thread and the async engine talk over channels:
+//! The consumer thread: owns librdkafka's consumer, polls it, decodes each record (to learn its
+//! ordering key and provider lane) and hands the records to the dispatcher in batches, within
+//! the in-flight budget ([`super::flow`]).
 //!
-//! - to the engine: records, assignments, revocations (with a reply channel), fatal errors;
-//! - to the thread: offsets to store (tagged with the assignment generation, so a stale store
-//!   from before a rebalance is dropped) and the final close.
+//! It runs on its own OS thread so that blocking librdkafka calls (poll, the rebalance callbacks,
+//! synchronous commits) never block a tokio worker, and the callbacks never touch a tokio lock.
+//! The thread and the async engine talk over channels:
 //!
-//! Backpressure: before each poll the thread compares the shared in-flight count with the
-//! limit and pauses every assigned partition at the limit, resuming below three quarters of it.
-//! Records librdkafka had already fetched when the pause took effect are parked here, in order,
-//! and handed over as room frees up, so the engine never holds more than the limit.
+//! - to the engine: batches of records, assignments (each partition with its assignment epoch),
+//!   revocations (with an id and a reply channel), fatal errors;
+//! - to the thread: offsets to store (each tagged with the partition's assignment epoch, so a
+//!   store from before a rebalance never lands on a later assignment) and the final close.
+//!
+//! # Flow control
+//!
+//! Fetching never stops and restarts once per batch of completions:
+//!
+//! - **Room in the budget**: poll and hand over.
+//! - **The total is full**: the record just polled is held here, and the thread sleeps until the
+//!   dispatcher frees room, without polling. librdkafka keeps prefetching meanwhile, within its
+//!   own queue limits (`queued.max.messages.kbytes`, `queued.min.messages`, see
+//!   `kafka_config.rs`), so when room frees up the next records are already local.
+//! - **The total stays full for `engine.pause_after`** (a provider outage, not a backlog): every
+//!   partition is paused and the thread polls again, to serve rebalances and stay in the group.
+//!   Fetching resumes once the in-flight count falls below three quarters of the limit.
+//! - **A provider's lane is full**: the record is parked here and only its partition is paused,
+//!   so the other partitions keep flowing. The parked record is handed over, and the partition
+//!   resumed, when the lane has room.
+//!
+//! A pause makes librdkafka drop what it prefetched for the partition and fetch again from the
+//! position after the last record polled, so the held and parked records are exactly the ones
+//! between that position and what the engine has. They are not counted in the budget; there is
+//! at most one held record, and one parked record per paused partition. Held and parked records
+//! of a revoked partition are dropped: they were never handed over, so nothing after them was
+//! either, and the new owner reads them again.
 
+use super::flow::{Admission, FlowControl};
 use super::input::InputRecord;
+use super::job::Job;
 use super::offsets::TopicPartition;
+use crate::event::DecoderSettings;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
-use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
+
+/// Most records handed over in one batch.
+const MAX_BATCH: usize = 512;
+/// How long one poll waits for a record.
+const POLL_WAIT: Duration = Duration::from_millis(100);
+/// How long one poll waits while a partition is parked (its lane may free up at any time).
+const POLL_WAIT_PARKED: Duration = Duration::from_millis(10);
+
+/// A revocation the engine must answer.
+#[derive(Debug)]
+pub struct Revoking {
+    /// Distinguishes revocations in logs and in the dispatcher's bookkeeping.
+    pub id: u64,
+    pub partitions: Vec<TopicPartition>,
+    /// The committable offsets of the revoked partitions, sent when their records are drained
+    /// (or abandoned at the engine's deadline).
+    pub reply: std_mpsc::SyncSender<Vec<(TopicPartition, i64)>>,
+}
 
 /// Messages from the consumer thread to the engine.
 #[derive(Debug)]
 pub enum FromConsumer {
-    /// Partitions were assigned; `generation` tags later offset stores.
-    Assigned {
-        generation: u64,
-        partitions: Vec<TopicPartition>,
-    },
-    /// Partitions are being revoked. The engine drains them (up to its deadline) and replies
-    /// with the offsets to commit for them.
-    Revoking {
-        partitions: Vec<TopicPartition>,
-        reply: std_mpsc::SyncSender<Vec<(TopicPartition, i64)>>,
-    },
-    /// A record (already counted in the in-flight total).
-    Record(InputRecord),
+    /// Partitions were assigned, each with its assignment epoch (new on every assignment).
+    Assigned(Vec<(TopicPartition, u64)>),
+    /// Partitions are being revoked: the engine drains them and replies.
+    Revoking(Revoking),
+    /// Records, in poll order, each already counted in the budget.
+    Jobs(Vec<Job>),
     /// The consumer cannot go on.
     Fatal(String),
+}
+
+/// An offset to store: the next offset to consume of a partition, in one assignment epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOffset {
+    pub tp: TopicPartition,
+    pub epoch: u64,
+    pub next: i64,
 }
 
 /// Messages from the engine to the consumer thread.
 #[derive(Debug)]
 pub enum ToConsumer {
-    /// Store these next-offsets for the next commit, if still in `generation`.
-    Store {
-        generation: u64,
-        offsets: Vec<(TopicPartition, i64)>,
-    },
+    /// Store these offsets for the next commit (each only if its epoch is still current).
+    Store(Vec<StoreOffset>),
     /// Store these offsets, commit synchronously, close the consumer (leave the group) and end.
+    /// The answer says whether the final commit succeeded.
     Close {
-        generation: u64,
-        offsets: Vec<(TopicPartition, i64)>,
+        offsets: Vec<StoreOffset>,
         done: oneshot::Sender<Result<(), String>>,
     },
 }
@@ -73,33 +115,43 @@ pub enum ConsumerError {
     Thread(#[source] std::io::Error),
 }
 
-/// State shared between the engine and the consumer thread.
-#[derive(Debug)]
-pub struct FlowControl {
-    /// Records received and not yet finished or dropped.
-    pub in_flight: AtomicUsize,
-    /// Pause fetching at this many records in flight.
-    pub max_in_flight: usize,
-    /// Stop fetching for good (shutdown).
-    pub stop_fetching: AtomicBool,
+/// How the poll loop behaves.
+#[derive(Debug, Clone)]
+pub struct PollSettings {
+    /// The budget stays full this long before every partition is paused.
+    pub pause_after: Duration,
+    pub decoder: DecoderSettings,
 }
 
 /// The engine's side of the consumer thread.
 pub struct ConsumerHandle {
     pub commands: std_mpsc::Sender<ToConsumer>,
     pub events: mpsc::UnboundedReceiver<FromConsumer>,
-    pub flow: Arc<FlowControl>,
     pub thread: std::thread::JoinHandle<()>,
+}
+
+#[derive(Debug, Default)]
+struct AssignmentChanges {
+    /// Partitions revoked since the poll loop last looked.
+    revoked: Vec<TopicPartition>,
+    /// The assignment changed since the poll loop last looked.
+    changed: bool,
 }
 
 struct EngineContext {
     events: mpsc::UnboundedSender<FromConsumer>,
-    /// Partitions revoked since the poll loop last looked (it drops their parked records).
-    revoked: std::sync::Mutex<Vec<TopicPartition>>,
     health: Arc<crate::admin::Health>,
-    generation: AtomicU64,
+    /// The assignment epoch of each assigned partition.
+    epochs: Mutex<HashMap<TopicPartition, u64>>,
+    next_epoch: AtomicU64,
+    next_revocation: AtomicU64,
+    changes: Mutex<AssignmentChanges>,
     closing: AtomicBool,
-    revoke_wait: Duration,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Plain maps and lists updated in single statements: still valid after a panic elsewhere.
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl ClientContext for EngineContext {
@@ -134,46 +186,59 @@ impl ConsumerContext for EngineContext {
             return;
         };
         let partitions = partitions_of(tpl);
-        self.revoked
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        lock(&self.changes)
+            .revoked
             .extend(partitions.iter().cloned());
         if !self.closing.load(Ordering::SeqCst) && !partitions.is_empty() {
+            let id = self.next_revocation.fetch_add(1, Ordering::SeqCst) + 1;
             let (reply, answer) = std_mpsc::sync_channel(1);
             tracing::info!(
+                revocation = id,
                 partitions = partitions.len(),
                 "partitions revoked: draining"
             );
-            if self
-                .events
-                .send(FromConsumer::Revoking { partitions, reply })
-                .is_ok()
-            {
-                match answer.recv_timeout(self.revoke_wait) {
-                    Ok(offsets) => store(consumer, &offsets),
-                    Err(_) => tracing::warn!(
-                        "engine did not answer the revocation in time; committing what is stored"
-                    ),
-                }
+            let sent = self.events.send(FromConsumer::Revoking(Revoking {
+                id,
+                partitions: partitions.clone(),
+                reply,
+            }));
+            // The engine owns the drain deadline and always answers by it; the channel closes
+            // if the engine is gone.
+            match sent.ok().map(|()| answer.recv()) {
+                Some(Ok(offsets)) => store(consumer, &offsets),
+                _ => tracing::warn!(
+                    revocation = id,
+                    "the engine did not answer the revocation; committing what is stored"
+                ),
             }
         }
-        commit(consumer);
-        self.generation.fetch_add(1, Ordering::SeqCst);
+        let _ = commit(consumer, "revocation");
+        let mut epochs = lock(&self.epochs);
+        for tp in &partitions {
+            epochs.remove(tp);
+        }
+        lock(&self.changes).changed = true;
     }
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(tpl) = rebalance {
-            let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-            let partitions = partitions_of(tpl);
-            tracing::info!(
-                partitions = partitions.len(),
-                generation,
-                "partitions assigned"
-            );
-            let _ = self.events.send(FromConsumer::Assigned {
-                generation,
-                partitions,
-            });
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let mut epochs = lock(&self.epochs);
+                let assigned: Vec<(TopicPartition, u64)> = partitions_of(tpl)
+                    .into_iter()
+                    .map(|tp| {
+                        let epoch = self.next_epoch.fetch_add(1, Ordering::SeqCst) + 1;
+                        epochs.insert(tp.clone(), epoch);
+                        (tp, epoch)
+                    })
+                    .collect();
+                drop(epochs);
+                lock(&self.changes).changed = true;
+                tracing::info!(partitions = assigned.len(), "partitions assigned");
+                let _ = self.events.send(FromConsumer::Assigned(assigned));
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+            Rebalance::Revoke(_) => {}
         }
     }
 }
@@ -185,28 +250,45 @@ fn partitions_of(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
         .collect()
 }
 
+/// Stores next-offsets of partitions assigned now (the caller checked the epochs).
 fn store(consumer: &BaseConsumer<EngineContext>, offsets: &[(TopicPartition, i64)]) {
     if offsets.is_empty() {
         return;
     }
-    let mut tpl = TopicPartitionList::new();
+    let mut tpl = TopicPartitionList::with_capacity(offsets.len());
     for (tp, next) in offsets {
         if let Err(e) = tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*next)) {
             tracing::warn!(partition = %tp, error = %e, "cannot build offset list");
         }
     }
     if let Err(e) = consumer.store_offsets(&tpl) {
-        // Happens when a partition was revoked meanwhile: its new owner starts from the last
-        // commit, which is safe (at least once).
+        // A partition revoked meanwhile: its new owner starts from the last commit (at least
+        // once holds).
         tracing::debug!(error = %e, "offset store refused");
     }
 }
 
-fn commit(consumer: &BaseConsumer<EngineContext>) {
+/// Stores the offsets whose epoch is still the partition's current one.
+fn store_current(consumer: &BaseConsumer<EngineContext>, offsets: &[StoreOffset]) {
+    let current: Vec<(TopicPartition, i64)> = {
+        let epochs = lock(&consumer.context().epochs);
+        offsets
+            .iter()
+            .filter(|o| epochs.get(&o.tp) == Some(&o.epoch))
+            .map(|o| (o.tp.clone(), o.next))
+            .collect()
+    };
+    store(consumer, &current);
+}
+
+fn commit(consumer: &BaseConsumer<EngineContext>, when: &'static str) -> Result<(), String> {
     match consumer.commit_consumer_state(CommitMode::Sync) {
-        Ok(()) => tracing::debug!("offsets committed"),
-        Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
-        Err(e) => tracing::warn!(error = %e, "offset commit failed"),
+        Ok(()) => Ok(()),
+        Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => Ok(()),
+        Err(e) => {
+            crate::telemetry::offset_commit_failed(when, &e);
+            Err(e.to_string())
+        }
     }
 }
 
@@ -214,18 +296,19 @@ fn commit(consumer: &BaseConsumer<EngineContext>) {
 pub fn start(
     config: ClientConfig,
     topics: &[String],
-    max_in_flight: usize,
-    revoke_wait: Duration,
+    flow: Arc<FlowControl>,
+    settings: PollSettings,
     health: Arc<crate::admin::Health>,
 ) -> Result<ConsumerHandle, ConsumerError> {
     let (events_tx, events) = mpsc::unbounded_channel();
     let context = EngineContext {
         events: events_tx,
-        revoked: std::sync::Mutex::new(Vec::new()),
         health,
-        generation: AtomicU64::new(0),
+        epochs: Mutex::new(HashMap::new()),
+        next_epoch: AtomicU64::new(0),
+        next_revocation: AtomicU64::new(0),
+        changes: Mutex::new(AssignmentChanges::default()),
         closing: AtomicBool::new(false),
-        revoke_wait,
     };
     let consumer: BaseConsumer<EngineContext> = config
         .create_with_context(context)
@@ -237,160 +320,311 @@ pub fn start(
             topics: topics.to_vec(),
             source,
         })?;
-    let flow = Arc::new(FlowControl {
-        in_flight: AtomicUsize::new(0),
-        max_in_flight: max_in_flight.max(1),
-        stop_fetching: AtomicBool::new(false),
-    });
     let (commands, command_rx) = std_mpsc::channel();
-    let thread_flow = flow.clone();
+    let poll_loop = PollLoop {
+        consumer,
+        commands: command_rx,
+        flow,
+        settings,
+        topics: HashMap::new(),
+        held: None,
+        parked: HashMap::new(),
+        assignment: Vec::new(),
+        paused: HashSet::new(),
+        full_since: None,
+        stalled: false,
+    };
     let thread = std::thread::Builder::new()
         .name("kafka-consumer".into())
-        .spawn(move || poll_loop(consumer, command_rx, thread_flow))
+        .spawn(move || poll_loop.run())
         .map_err(ConsumerError::Thread)?;
     Ok(ConsumerHandle {
         commands,
         events,
-        flow,
         thread,
     })
 }
 
-fn poll_loop(
+struct PollLoop {
     consumer: BaseConsumer<EngineContext>,
     commands: std_mpsc::Receiver<ToConsumer>,
     flow: Arc<FlowControl>,
-) {
-    // The (assignment generation, paused) state last applied to the assignment.
-    let mut applied: Option<(u64, bool)> = None;
-    // Records received while at the limit (prefetched before the pause took effect).
-    let mut parked: std::collections::VecDeque<InputRecord> = std::collections::VecDeque::new();
-    let mut backpressure = false;
-    let resume_below = flow.max_in_flight - flow.max_in_flight / 4;
-    loop {
-        loop {
-            match commands.try_recv() {
-                Ok(ToConsumer::Store {
-                    generation,
-                    offsets,
-                }) => {
-                    if generation == consumer.context().generation.load(Ordering::SeqCst) {
-                        store(&consumer, &offsets);
-                    }
-                }
-                Ok(ToConsumer::Close {
-                    generation,
-                    offsets,
-                    done,
-                }) => {
-                    if generation == consumer.context().generation.load(Ordering::SeqCst) {
-                        store(&consumer, &offsets);
-                    }
-                    commit(&consumer);
-                    consumer.context().closing.store(true, Ordering::SeqCst);
-                    // Dropping closes the consumer: it leaves the group (running the revoke
-                    // callback, which now only commits) and waits until librdkafka is done.
-                    drop(consumer);
-                    let _ = done.send(Ok(()));
-                    return;
-                }
-                Err(std_mpsc::TryRecvError::Empty) => break,
-                Err(std_mpsc::TryRecvError::Disconnected) => {
-                    consumer.context().closing.store(true, Ordering::SeqCst);
-                    commit(&consumer);
-                    return;
-                }
-            }
-        }
-
-        // Records of revoked partitions that were parked are dropped: they were never handed to
-        // the engine, so nothing after them was either, and the new owner reads them again.
-        let revoked = std::mem::take(
-            &mut *consumer
-                .context()
-                .revoked
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        );
-        if !revoked.is_empty() {
-            parked.retain(|r| !revoked.contains(&r.topic_partition()));
-        }
-        let stopping = flow.stop_fetching.load(Ordering::SeqCst);
-        while !stopping && flow.in_flight.load(Ordering::SeqCst) < flow.max_in_flight {
-            match parked.pop_front() {
-                Some(record) => forward(&consumer, &flow, record),
-                None => break,
-            }
-        }
-
-        // Backpressure with hysteresis: pause at the limit, resume only below the low mark, so
-        // each finished record does not resume fetching for a single message.
-        let in_flight = flow.in_flight.load(Ordering::SeqCst);
-        if in_flight >= flow.max_in_flight {
-            backpressure = true;
-        } else if in_flight < resume_below {
-            backpressure = false;
-        }
-        let generation = consumer.context().generation.load(Ordering::SeqCst);
-        let want_pause = stopping || backpressure || !parked.is_empty();
-        // Applied once per assignment generation and on every change: librdkafka keeps a
-        // partition's application pause across a revoke and a new assign, so a partition paused
-        // before a rebalance must be resumed explicitly when it comes back.
-        if applied != Some((generation, want_pause)) {
-            if let Ok(assignment) = consumer.assignment() {
-                let result = if want_pause {
-                    consumer.pause(&assignment)
-                } else {
-                    consumer.resume(&assignment)
-                };
-                match result {
-                    Ok(()) => applied = Some((generation, want_pause)),
-                    Err(e) => {
-                        tracing::warn!(error = %e, pause = want_pause, "cannot pause or resume partitions")
-                    }
-                }
-            }
-        }
-
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(message)) => {
-                let record = InputRecord::from_message(&message);
-                drop(message);
-                // librdkafka may still deliver records it fetched before the pause took effect:
-                // they wait here, in order, so the engine never holds more than the limit.
-                if stopping
-                    || !parked.is_empty()
-                    || flow.in_flight.load(Ordering::SeqCst) >= flow.max_in_flight
-                {
-                    parked.push_back(record);
-                } else {
-                    forward(&consumer, &flow, record);
-                }
-            }
-            Some(Err(e)) => {
-                if let Some((code, reason)) = consumer.client().fatal_error() {
-                    let _ = consumer
-                        .context()
-                        .events
-                        .send(FromConsumer::Fatal(format!("{code:?}: {reason}")));
-                } else {
-                    crate::telemetry::consumer_poll_error(&e);
-                }
-            }
-            None => {}
-        }
-    }
+    settings: PollSettings,
+    /// Topic names, shared by their records.
+    topics: HashMap<String, Arc<str>>,
+    /// A record polled while the total was full.
+    held: Option<Job>,
+    /// Records polled while their lane was full; their partitions are paused.
+    parked: HashMap<TopicPartition, VecDeque<Job>>,
+    /// The current assignment.
+    assignment: Vec<TopicPartition>,
+    /// Partitions this loop has paused.
+    paused: HashSet<TopicPartition>,
+    /// Since when the total has been full.
+    full_since: Option<Instant>,
+    /// The total stayed full for `pause_after`: every partition is paused.
+    stalled: bool,
 }
 
-/// Hands a record to the engine, counting it in flight.
-fn forward(consumer: &BaseConsumer<EngineContext>, flow: &FlowControl, record: InputRecord) {
-    flow.in_flight.fetch_add(1, Ordering::SeqCst);
-    if consumer
-        .context()
-        .events
-        .send(FromConsumer::Record(record))
-        .is_err()
-    {
-        flow.in_flight.fetch_sub(1, Ordering::SeqCst);
+enum Step {
+    Continue,
+    Exit,
+}
+
+impl PollLoop {
+    fn run(mut self) {
+        loop {
+            if let Step::Exit = self.apply_commands() {
+                return;
+            }
+            let force = self.apply_assignment_changes();
+            let stopping = self.flow.is_stopping();
+            let mut batch = Vec::new();
+            if !stopping {
+                self.admit_waiting(&mut batch);
+            }
+            let full = self.held.is_some() || self.flow.in_flight() >= self.flow.max_in_flight();
+            let now = Instant::now();
+            if full {
+                let since = *self.full_since.get_or_insert(now);
+                if !self.stalled && now - since >= self.settings.pause_after {
+                    self.stalled = true;
+                    crate::telemetry::consumption_stalled(self.flow.in_flight());
+                }
+            } else {
+                self.full_since = None;
+                let resume_below = self.flow.max_in_flight() - self.flow.max_in_flight() / 4;
+                if self.stalled && self.flow.in_flight() < resume_below {
+                    self.stalled = false;
+                    crate::telemetry::consumption_resumed(self.flow.in_flight());
+                }
+            }
+            self.reconcile_pauses(stopping, force);
+            self.send(batch);
+            if full && !self.stalled && !stopping {
+                // A short stall (the backlog outruns the providers): wait for room without
+                // polling; librdkafka keeps the next records local meanwhile.
+                let since = self.full_since.unwrap_or(now);
+                let left = self.settings.pause_after.saturating_sub(now - since);
+                self.flow
+                    .wait_for_room(left.clamp(Duration::from_millis(1), POLL_WAIT));
+                continue;
+            }
+            let wait = if self.parked.is_empty() || self.stalled || stopping {
+                POLL_WAIT
+            } else {
+                POLL_WAIT_PARKED
+            };
+            self.poll_batch(wait, stopping);
+        }
+    }
+
+    /// Stores offsets; on `Close`, commits, closes the consumer and ends the loop.
+    fn apply_commands(&mut self) -> Step {
+        loop {
+            match self.commands.try_recv() {
+                Ok(ToConsumer::Store(offsets)) => store_current(&self.consumer, &offsets),
+                Ok(ToConsumer::Close { offsets, done }) => {
+                    store_current(&self.consumer, &offsets);
+                    let committed = commit(&self.consumer, "shutdown");
+                    self.close();
+                    let _ = done.send(committed);
+                    return Step::Exit;
+                }
+                Err(std_mpsc::TryRecvError::Empty) => return Step::Continue,
+                Err(std_mpsc::TryRecvError::Disconnected) => {
+                    let _ = commit(&self.consumer, "shutdown");
+                    self.close();
+                    return Step::Exit;
+                }
+            }
+        }
+    }
+
+    fn close(&mut self) {
+        self.consumer
+            .context()
+            .closing
+            .store(true, Ordering::SeqCst);
+        // Closing leaves the group (running the revoke callback, which now only commits) and
+        // waits until librdkafka is done; it happens when the consumer is dropped with the loop.
+    }
+
+    /// Drops held and parked records of revoked partitions; refreshes the assignment. True when
+    /// the assignment changed (pauses are then applied afresh: librdkafka keeps a partition's
+    /// pause across a revoke and a new assign).
+    fn apply_assignment_changes(&mut self) -> bool {
+        let changes = std::mem::take(&mut *lock(&self.consumer.context().changes));
+        if !changes.revoked.is_empty() {
+            let revoked: HashSet<&TopicPartition> = changes.revoked.iter().collect();
+            if self
+                .held
+                .as_ref()
+                .is_some_and(|j| revoked.contains(&j.record.topic_partition()))
+            {
+                self.held = None;
+            }
+            self.parked.retain(|tp, _| !revoked.contains(tp));
+        }
+        if !changes.changed {
+            return false;
+        }
+        self.assignment = self
+            .consumer
+            .assignment()
+            .map(|tpl| partitions_of(&tpl))
+            .unwrap_or_default();
+        self.paused.clear();
+        true
+    }
+
+    /// Hands over the held record and the parked ones whose lane has room, in order.
+    fn admit_waiting(&mut self, batch: &mut Vec<Job>) {
+        if let Some(job) = self.held.take() {
+            match self.flow.try_admit(job.lane) {
+                Admission::Admitted => batch.push(job),
+                Admission::LaneFull => self.park(job),
+                Admission::Full => {
+                    self.held = Some(job);
+                    return;
+                }
+            }
+        }
+        let mut emptied = Vec::new();
+        'partitions: for (tp, jobs) in self.parked.iter_mut() {
+            while let Some(job) = jobs.front() {
+                match self.flow.try_admit(job.lane) {
+                    Admission::Admitted => {
+                        if let Some(job) = jobs.pop_front() {
+                            batch.push(job);
+                        }
+                    }
+                    Admission::LaneFull => continue 'partitions,
+                    Admission::Full => break 'partitions,
+                }
+            }
+            emptied.push(tp.clone());
+        }
+        for tp in emptied {
+            self.parked.remove(&tp);
+        }
+    }
+
+    fn park(&mut self, job: Job) {
+        let tp = job.record.topic_partition();
+        self.parked.entry(tp).or_default().push_back(job);
+    }
+
+    /// Pauses what must not fetch (everything when stopping or stalled, parked partitions
+    /// otherwise) and resumes the rest; only changes are applied, unless `force`.
+    fn reconcile_pauses(&mut self, stopping: bool, force: bool) {
+        let mut pause = TopicPartitionList::new();
+        let mut resume = TopicPartitionList::new();
+        for tp in &self.assignment {
+            let want = stopping || self.stalled || self.parked.contains_key(tp);
+            let is = self.paused.contains(tp);
+            if force || want != is {
+                let list = if want { &mut pause } else { &mut resume };
+                list.add_partition(&tp.topic, tp.partition);
+                if want {
+                    self.paused.insert(tp.clone());
+                } else {
+                    self.paused.remove(tp);
+                }
+            }
+        }
+        if pause.count() > 0 {
+            if let Err(e) = self.consumer.pause(&pause) {
+                tracing::warn!(error = %e, "cannot pause partitions");
+            }
+        }
+        if resume.count() > 0 {
+            if let Err(e) = self.consumer.resume(&resume) {
+                tracing::warn!(error = %e, "cannot resume partitions");
+            }
+        }
+    }
+
+    /// Polls up to a batch of records: the first poll waits up to `wait`, the rest take only
+    /// what is local.
+    fn poll_batch(&mut self, wait: Duration, stopping: bool) {
+        let mut batch = Vec::new();
+        let mut wait = wait;
+        while batch.len() < MAX_BATCH {
+            let Some(message) = self.consumer.poll(wait) else {
+                break;
+            };
+            wait = Duration::ZERO;
+            let message = match message {
+                Ok(m) => m,
+                Err(e) => {
+                    if let Some((code, reason)) = self.consumer.client().fatal_error() {
+                        let _ = self
+                            .consumer
+                            .context()
+                            .events
+                            .send(FromConsumer::Fatal(format!("{code:?}: {reason}")));
+                    } else {
+                        crate::telemetry::consumer_poll_error(&e);
+                    }
+                    break;
+                }
+            };
+            let topic = match self.topics.get(message.topic()) {
+                Some(t) => t.clone(),
+                None => {
+                    let t: Arc<str> = Arc::from(message.topic());
+                    self.topics.insert(message.topic().to_string(), t.clone());
+                    t
+                }
+            };
+            let record = InputRecord::from_message(&message, topic);
+            drop(message);
+            if stopping {
+                // Never handed over, so never committed: the next owner reads it again.
+                continue;
+            }
+            let job = Job::new(record, &self.settings.decoder);
+            // A partition's records reach the engine in offset order: behind a parked record,
+            // the next ones of its partition wait too (its pause normally stops them coming).
+            let tp = job.record.topic_partition();
+            if let Some(queue) = self.parked.get_mut(&tp) {
+                queue.push_back(job);
+                continue;
+            }
+            match self.flow.try_admit(job.lane) {
+                Admission::Admitted => batch.push(job),
+                Admission::LaneFull => {
+                    self.park(job);
+                    // Pause it now, so what librdkafka prefetched for it is not delivered.
+                    self.reconcile_pauses(stopping, false);
+                }
+                Admission::Full => {
+                    self.held = Some(job);
+                    break;
+                }
+            }
+        }
+        self.send(batch);
+    }
+
+    fn send(&self, batch: Vec<Job>) {
+        if batch.is_empty() {
+            return;
+        }
+        let mut lanes = super::flow::LaneCounts::default();
+        for job in &batch {
+            lanes.add(job.lane, 1);
+        }
+        if self
+            .consumer
+            .context()
+            .events
+            .send(FromConsumer::Jobs(batch))
+            .is_err()
+        {
+            // The engine is gone; give the places back so nothing waits on them.
+            self.flow.release(&lanes);
+        }
     }
 }

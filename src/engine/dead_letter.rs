@@ -43,6 +43,8 @@ pub enum Stage {
     Decode,
     Enrich,
     Encode,
+    /// Inside the service (a panic).
+    Internal,
 }
 
 impl Stage {
@@ -51,6 +53,7 @@ impl Stage {
             Stage::Decode => "decode",
             Stage::Enrich => "enrich",
             Stage::Encode => "encode",
+            Stage::Internal => "internal",
         }
     }
 }

@@ -31,17 +31,23 @@ impl Default for DedupeSettings {
 }
 
 /// The seen-events cache.
+///
+/// Least-recently-used eviction, not moka's default TinyLFU: TinyLFU admits a new key only when
+/// it looks more frequent than the one it would evict, and every event id is inserted exactly
+/// once, so a full TinyLFU cache may refuse the newest ids, the very ones whose repeats are
+/// coming.
 #[derive(Clone)]
 pub struct Dedupe {
-    cache: Option<moka::future::Cache<Uuid, ()>>,
+    cache: Option<moka::sync::Cache<Uuid, ()>>,
 }
 
 impl Dedupe {
     pub fn new(settings: DedupeSettings) -> Self {
         let cache = (settings.max_entries > 0).then(|| {
-            moka::future::Cache::builder()
+            moka::sync::Cache::builder()
                 .max_capacity(settings.max_entries)
                 .time_to_live(settings.ttl)
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
                 .build()
         });
         Self { cache }
@@ -55,9 +61,9 @@ impl Dedupe {
     }
 
     /// Remembers an event whose output Kafka acknowledged.
-    pub async fn mark_published(&self, event_id: Uuid) {
+    pub fn mark_published(&self, event_id: Uuid) {
         if let Some(c) = &self.cache {
-            c.insert(event_id, ()).await;
+            c.insert(event_id, ());
         }
     }
 }
@@ -66,24 +72,43 @@ impl Dedupe {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn remembers_only_after_marking() {
+    #[test]
+    fn remembers_only_after_marking() {
         let d = Dedupe::new(DedupeSettings::default());
         let id = Uuid::new_v4();
         assert!(!d.is_duplicate(&id));
-        d.mark_published(id).await;
+        d.mark_published(id);
         assert!(d.is_duplicate(&id));
     }
 
-    #[tokio::test]
-    async fn disabled_never_drops() {
+    #[test]
+    fn disabled_never_drops() {
         let d = Dedupe::new(DedupeSettings {
             max_entries: 0,
             ..Default::default()
         });
         let id = Uuid::new_v4();
-        d.mark_published(id).await;
+        d.mark_published(id);
         assert!(!d.is_duplicate(&id));
+    }
+
+    #[test]
+    fn a_full_cache_remembers_the_newest_ids() {
+        let d = Dedupe::new(DedupeSettings {
+            max_entries: 100,
+            ttl: Duration::from_secs(3600),
+        });
+        let ids: Vec<Uuid> = (0..1_000).map(|_| Uuid::new_v4()).collect();
+        for id in &ids {
+            d.mark_published(*id);
+            if let Some(c) = &d.cache {
+                c.run_pending_tasks();
+            }
+        }
+        let newest = ids.last().unwrap();
+        assert!(d.is_duplicate(newest), "the newest id was refused");
+        let recent = ids[900..].iter().filter(|id| d.is_duplicate(id)).count();
+        assert!(recent >= 90, "only {recent} of the last 100 ids remembered");
     }
 
     #[tokio::test]
@@ -93,7 +118,7 @@ mod tests {
             ttl: Duration::from_millis(50),
         });
         let id = Uuid::new_v4();
-        d.mark_published(id).await;
+        d.mark_published(id);
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while d.is_duplicate(&id) {
             assert!(std::time::Instant::now() < deadline, "entry never expired");

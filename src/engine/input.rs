@@ -1,11 +1,13 @@
 //! An input record, detached from librdkafka's buffers so it can cross threads.
 
 use super::offsets::TopicPartition;
+use std::sync::Arc;
 
 /// One consumed record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InputRecord {
-    pub topic: String,
+    /// Shared by every record of the topic (see [`InputRecord::from_message`]).
+    pub topic: Arc<str>,
     pub partition: i32,
     pub offset: i64,
     pub key: Option<Vec<u8>>,
@@ -30,8 +32,9 @@ impl InputRecord {
             .and_then(|(_, v)| v.as_deref())
     }
 
-    /// Detaches a librdkafka message.
-    pub fn from_message<M: rdkafka::Message>(m: &M) -> Self {
+    /// Detaches a librdkafka message. `topic` is the topic's name, shared (the caller keeps one
+    /// per topic so records do not each allocate it).
+    pub fn from_message<M: rdkafka::Message>(m: &M, topic: Arc<str>) -> Self {
         use rdkafka::message::Headers;
         let headers = m
             .headers()
@@ -42,7 +45,7 @@ impl InputRecord {
             })
             .unwrap_or_default();
         Self {
-            topic: m.topic().to_string(),
+            topic,
             partition: m.partition(),
             offset: m.offset(),
             key: m.key().map(<[u8]>::to_vec),

@@ -58,7 +58,16 @@ pub fn consumer_config(
             commit_interval.as_millis().max(1).to_string(),
         )
         .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false");
+        .set("enable.partition.eof", "false")
+        // librdkafka's own prefetch is part of the memory bound. It fetches ahead until the
+        // local queue holds `queued.min.messages` records or `queued.max.messages.kbytes`
+        // (64 MiB by default), then backs off for `fetch.queue.backoff.ms` (1 s by default)
+        // before looking again. A bounded queue that is refilled within 20 ms of having room
+        // keeps the next records local while the engine's budget is full, at a quarter of the
+        // default memory: 16 MiB holds more than a second of work at any rate reached here.
+        .set("queued.max.messages.kbytes", "16384")
+        .set("queued.min.messages", "20000")
+        .set("fetch.queue.backoff.ms", "20");
     for (k, v) in &settings.consumer.0 {
         c.set(k, v);
     }

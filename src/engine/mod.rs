@@ -1,80 +1,53 @@
 //! The Kafka engine: consume, decode, dedupe, enrich, encode, produce, commit.
 //!
-//! One async task (the dispatcher, [`run`]) owns all bookkeeping: the per-key scheduler, the
-//! offset tracker and the revocation/drain state, so none of it needs a lock. Records come from
-//! the consumer thread ([`consumer`]); each record runs as its own tokio task ([`worker`]) and
-//! reports its final outcome back to the dispatcher, which stores the partition's committable
-//! offset. See `docs/DESIGN.md` for the diagram and the offset rules.
+//! - The consumer thread ([`consumer`]) polls librdkafka, decodes each record and hands records
+//!   over in batches, within the in-flight budget ([`flow`]).
+//! - The dispatcher ([`dispatcher`]) is the bookkeeping as a state machine: per-key order,
+//!   committable offsets, assignments and revocations.
+//! - The runner ([`run`], this file) is the async loop around it: it feeds the dispatcher its
+//!   events, starts one tokio task per record ([`worker`]), and carries out what the dispatcher
+//!   asks (release budget, store offsets, cancel, answer revocations).
+//!
+//! See `docs/DESIGN.md` for the diagram and the offset rules.
 
 pub mod breaker;
 pub mod consumer;
 pub mod dead_letter;
 pub mod dedupe;
+pub mod dispatcher;
+pub mod flow;
 pub mod input;
+pub mod job;
 pub mod kafka_config;
 pub mod offsets;
 pub mod producer;
 pub mod scheduler;
+pub mod settings;
 pub mod stats;
 pub mod worker;
+
+pub use settings::EngineSettings;
 
 use crate::avro::RecordEncoder;
 use crate::config::Config;
 use crate::enrich::Enricher;
-use crate::event::DecoderSettings;
 use crate::provider::Provider;
-use consumer::{FlowControl, FromConsumer, ToConsumer};
-use input::InputRecord;
-use offsets::{OffsetTracker, TopicPartition};
-use scheduler::KeyScheduler;
-use serde::{Deserialize, Serialize};
+use crate::telemetry::RecordEvents;
+use consumer::{FromConsumer, ToConsumer};
+use dispatcher::{Dispatcher, Done, Effects, Mode, Outcome, Start};
+use flow::FlowControl;
+use job::Job;
+use offsets::TopicPartition;
 use stats::{EngineStats, StatsSnapshot};
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::Ordering;
-use std::sync::{mpsc as std_mpsc, Arc};
+use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use worker::{Final, Job, WorkerContext};
-
-/// The `[engine]` settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct EngineSettings {
-    /// Most records received and not yet finished, across the process. At the limit the
-    /// consumer pauses its partitions instead of buffering.
-    pub max_in_flight: usize,
-    /// How often stored offsets are committed (librdkafka auto-commit interval).
-    #[serde(with = "humantime_serde")]
-    pub commit_interval: Duration,
-    /// On SIGTERM/SIGINT: how long in-flight records may take to finish before the rest is
-    /// abandoned (uncommitted, so redelivered). Keep the pod's grace period above it.
-    #[serde(with = "humantime_serde")]
-    pub drain_timeout: Duration,
-    /// On a rebalance: how long the revoked partitions' records may take to finish. Must stay
-    /// below the group's session timeout (librdkafka `session.timeout.ms`, 45 s by default).
-    #[serde(with = "humantime_serde")]
-    pub revoke_drain_timeout: Duration,
-    /// The per-provider circuit breaker.
-    pub breaker: breaker::BreakerSettings,
-    /// The dedupe cache.
-    pub dedupe: dedupe::DedupeSettings,
-}
-
-impl Default for EngineSettings {
-    fn default() -> Self {
-        Self {
-            max_in_flight: 1024,
-            commit_interval: Duration::from_secs(5),
-            drain_timeout: Duration::from_secs(30),
-            revoke_drain_timeout: Duration::from_secs(15),
-            breaker: breaker::BreakerSettings::default(),
-            dedupe: dedupe::DedupeSettings::default(),
-        }
-    }
-}
+use worker::{Processed, WorkerContext};
 
 /// Why the engine stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -98,8 +71,15 @@ pub struct EngineParts {
     pub health: Arc<crate::admin::Health>,
 }
 
+/// How often the runner checks deadlines, beats the heartbeat and updates the gauges.
+const TICK: Duration = Duration::from_millis(250);
+/// Most completions handled in one turn of the loop.
+const DONE_BATCH: usize = 1024;
+
 /// Runs the pipeline until `shutdown` resolves (then drains, flushes, commits and returns the
 /// run's counters) or a fatal error occurs (then commits only what is safe and returns it).
+///
+/// Dropping the returned future cancels every record task it started.
 pub async fn run(
     config: &Config,
     parts: EngineParts,
@@ -111,6 +91,15 @@ pub async fn run(
             .create_with_context(producer::ProducerLog)
             .map_err(EngineError::Producer)?;
     let producer = producer::OutputProducer::new(producer);
+    let enabled = Provider::ALL
+        .iter()
+        .filter(|p| parts.enricher.has_provider(**p))
+        .count();
+    let flow = Arc::new(FlowControl::new(
+        settings.max_in_flight,
+        settings.provider_share,
+        enabled > 1,
+    ));
     let consumer_config = kafka_config::consumer_config(
         &config.kafka,
         &config.kafka.group_id,
@@ -120,113 +109,94 @@ pub async fn run(
     let handle = consumer::start(
         consumer_config,
         &config.input.topics,
-        settings.max_in_flight,
-        settings.revoke_drain_timeout + Duration::from_secs(2),
+        flow.clone(),
+        consumer::PollSettings {
+            pause_after: settings.pause_after,
+            decoder: config.input.clone(),
+        },
         parts.health.clone(),
     )?;
-    let clearsale_breaker = Arc::new(breaker::CircuitBreaker::new(settings.breaker));
-    let unico_breaker = Arc::new(breaker::CircuitBreaker::new(settings.breaker));
-    parts
-        .health
-        .register_breaker(Provider::ClearSale, clearsale_breaker.clone());
-    parts
-        .health
-        .register_breaker(Provider::Unico, unico_breaker.clone());
+    let breakers = worker::Breakers::new(settings.breaker);
+    for provider in Provider::ALL {
+        parts
+            .health
+            .register_breaker(provider, breakers.get(provider).clone());
+    }
+    let events = Arc::new(RecordEvents::new(parts.stats.clone()));
     let ctx = Arc::new(WorkerContext {
         enricher: parts.enricher,
-        clearsale_breaker,
-        unico_breaker,
+        breakers,
         dedupe: dedupe::Dedupe::new(settings.dedupe),
         encoder: parts.encoder,
         output: config.output.clone(),
         producer: producer.clone(),
-        stats: parts.stats.clone(),
+        events: events.clone(),
     });
     let (done_tx, done_rx) = mpsc::unbounded_channel();
-    let mut dispatcher = Dispatcher {
+    let root = CancellationToken::new();
+    // Dropping `run`'s future cancels every task it started.
+    let _cancel_on_drop = root.clone().drop_guard();
+    let mut runner = Runner {
         ctx,
-        decoder: config.input.clone(),
-        scheduler: KeyScheduler::default(),
-        tracker: OffsetTracker::default(),
-        running: HashMap::new(),
-        epochs: HashMap::new(),
-        tokens: HashMap::new(),
-        root: CancellationToken::new(),
-        generation: 0,
-        flow: handle.flow.clone(),
+        dispatcher: Dispatcher::new(settings.revoke_drain_timeout),
+        flow: flow.clone(),
         commands: handle.commands.clone(),
         done_tx,
-        pending_revoke: None,
-        fatal: None,
-        revoke_drain_timeout: settings.revoke_drain_timeout,
+        tokens: HashMap::new(),
+        root: root.clone(),
         health: parts.health.clone(),
+        events: events.clone(),
     };
-    let result = dispatcher
+    let result = runner
         .run_loop(handle.events, done_rx, shutdown, settings.drain_timeout)
         .await;
 
     // Abandon what did not finish (it is not committed, so it is redelivered), flush, commit the
     // safe offsets and leave the group.
-    dispatcher.root.cancel();
-    if !producer.flush(Duration::from_secs(10)).await {
+    flow.stop();
+    root.cancel();
+    if !producer.flush(settings.flush_timeout).await {
         tracing::warn!("producer flush did not complete; unacknowledged writes are not committed");
     }
-    let offsets = dispatcher.tracker.committable();
+    let offsets = runner.dispatcher.committable();
     let (done, closed) = tokio::sync::oneshot::channel();
-    let _ = handle.commands.send(ToConsumer::Close {
-        generation: dispatcher.generation,
-        offsets,
-        done,
-    });
-    match tokio::time::timeout(Duration::from_secs(30), closed).await {
+    let _ = handle.commands.send(ToConsumer::Close { offsets, done });
+    match tokio::time::timeout(settings.close_timeout, closed).await {
         Ok(Ok(Ok(()))) => tracing::info!("consumer closed, offsets committed"),
-        _ => tracing::warn!("consumer did not close cleanly"),
+        Ok(Ok(Err(e))) => tracing::error!(error = %e,
+            "consumer closed, but the final commit failed: records after the last commit will be read again"),
+        Ok(Err(_)) => tracing::error!("the consumer thread ended before the final commit"),
+        Err(_) => tracing::error!(
+            timeout = ?settings.close_timeout,
+            "the consumer did not close in time; records after the last commit will be read again"
+        ),
     }
     let thread = handle.thread;
     let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     result.map(|()| parts.stats.snapshot())
 }
 
-struct PendingRevoke {
-    partitions: Vec<TopicPartition>,
-    reply: std_mpsc::SyncSender<Vec<(TopicPartition, i64)>>,
-    deadline: Instant,
+/// The cancellation tokens of one assigned partition's tasks.
+struct PartitionTokens {
+    /// Cancelled when the partition's revocation begins: tasks that only wait stop.
+    drain: CancellationToken,
+    /// Cancelled at the revocation deadline (or shutdown): every task stops.
+    abandon: CancellationToken,
 }
 
-struct Done {
-    tp: TopicPartition,
-    /// The partition's assignment epoch when the task started: a completion from an earlier
-    /// assignment of the same partition must not touch the current one's bookkeeping.
-    epoch: u64,
-    offset: i64,
-    key: String,
-    /// `None` when the task was cancelled (its partition was revoked, or shutdown).
-    outcome: Option<Result<Final, producer::ProduceError>>,
-}
-
-struct Dispatcher {
+struct Runner {
     ctx: Arc<WorkerContext>,
-    decoder: DecoderSettings,
-    scheduler: KeyScheduler<String, Job>,
-    tracker: OffsetTracker,
-    /// Started, unfinished tasks per partition.
-    running: HashMap<TopicPartition, usize>,
-    /// Assignment epoch per partition, bumped on every assignment of it.
-    epochs: HashMap<TopicPartition, u64>,
-    /// Cancels the tasks of a partition (on revocation past the deadline).
-    tokens: HashMap<TopicPartition, CancellationToken>,
-    root: CancellationToken,
-    generation: u64,
+    dispatcher: Dispatcher,
     flow: Arc<FlowControl>,
     commands: std_mpsc::Sender<ToConsumer>,
     done_tx: mpsc::UnboundedSender<Done>,
-    pending_revoke: Option<PendingRevoke>,
-    fatal: Option<EngineError>,
-    revoke_drain_timeout: Duration,
+    tokens: HashMap<TopicPartition, PartitionTokens>,
+    root: CancellationToken,
     health: Arc<crate::admin::Health>,
+    events: Arc<RecordEvents>,
 }
 
-impl Dispatcher {
+impl Runner {
     async fn run_loop(
         &mut self,
         mut events: mpsc::UnboundedReceiver<FromConsumer>,
@@ -236,205 +206,194 @@ impl Dispatcher {
     ) -> Result<(), EngineError> {
         tokio::pin!(shutdown);
         let mut drain_deadline: Option<Instant> = None;
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut consumer_gone = false;
+        let mut fatal: Option<EngineError> = None;
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut dones = Vec::with_capacity(DONE_BATCH);
         loop {
+            let mut fx = Effects::default();
             tokio::select! {
-                _ = &mut shutdown, if drain_deadline.is_none() => {
-                    tracing::info!(in_flight = self.in_flight(), "shutdown requested: draining");
-                    self.health.set_shutting_down();
-                    self.flow.stop_fetching.store(true, Ordering::SeqCst);
-                    drain_deadline = Some(Instant::now() + drain_timeout);
+                biased;
+                // Completions first: they free the budget the consumer thread waits on.
+                _ = done_rx.recv_many(&mut dones, DONE_BATCH) => {
+                    let now = Instant::now();
+                    for done in dones.drain(..) {
+                        self.dispatcher.on_done(done, now, &mut fx);
+                    }
                 }
-                Some(done) = done_rx.recv() => self.on_done(done),
-                event = events.recv() => match event {
-                    Some(FromConsumer::Record(record)) => self.on_record(record),
-                    Some(FromConsumer::Assigned { generation, partitions }) => self.on_assigned(generation, partitions),
-                    Some(FromConsumer::Revoking { partitions, reply }) => self.on_revoking(partitions, reply),
+                event = events.recv(), if !consumer_gone => match event {
+                    Some(FromConsumer::Jobs(jobs)) => {
+                        self.events.consumed(jobs.len());
+                        self.dispatcher.on_jobs(jobs, &mut fx);
+                    }
+                    Some(FromConsumer::Assigned(partitions)) => {
+                        for (tp, _) in &partitions {
+                            let drain = self.root.child_token();
+                            let abandon = self.root.child_token();
+                            self.tokens.insert(tp.clone(), PartitionTokens { drain, abandon });
+                        }
+                        self.dispatcher.on_assigned(partitions);
+                    }
+                    Some(FromConsumer::Revoking(revoking)) => {
+                        self.dispatcher.on_revoking(revoking, Instant::now(), &mut fx);
+                    }
                     Some(FromConsumer::Fatal(message)) => {
                         tracing::error!(error = %message, "fatal consumer error: stopping");
-                        self.fatal = Some(EngineError::ConsumerFatal(message));
+                        fatal.get_or_insert(EngineError::ConsumerFatal(message));
                     }
                     None => {
-                        if self.fatal.is_none() && drain_deadline.is_none() {
-                            self.fatal = Some(EngineError::ConsumerFatal("consumer thread ended".into()));
+                        consumer_gone = true;
+                        if drain_deadline.is_none() {
+                            fatal.get_or_insert(EngineError::ConsumerFatal("consumer thread ended".into()));
                         }
                     }
                 },
-                _ = tick.tick() => self.on_tick(),
+                _ = &mut shutdown, if drain_deadline.is_none() => {
+                    tracing::info!(in_flight = self.flow.in_flight(), "shutdown requested: draining");
+                    self.health.set_shutting_down();
+                    self.flow.stop();
+                    drain_deadline = Some(Instant::now() + drain_timeout);
+                }
+                _ = tick.tick() => {
+                    self.dispatcher.on_tick(Instant::now(), &mut fx);
+                    self.on_tick();
+                }
             }
-            self.check_revoke();
-            if let Some(fatal) = self.fatal.take() {
-                self.flow.stop_fetching.store(true, Ordering::SeqCst);
+            self.apply(fx);
+            if let Some(error) = self.dispatcher.take_fatal() {
+                tracing::error!(error = %error, "fatal producer error: stopping without committing past the failed record");
+                fatal.get_or_insert(error.into());
+            }
+            if let Some(fatal) = fatal.take() {
+                self.flow.stop();
                 return Err(fatal);
             }
             if let Some(deadline) = drain_deadline {
-                if self.in_flight() == 0 {
+                if self.flow.in_flight() == 0 {
                     tracing::info!("drained");
                     return Ok(());
                 }
                 if Instant::now() >= deadline {
-                    tracing::warn!(
-                        in_flight = self.in_flight(),
-                        "drain deadline passed: abandoning the rest (not committed)"
-                    );
+                    self.events.abandoned(self.flow.in_flight(), "shutdown");
                     return Ok(());
                 }
             }
         }
     }
 
-    fn in_flight(&self) -> usize {
-        self.flow.in_flight.load(Ordering::SeqCst)
-    }
-
-    fn release(&self, records: usize) {
-        self.flow.in_flight.fetch_sub(records, Ordering::SeqCst);
-    }
-
-    fn on_record(&mut self, record: InputRecord) {
-        crate::telemetry::record_consumed(&self.ctx.stats);
-        let tp = record.topic_partition();
-        if !self.tracker.is_assigned(&tp) || !self.tracker.begin(&tp, record.offset) {
-            // A record of a partition we no longer own, or a repeat of an offset in flight.
-            self.release(1);
-            return;
+    /// Carries out what the dispatcher asked for.
+    fn apply(&mut self, fx: Effects) {
+        for start in fx.start {
+            self.spawn(start);
         }
-        let job = Job::new(record, &self.decoder);
-        if let Some(job) = self.scheduler.submit(job.key.clone(), job) {
-            self.start(job);
+        self.flow.release(&fx.released);
+        if !fx.store.is_empty() {
+            let _ = self
+                .commands
+                .send(ToConsumer::Store(fx.store.into_values().collect()));
+        }
+        for tp in &fx.drain {
+            if let Some(t) = self.tokens.get(tp) {
+                t.drain.cancel();
+            }
+        }
+        for tp in &fx.abandon {
+            if let Some(t) = self.tokens.get(tp) {
+                t.abandon.cancel();
+            }
+        }
+        self.events.abandoned(fx.abandoned_records, "revocation");
+        for tp in &fx.unassigned {
+            self.tokens.remove(tp);
+        }
+        for reply in fx.replies {
+            tracing::info!(
+                revocation = reply.id,
+                partitions = reply.offsets.len(),
+                "revocation answered"
+            );
+            let _ = reply.sender.send(reply.offsets);
         }
     }
 
-    fn start(&mut self, job: Job) {
+    fn spawn(&self, start: Start) {
+        let Start { job, epoch, mode } = start;
         let tp = job.record.topic_partition();
-        let epoch = self.epochs.get(&tp).copied().unwrap_or_default();
-        *self.running.entry(tp.clone()).or_default() += 1;
-        let token = self
-            .tokens
-            .entry(tp.clone())
-            .or_insert_with(|| self.root.child_token())
-            .child_token();
+        let (drain, abandon) = match self.tokens.get(&tp) {
+            Some(t) => (t.drain.clone(), t.abandon.clone()),
+            // Not assigned (cannot happen: the dispatcher starts only assigned partitions'
+            // records); such a task is cancelled at once.
+            None => {
+                let t = self.root.child_token();
+                t.cancel();
+                (t.clone(), t)
+            }
+        };
         let ctx = self.ctx.clone();
-        let done = self.done_tx.clone();
+        let completion = Completion {
+            done: self.done_tx.clone(),
+            job: Some(job.clone()),
+            epoch,
+            outcome: None,
+        };
         tokio::spawn(async move {
-            let outcome = tokio::select! {
-                _ = token.cancelled() => None,
-                result = worker::process(&ctx, &job) => Some(result),
+            let mut completion = completion;
+            let processed = tokio::select! {
+                biased;
+                _ = abandon.cancelled() => None,
+                p = async {
+                    match mode {
+                        Mode::Process => worker::process(&ctx, &job, &drain).await,
+                        Mode::DeadLetterPanicked => worker::dead_letter_panicked(&ctx, &job).await,
+                    }
+                } => Some(p),
             };
-            let _ = done.send(Done {
-                tp,
-                epoch,
-                offset: job.record.offset,
-                key: job.key,
-                outcome,
+            completion.outcome = Some(match processed {
+                Some(Processed::Final(f)) => Outcome::Finished(f),
+                Some(Processed::Fatal(e)) => Outcome::Fatal(e),
+                Some(Processed::Drained) | None => Outcome::Cancelled,
             });
         });
     }
 
-    fn on_done(&mut self, done: Done) {
-        self.release(1);
-        let current = self.epochs.get(&done.tp) == Some(&done.epoch);
-        if current {
-            if let Some(n) = self.running.get_mut(&done.tp) {
-                *n = n.saturating_sub(1);
-            }
-        }
-        match done.outcome {
-            Some(Ok(_)) if !current => {}
-            Some(Ok(_)) => {
-                if let Some(next) = self.tracker.finish(&done.tp, done.offset) {
-                    let _ = self.commands.send(ToConsumer::Store {
-                        generation: self.generation,
-                        offsets: vec![(done.tp.clone(), next)],
-                    });
-                }
-            }
-            Some(Err(error)) => {
-                tracing::error!(error = %error, topic = %done.tp.topic, partition = done.tp.partition,
-                    offset = done.offset, "fatal producer error: stopping without committing past this record");
-                self.fatal = Some(error.into());
-            }
-            None => {}
-        }
-        if let Some(next) = self.scheduler.complete(&done.key) {
-            if self.fatal.is_some() {
-                self.release(1);
-            } else {
-                self.start(next);
-            }
-        }
-    }
-
-    fn on_assigned(&mut self, generation: u64, partitions: Vec<TopicPartition>) {
-        self.generation = generation;
-        for tp in partitions {
-            *self.epochs.entry(tp.clone()).or_default() += 1;
-            self.tracker.assign(tp.clone());
-            self.tokens.insert(tp, self.root.child_token());
-        }
-    }
-
-    fn on_revoking(
-        &mut self,
-        partitions: Vec<TopicPartition>,
-        reply: std_mpsc::SyncSender<Vec<(TopicPartition, i64)>>,
-    ) {
-        let removed = self
-            .scheduler
-            .remove_queued(|job| partitions.contains(&job.record.topic_partition()));
-        self.release(removed.len());
-        self.pending_revoke = Some(PendingRevoke {
-            partitions,
-            reply,
-            deadline: Instant::now() + self.revoke_drain_timeout,
-        });
-    }
-
-    /// Finishes a pending revocation once its partitions' running records are done, or at its
-    /// deadline (then their tasks are cancelled and their records are left to the new owner).
-    fn check_revoke(&mut self) {
-        let Some(pending) = &self.pending_revoke else {
-            return;
-        };
-        let running: usize = pending
-            .partitions
-            .iter()
-            .filter_map(|tp| self.running.get(tp))
-            .sum();
-        if running > 0 && Instant::now() < pending.deadline {
-            return;
-        }
-        let Some(pending) = self.pending_revoke.take() else {
-            return;
-        };
-        if running > 0 {
-            tracing::warn!(
-                running,
-                "revocation deadline passed: abandoning the revoked partitions' records"
-            );
-        }
-        let mut offsets = Vec::new();
-        for tp in &pending.partitions {
-            if let Some(state) = self.tracker.revoke(tp) {
-                if let Some(next) = state.committable() {
-                    offsets.push((tp.clone(), next));
-                }
-            }
-            if let Some(token) = self.tokens.remove(tp) {
-                token.cancel();
-            }
-            self.running.remove(tp);
-        }
-        let _ = pending.reply.send(offsets);
-    }
-    fn on_tick(&mut self) {
+    fn on_tick(&self) {
         self.health.heartbeat();
-        crate::telemetry::records_in_flight(self.in_flight());
+        self.events.in_flight(self.flow.in_flight());
         for provider in Provider::ALL {
-            crate::telemetry::circuit_state(
-                provider,
-                self.ctx.breaker(provider).state().as_gauge(),
-            );
+            self.events
+                .circuit_state(provider, self.ctx.breakers.get(provider).state().as_gauge());
         }
+    }
+}
+
+/// Reports a task's end to the dispatcher when dropped, however the task ends: with its outcome,
+/// cancelled (its future dropped) or panicking. A record's key and offset therefore never stay
+/// busy because its task did not report.
+struct Completion {
+    done: mpsc::UnboundedSender<Done>,
+    job: Option<Arc<Job>>,
+    epoch: u64,
+    outcome: Option<Outcome>,
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        let Some(job) = self.job.take() else {
+            return;
+        };
+        let outcome = match self.outcome.take() {
+            Some(o) => o,
+            None if std::thread::panicking() => Outcome::Panicked(job.clone()),
+            None => Outcome::Cancelled,
+        };
+        let _ = self.done.send(Done {
+            tp: job.record.topic_partition(),
+            epoch: self.epoch,
+            offset: job.record.offset,
+            key: job.key.clone(),
+            lane: job.lane,
+            outcome,
+        });
     }
 }

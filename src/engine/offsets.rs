@@ -4,17 +4,18 @@
 //! Offsets are ordered as seen, not assumed contiguous (compacted topics and transaction markers
 //! leave gaps), so "earlier" means "an earlier offset that was handed to us".
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
-/// A partition of a topic.
+/// A partition of a topic. Cheap to clone (the topic name is shared).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TopicPartition {
-    pub topic: String,
+    pub topic: Arc<str>,
     pub partition: i32,
 }
 
 impl TopicPartition {
-    pub fn new(topic: impl Into<String>, partition: i32) -> Self {
+    pub fn new(topic: impl Into<Arc<str>>, partition: i32) -> Self {
         Self {
             topic: topic.into(),
             partition,
@@ -29,10 +30,14 @@ impl std::fmt::Display for TopicPartition {
 }
 
 /// The in-flight offsets of one partition.
+///
+/// Offsets arrive in increasing order, so they are kept in a ring in arrival order: `begin` is
+/// a push at the back, `finish` a binary search, and the committable offset moves by popping
+/// finished records off the front.
 #[derive(Debug, Default)]
 pub struct PartitionOffsets {
-    /// offset -> finished?
-    pending: BTreeMap<i64, bool>,
+    /// (offset, finished?) in increasing offset order.
+    pending: VecDeque<(i64, bool)>,
     /// The next offset to commit (one past the last finished contiguous record), once known.
     committable: Option<i64>,
 }
@@ -43,30 +48,27 @@ impl PartitionOffsets {
     pub fn begin(&mut self, offset: i64) -> bool {
         let newest = self
             .pending
-            .keys()
-            .next_back()
-            .copied()
+            .back()
+            .map(|(o, _)| *o)
             .or(self.committable.map(|c| c - 1));
         if newest.is_some_and(|n| offset <= n) {
             return false;
         }
-        self.pending.insert(offset, false);
+        self.pending.push_back((offset, false));
         true
     }
 
     /// The record at `offset` has a final outcome. Returns the new committable offset when it
     /// moved forward.
     pub fn finish(&mut self, offset: i64) -> Option<i64> {
-        match self.pending.get_mut(&offset) {
-            Some(done) => *done = true,
-            None => return None,
-        }
+        let i = self
+            .pending
+            .binary_search_by_key(&offset, |(o, _)| *o)
+            .ok()?;
+        self.pending[i].1 = true;
         let mut moved = None;
-        while let Some((&first, &done)) = self.pending.iter().next() {
-            if !done {
-                break;
-            }
-            self.pending.remove(&first);
+        while let Some(&(first, true)) = self.pending.front() {
+            self.pending.pop_front();
             moved = Some(first + 1);
         }
         if moved.is_some() {
@@ -87,10 +89,7 @@ impl PartitionOffsets {
 
     /// The oldest unfinished offset.
     pub fn oldest_unfinished(&self) -> Option<i64> {
-        self.pending
-            .iter()
-            .find(|(_, done)| !**done)
-            .map(|(o, _)| *o)
+        self.pending.iter().find(|(_, done)| !done).map(|(o, _)| *o)
     }
 }
 

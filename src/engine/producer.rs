@@ -76,16 +76,13 @@ impl OutputProducer {
         topic: &str,
         key: Option<&[u8]>,
         payload: Option<&[u8]>,
-        headers: &[(String, Option<Vec<u8>>)],
+        headers: &[(&str, Option<&[u8]>)],
     ) -> Result<Acked, ProduceError> {
         let mut attempt = 0u32;
         loop {
             let mut owned = OwnedHeaders::new_with_capacity(headers.len());
             for (k, v) in headers {
-                owned = owned.insert(Header {
-                    key: k,
-                    value: v.as_deref(),
-                });
+                owned = owned.insert(Header { key: k, value: *v });
             }
             let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(owned);
             if let Some(k) = key {

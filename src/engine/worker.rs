@@ -1,23 +1,24 @@
-//! One record's way through the pipeline: decode (done by the engine loop, to find the ordering
-//! key) → dedupe → wait for the provider's circuit → enrich → normalize → encode → produce →
-//! mark seen. Every path ends in a final outcome whose write Kafka acknowledged, or in a fatal
-//! producer error that stops the service.
+//! One record's way through the pipeline: (decoded by the consumer thread) → dedupe → wait for
+//! the provider's circuit → enrich → normalize → encode → produce → mark seen. Every path ends in
+//! a final outcome whose write Kafka acknowledged, in a fatal producer error that stops the
+//! service, or — when its partition is being revoked while it only waits — in `Drained`.
 
 use super::breaker::{CircuitBreaker, Permit};
-use super::dead_letter::{self, DeadLetterReason, Source, Stage};
+use super::dead_letter::{self, DeadLetterReason, Stage};
 use super::dedupe::Dedupe;
 use super::input::InputRecord;
+use super::job::Job;
 use super::producer::{OutputProducer, ProduceError};
-use super::stats::EngineStats;
 use crate::avro::RecordEncoder;
 use crate::config::OutputSettings;
 use crate::enrich::{EnrichOutcome, Enricher};
-use crate::event::{Decoded, Rejection, WebhookEvent};
+use crate::event::{Decoded, WebhookEvent};
 use crate::failure::ErrorClass;
 use crate::provider::Provider;
 use crate::record::{normalize, Lineage};
-use crate::telemetry;
+use crate::telemetry::{RecordEvents, Source};
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 /// Header names on enriched records.
 pub mod headers {
@@ -31,62 +32,28 @@ pub mod headers {
     pub const TRIGGER: &str = "trigger";
 }
 
+/// One circuit breaker per provider.
+pub struct Breakers([Arc<CircuitBreaker>; Provider::ALL.len()]);
+
+impl Breakers {
+    pub fn new(settings: super::breaker::BreakerSettings) -> Self {
+        Self(Provider::ALL.map(|_| Arc::new(CircuitBreaker::new(settings))))
+    }
+
+    pub fn get(&self, provider: Provider) -> &Arc<CircuitBreaker> {
+        &self.0[provider.index()]
+    }
+}
+
 /// Everything a record needs, shared by all records.
 pub struct WorkerContext {
     pub enricher: Enricher,
-    pub clearsale_breaker: Arc<CircuitBreaker>,
-    pub unico_breaker: Arc<CircuitBreaker>,
+    pub breakers: Breakers,
     pub dedupe: Dedupe,
     pub encoder: Arc<RecordEncoder>,
     pub output: OutputSettings,
     pub producer: OutputProducer,
-    pub stats: Arc<EngineStats>,
-}
-
-impl WorkerContext {
-    /// The circuit breaker of a provider.
-    pub fn breaker(&self, provider: Provider) -> &CircuitBreaker {
-        match provider {
-            Provider::ClearSale => &self.clearsale_breaker,
-            Provider::Unico => &self.unico_breaker,
-        }
-    }
-}
-
-/// A record with its decoding.
-#[derive(Debug)]
-pub struct Job {
-    pub record: InputRecord,
-    pub decoded: Result<Decoded, Rejection>,
-    /// The ordering key: the provider's id, else the Kafka key, else the partition.
-    pub key: String,
-}
-
-impl Job {
-    /// Decodes a record and derives its ordering key.
-    pub fn new(record: InputRecord, settings: &crate::event::DecoderSettings) -> Self {
-        let decoded = crate::event::decode(
-            crate::event::RawEvent {
-                topic: &record.topic,
-                payload: record.payload.as_deref(),
-                provider_header: record.header("provider"),
-            },
-            settings,
-        );
-        let key = match &decoded {
-            Ok(Decoded::Enrich(e)) => format!("{}:{}", e.provider, e.subject_id),
-            Ok(Decoded::Skip(s)) => format!("{}:{}", s.provider, s.subject_id),
-            Err(_) => match &record.key {
-                Some(k) => format!("key:{}", String::from_utf8_lossy(k)),
-                None => format!("partition:{}:{}", record.topic, record.partition),
-            },
-        };
-        Self {
-            record,
-            decoded,
-            key,
-        }
-    }
+    pub events: Arc<RecordEvents>,
 }
 
 /// A record's final outcome.
@@ -98,8 +65,38 @@ pub enum Final {
     DeadLettered(ErrorClass),
 }
 
-/// Processes one record to its final outcome.
-pub async fn process(ctx: &WorkerContext, job: &Job) -> Result<Final, ProduceError> {
+/// How processing ended.
+#[derive(Debug)]
+pub enum Processed {
+    Final(Final),
+    /// The producer failed fatally.
+    Fatal(ProduceError),
+    /// The record's partition is being revoked and the record was only waiting (for its
+    /// provider's circuit): it stopped with nothing in flight.
+    Drained,
+}
+
+impl From<Result<Final, ProduceError>> for Processed {
+    fn from(r: Result<Final, ProduceError>) -> Self {
+        match r {
+            Ok(f) => Processed::Final(f),
+            Err(e) => Processed::Fatal(e),
+        }
+    }
+}
+
+fn source(record: &InputRecord) -> Source<'_> {
+    Source {
+        topic: &record.topic,
+        partition: record.partition,
+        offset: record.offset,
+        timestamp_ms: record.timestamp_ms,
+    }
+}
+
+/// Processes one record to its final outcome. `drain` is cancelled when the record's partition
+/// is being revoked: a record that is only waiting then stops.
+pub async fn process(ctx: &WorkerContext, job: &Job, drain: &CancellationToken) -> Processed {
     let record = &job.record;
     let event = match &job.decoded {
         Err(rejection) => {
@@ -111,32 +108,38 @@ pub async fn process(ctx: &WorkerContext, job: &Job) -> Result<Final, ProduceErr
                 http_status: None,
                 provider: rejection.provider,
             };
-            return dead_letter(ctx, record, reason).await;
+            return dead_letter(ctx, record, reason).await.into();
         }
         Ok(Decoded::Skip(skipped)) => {
-            telemetry::record_skipped(&ctx.stats, skipped.provider, record, &skipped.reason);
-            return Ok(Final::Skipped);
+            ctx.events
+                .skipped(skipped.provider, source(record), &skipped.reason);
+            return Processed::Final(Final::Skipped);
         }
         Ok(Decoded::Enrich(event)) => event,
     };
     if ctx.dedupe.is_duplicate(&event.event_id) {
-        telemetry::record_deduplicated(&ctx.stats, event.provider, record, &event.event_id);
-        return Ok(Final::Deduplicated);
+        ctx.events
+            .deduplicated(event.provider, source(record), &event.event_id);
+        return Processed::Final(Final::Deduplicated);
     }
 
-    let breaker = ctx.breaker(event.provider);
+    let breaker = ctx.breakers.get(event.provider);
     // Poison-record detection: a record is dead-lettered as `retries_exhausted` only when its
     // retry budget ran out in a *later* round, after the provider answered other records since
     // this record's previous systemic failure. The first round never dead-letters: a record
     // caught at the start of an outage must wait like the others.
     let mut successes_since_last_failure: Option<u64> = None;
     loop {
-        let permit = breaker.acquire().await;
+        let permit = tokio::select! {
+            biased;
+            _ = drain.cancelled() => return Processed::Drained,
+            permit = breaker.acquire() => permit,
+        };
         match ctx.enricher.enrich(event).await {
             EnrichOutcome::Fetched { fetched, attempts } => {
                 breaker.on_success();
                 let lineage = Lineage {
-                    topic: record.topic.clone(),
+                    topic: record.topic.to_string(),
                     partition: record.partition,
                     offset: record.offset,
                     timestamp: record
@@ -151,7 +154,9 @@ pub async fn process(ctx: &WorkerContext, job: &Job) -> Result<Final, ProduceErr
                     include_raw,
                     chrono::Utc::now(),
                 );
-                return publish(ctx, record, event, &enriched, attempts).await;
+                return publish(ctx, record, event, &enriched, attempts)
+                    .await
+                    .into();
             }
             EnrichOutcome::Failed(failure) => {
                 if permit == Permit::Probe || failure.attempts > 0 {
@@ -165,7 +170,7 @@ pub async fn process(ctx: &WorkerContext, job: &Job) -> Result<Final, ProduceErr
                     http_status: failure.http_status,
                     provider: Some(event.provider),
                 };
-                return dead_letter(ctx, record, reason).await;
+                return dead_letter(ctx, record, reason).await.into();
             }
             EnrichOutcome::Systemic {
                 provider,
@@ -184,12 +189,12 @@ pub async fn process(ctx: &WorkerContext, job: &Job) -> Result<Final, ProduceErr
                         http_status: None,
                         provider: Some(provider),
                     };
-                    return dead_letter(ctx, record, reason).await;
+                    return dead_letter(ctx, record, reason).await.into();
                 }
                 if let Some(period) = breaker.on_systemic_failure(permit) {
-                    telemetry::circuit_opened(&ctx.stats, provider, period, &reason);
+                    ctx.events.circuit_opened(provider, period, &reason);
                 }
-                telemetry::record_paused(&ctx.stats, provider, record, &reason);
+                ctx.events.paused(provider, source(record), &reason);
                 successes_since_last_failure = Some(breaker.successes());
             }
         }
@@ -222,31 +227,18 @@ async fn publish(
             return dead_letter(ctx, record, reason).await;
         }
     };
-    let mut hs: Vec<(String, Option<Vec<u8>>)> = vec![
-        (
-            headers::EVENT_ID.into(),
-            Some(event.event_id.to_string().into_bytes()),
-        ),
-        (
-            headers::PROVIDER.into(),
-            Some(event.provider.as_str().as_bytes().to_vec()),
-        ),
-        (
-            headers::STATE.into(),
-            Some(enriched.state.symbol().as_bytes().to_vec()),
-        ),
-        (
-            headers::TRIGGER.into(),
-            Some(event.trigger_label().into_bytes()),
-        ),
-    ];
-    hs.extend(
-        ctx.encoder
-            .content_headers(topic)
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), Some(v.into_bytes()))),
-    );
-    let key = event.subject_id.to_string();
+    let mut id_buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let event_id = event.event_id.hyphenated().encode_lower(&mut id_buf);
+    let trigger = event.trigger_label();
+    let mut key_buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let key = event.subject_id.hyphenated().encode_lower(&mut key_buf);
+    let content = ctx.encoder.content_headers(topic);
+    let mut hs: Vec<(&str, Option<&[u8]>)> = Vec::with_capacity(4 + content.len());
+    hs.push((headers::EVENT_ID, Some(event_id.as_bytes())));
+    hs.push((headers::PROVIDER, Some(event.provider.as_str().as_bytes())));
+    hs.push((headers::STATE, Some(enriched.state.symbol().as_bytes())));
+    hs.push((headers::TRIGGER, Some(trigger.as_bytes())));
+    hs.extend(content.iter().map(|(k, v)| (*k, Some(v.as_bytes()))));
     match ctx
         .producer
         .send(topic, Some(key.as_bytes()), Some(&value), &hs)
@@ -266,15 +258,33 @@ async fn publish(
         }
         Err(fatal) => return Err(fatal),
     }
-    ctx.dedupe.mark_published(event.event_id).await;
-    telemetry::record_published(
-        &ctx.stats,
+    ctx.dedupe.mark_published(event.event_id);
+    ctx.events.published(
         event.provider,
-        record,
+        source(record),
         &event.subject_id,
         enriched.state.symbol(),
     );
     Ok(Final::Published)
+}
+
+/// Dead-letters a record whose processing panicked (a defect), so its key and offset move on.
+pub async fn dead_letter_panicked(ctx: &WorkerContext, job: &Job) -> Processed {
+    ctx.events.panicked(source(&job.record));
+    let provider = match &job.decoded {
+        Ok(Decoded::Enrich(e)) => Some(e.provider),
+        Ok(Decoded::Skip(s)) => Some(s.provider),
+        Err(r) => r.provider,
+    };
+    let reason = DeadLetterReason {
+        class: ErrorClass::InternalError,
+        stage: Stage::Internal,
+        message: "the record's processing panicked (a defect of the service)".into(),
+        attempts: 0,
+        http_status: None,
+        provider,
+    };
+    dead_letter(ctx, &job.record, reason).await.into()
 }
 
 /// Writes the original record, unchanged, plus the reason headers, to the dead-letter topic, and
@@ -285,18 +295,21 @@ async fn dead_letter(
     record: &InputRecord,
     reason: DeadLetterReason,
 ) -> Result<Final, ProduceError> {
-    let source = Source {
+    let src = dead_letter::Source {
         topic: &record.topic,
         partition: record.partition,
         offset: record.offset,
         timestamp_ms: record.timestamp_ms,
     };
-    let mut hs = record.headers.clone();
+    let added = dead_letter::headers(&reason, &src, chrono::Utc::now());
+    let mut hs: Vec<(&str, Option<&[u8]>)> = Vec::with_capacity(record.headers.len() + added.len());
     hs.extend(
-        dead_letter::headers(&reason, &source, chrono::Utc::now())
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), Some(v.into_bytes()))),
+        record
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_deref())),
     );
+    hs.extend(added.iter().map(|(k, v)| (*k, Some(v.as_bytes()))));
     let topic = &ctx.output.dead_letter_topic;
     loop {
         match ctx
@@ -306,13 +319,14 @@ async fn dead_letter(
         {
             Ok(_) => break,
             Err(ProduceError::Refused { code, .. }) => {
-                tracing::error!(topic = %topic, source_topic = %record.topic, partition = record.partition,
-                    offset = record.offset, code = ?code, "dead-letter topic refuses the record; partition stalled");
+                ctx.events
+                    .dead_letter_refused(topic, source(record), &format!("{code:?}"));
                 tokio::time::sleep(std::time::Duration::from_secs(30)).await;
             }
             Err(fatal) => return Err(fatal),
         }
     }
-    telemetry::record_dead_lettered(&ctx.stats, reason.class, record, &reason.message);
+    ctx.events
+        .dead_lettered(reason.class, source(record), &reason.message);
     Ok(Final::DeadLettered(reason.class))
 }

@@ -11,6 +11,7 @@ use crate::provider::lenient;
 use crate::provider::settings::{HttpSettings, RequestLimits};
 use crate::provider::unico::model::ErrorBody;
 use crate::provider::{Provider, ProviderError};
+use crate::telemetry::RequestMetrics;
 use reqwest::header::{HeaderValue, RETRY_AFTER};
 use reqwest::{RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
@@ -76,7 +77,7 @@ impl HttpClient {
             .timeout(http.request_timeout)
             .connect_timeout(http.connect_timeout)
             .pool_idle_timeout(http.pool_idle_timeout)
-            .pool_max_idle_per_host(http.pool_max_idle_per_host)
+            .pool_max_idle_per_host(http.pool_max_idle(limits))
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("webhook-enricher/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -110,10 +111,11 @@ impl HttpClient {
     /// [`ProviderError::Timeout`] or [`ProviderError::Connect`].
     pub async fn execute(
         &self,
-        operation: &'static str,
+        metrics: &RequestMetrics,
         subject: Option<uuid::Uuid>,
         request: RequestBuilder,
     ) -> Result<Reply, ProviderError> {
+        let operation = metrics.operation();
         let _permit = self.gate.acquire().await;
         let started = Instant::now();
         let result = async {
@@ -124,7 +126,7 @@ impl HttpClient {
                 .get(RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| crate::retry::parse_retry_after(v, chrono::Utc::now()));
-            let body = response.bytes().await?.to_vec();
+            let body = response.bytes().await?;
             Ok::<_, reqwest::Error>(Reply {
                 provider: self.provider,
                 operation,
@@ -141,14 +143,7 @@ impl HttpClient {
             Err(e) if e.is_timeout() => ("timeout", None),
             Err(_) => ("connect", None),
         };
-        crate::telemetry::provider_request_finished(
-            self.provider,
-            operation,
-            subject,
-            outcome,
-            status,
-            latency,
-        );
+        crate::telemetry::provider_request_finished(metrics, subject, outcome, status, latency);
         result.map_err(|e| self.transport_error(operation, e))
     }
 
@@ -189,7 +184,7 @@ pub struct Reply {
     operation: &'static str,
     status: StatusCode,
     retry_after: Option<Duration>,
-    body: Vec<u8>,
+    body: bytes::Bytes,
 }
 
 impl Reply {
@@ -225,25 +220,50 @@ impl Reply {
         serde_json::from_slice(&self.body).map_err(|e| self.invalid(&e))
     }
 
-    /// The body as a JSON object, kept whole (unknown fields included), and its typed view `T`.
-    pub fn json_object<T: DeserializeOwned>(
-        &self,
-    ) -> Result<(T, serde_json::Value), ProviderError> {
-        let raw: serde_json::Value = self.json()?;
-        if !raw.is_object() {
-            return Err(ProviderError::InvalidResponse {
+    /// The body as received (a JSON object, kept whole: unknown fields included) and its typed
+    /// view `T`, parsed once from the bytes.
+    pub fn json_object<T: DeserializeOwned>(&self) -> Result<(T, String), ProviderError> {
+        let first = self.body.iter().find(|b| !b.is_ascii_whitespace());
+        if first != Some(&b'{') {
+            // Also catches what is not JSON at all, before serde would quote it.
+            return Err(match first {
+                Some(b'[' | b'"' | b't' | b'f' | b'n' | b'-' | b'0'..=b'9') => {
+                    ProviderError::InvalidResponse {
+                        provider: self.provider,
+                        operation: self.operation,
+                        message: "the body is not a JSON object".into(),
+                    }
+                }
+                _ => self.invalid_syntax(),
+            });
+        }
+        let typed: T = serde_json::from_slice(&self.body).map_err(|e| {
+            if e.is_data() {
+                // serde's message can quote a value from the body: keep only that the shape is
+                // wrong.
+                ProviderError::InvalidResponse {
+                    provider: self.provider,
+                    operation: self.operation,
+                    message: "the body does not have the expected shape".into(),
+                }
+            } else {
+                self.invalid(&e)
+            }
+        })?;
+        // serde_json validated the whole body as JSON, so it is UTF-8.
+        let raw = String::from_utf8(self.body.to_vec()).map_err(|_| self.invalid_syntax())?;
+        Ok((typed, raw))
+    }
+
+    fn invalid_syntax(&self) -> ProviderError {
+        match serde_json::from_slice::<serde::de::IgnoredAny>(&self.body) {
+            Err(e) => self.invalid(&e),
+            Ok(_) => ProviderError::InvalidResponse {
                 provider: self.provider,
                 operation: self.operation,
                 message: "the body is not a JSON object".into(),
-            });
+            },
         }
-        // serde's message can quote a value from the body: keep only that the shape is wrong.
-        let typed = T::deserialize(&raw).map_err(|_| ProviderError::InvalidResponse {
-            provider: self.provider,
-            operation: self.operation,
-            message: "the body does not have the expected shape".into(),
-        })?;
-        Ok((typed, raw))
     }
 
     /// A [`ProviderError::InvalidResponse`] for this answer. serde's message can quote the
@@ -392,6 +412,9 @@ pub struct TokenCache {
     provider: Provider,
     /// Number of token requests completed so far.
     completed: AtomicU64,
+    /// The current token, readable without waiting for a refresh in progress: the fast path of
+    /// every request.
+    current: std::sync::Mutex<Option<Arc<BearerToken>>>,
     state: tokio::sync::Mutex<TokenState>,
 }
 
@@ -408,6 +431,7 @@ impl TokenCache {
         Self {
             provider,
             completed: AtomicU64::new(0),
+            current: std::sync::Mutex::new(None),
             state: tokio::sync::Mutex::new(TokenState::default()),
         }
     }
@@ -424,6 +448,16 @@ impl TokenCache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<BearerToken, ProviderError>>,
     {
+        if rejected.is_none() {
+            let current = self
+                .current
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            if let Some(token) = current.filter(|t| t.is_fresh()) {
+                return Ok(token);
+            }
+        }
         let seen = self.completed.load(Ordering::Acquire);
         let mut state = self.state.lock().await;
         if let Some((number, result)) = &state.last {
@@ -441,6 +475,7 @@ impl TokenCache {
         let result = fetch().await.map(Arc::new);
         crate::telemetry::token_refreshed(self.provider, result.is_ok());
         state.current = result.as_ref().ok().cloned();
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = state.current.clone();
         let number = self.completed.fetch_add(1, Ordering::AcqRel) + 1;
         state.last = Some((number, result.clone()));
         result

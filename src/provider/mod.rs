@@ -29,6 +29,14 @@ impl Provider {
     /// Both providers, in a fixed order.
     pub const ALL: [Provider; 2] = [Provider::ClearSale, Provider::Unico];
 
+    /// The position of this provider in [`Provider::ALL`] (for per-provider arrays).
+    pub fn index(self) -> usize {
+        match self {
+            Provider::ClearSale => 0,
+            Provider::Unico => 1,
+        }
+    }
+
     /// The lowercase name used in headers, configuration, metrics labels and logs.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -63,13 +71,15 @@ pub enum Fetched {
     /// pending after the bounded re-fetch.
     ClearSale {
         analysis: Analysis,
-        raw: serde_json::Value,
+        /// The response body as received (a JSON object).
+        raw: String,
         still_pending: bool,
     },
     /// A Unico process.
     Unico {
         process: Process,
-        raw: serde_json::Value,
+        /// The response body as received (a JSON object).
+        raw: String,
     },
     /// Unico answered `410 Gone`: the process ended in error (status 5). A terminal answer, not a
     /// failure of ours.

@@ -17,8 +17,22 @@ pub struct HttpSettings {
     /// Idle pooled connections are closed after this long.
     #[serde(with = "humantime_serde")]
     pub pool_idle_timeout: Duration,
-    /// At most this many idle connections are kept per host.
-    pub pool_max_idle_per_host: usize,
+    /// At most this many idle connections are kept per host. Unset: as many as
+    /// `limits.max_concurrent` (unbounded when that is 0), so a connection is never closed just
+    /// because more requests were in flight than the pool keeps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_max_idle_per_host: Option<usize>,
+}
+
+impl HttpSettings {
+    /// The idle-pool bound in force for `limits`.
+    pub fn pool_max_idle(&self, limits: &RequestLimits) -> usize {
+        self.pool_max_idle_per_host
+            .unwrap_or(match limits.max_concurrent {
+                0 => usize::MAX,
+                n => n,
+            })
+    }
 }
 
 impl Default for HttpSettings {
@@ -27,7 +41,7 @@ impl Default for HttpSettings {
             request_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(3),
             pool_idle_timeout: Duration::from_secs(90),
-            pool_max_idle_per_host: 32,
+            pool_max_idle_per_host: None,
         }
     }
 }

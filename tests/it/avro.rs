@@ -76,7 +76,7 @@ fn full_analysis_json() -> serde_json::Value {
 fn fetched_clearsale(raw: serde_json::Value) -> Fetched {
     Fetched::ClearSale {
         analysis: serde_json::from_value::<Analysis>(raw.clone()).unwrap(),
-        raw,
+        raw: raw.to_string(),
         still_pending: false,
     }
 }
@@ -84,7 +84,7 @@ fn fetched_clearsale(raw: serde_json::Value) -> Fetched {
 fn fetched_unico(raw: serde_json::Value) -> Fetched {
     Fetched::Unico {
         process: serde_json::from_value::<Process>(raw.clone()).unwrap(),
-        raw,
+        raw: raw.to_string(),
     }
 }
 
@@ -498,7 +498,7 @@ fn clearsale_still_pending_is_pending() {
     let raw = json!({"mfa": {"status": "in_review"}});
     let f = Fetched::ClearSale {
         analysis: serde_json::from_value(raw.clone()).unwrap(),
-        raw,
+        raw: raw.to_string(),
         still_pending: true,
     };
     let r = normalize(&clearsale_event("mfa"), &f, None, false, enriched_at());

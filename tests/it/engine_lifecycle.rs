@@ -92,6 +92,8 @@ async fn a_second_engine_joining_the_group_loses_nothing() {
     let sim = support::start_simulator(SimulatorConfig::default()).await;
     let mut config = support::config(&kafka, &sim, &input);
     config.engine.max_in_flight = 16;
+    // ClearSale may take the whole budget (no share kept for Unico), so the outage fills it.
+    config.engine.provider_share = 1.0;
     config.clearsale.limits.rate_per_second = 0;
     // The mock coordinator waits a whole session timeout (less 1 s) for members before it
     // completes a rebalance of a running group; keep it short (and the revocation drain below it).

@@ -47,7 +47,7 @@ fn record(n: u8) -> EnrichedRecord {
     let raw = json!({"status": 3, "score": n});
     let fetched = Fetched::Unico {
         process: serde_json::from_value(raw.clone()).unwrap(),
-        raw,
+        raw: raw.to_string(),
     };
     normalize(
         &event,

@@ -11,6 +11,7 @@ use crate::provider::http::{BaseUrl, BearerToken, HttpClient, Reply, TokenCache}
 use crate::provider::settings::ClearSaleSettings;
 use crate::provider::{Provider, ProviderError};
 use crate::secret::Secret;
+use crate::telemetry::RequestMetrics;
 use reqwest::header::AUTHORIZATION;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +32,8 @@ pub struct ClearSaleClient {
     password: Secret,
     token_refresh_margin: Duration,
     token: TokenCache,
+    authenticate_metrics: RequestMetrics,
+    get_analysis_metrics: RequestMetrics,
 }
 
 impl ClearSaleClient {
@@ -44,6 +47,8 @@ impl ClearSaleClient {
             password: settings.password.clone(),
             token_refresh_margin: settings.token_refresh_margin,
             token: TokenCache::new(PROVIDER),
+            authenticate_metrics: RequestMetrics::new(PROVIDER, AUTHENTICATE),
+            get_analysis_metrics: RequestMetrics::new(PROVIDER, GET_ANALYSIS),
         })
     }
 
@@ -56,7 +61,7 @@ impl ClearSaleClient {
     pub async fn get_analysis(
         &self,
         analysis_id: uuid::Uuid,
-    ) -> Result<(Analysis, serde_json::Value), ProviderError> {
+    ) -> Result<(Analysis, String), ProviderError> {
         let token = self.token(None).await?;
         let mut reply = self.request_analysis(analysis_id, &token).await?;
         if reply.status() == 401 {
@@ -93,7 +98,7 @@ impl ClearSaleClient {
             .get(&url)
             .header(AUTHORIZATION, token.header().clone());
         self.http
-            .execute(GET_ANALYSIS, Some(analysis_id), request)
+            .execute(&self.get_analysis_metrics, Some(analysis_id), request)
             .await
     }
 
@@ -116,7 +121,10 @@ impl ClearSaleClient {
             .http
             .post(&self.base_url.join("/connect/v1/authenticate"))
             .json(&body);
-        let reply = self.http.execute(AUTHENTICATE, None, request).await?;
+        let reply = self
+            .http
+            .execute(&self.authenticate_metrics, None, request)
+            .await?;
         match reply.status() {
             400 | 401 | 403 => {
                 return Err(ProviderError::Auth {

@@ -9,6 +9,7 @@ use super::model::{Process, TokenResponse};
 use crate::provider::http::{BaseUrl, BearerToken, HttpClient, Reply, TokenCache};
 use crate::provider::settings::UnicoSettings;
 use crate::provider::{Provider, ProviderError};
+use crate::telemetry::RequestMetrics;
 use reqwest::header::{HeaderValue, AUTHORIZATION};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,7 +30,8 @@ pub enum ProcessAnswer {
     /// 200: the typed view and the whole JSON body (unknown fields kept).
     Found {
         process: Process,
-        raw: serde_json::Value,
+        /// The body as received (a JSON object).
+        raw: String,
     },
     /// 410 Gone: the process ended in error (status 5). Terminal, not a failure.
     Gone,
@@ -48,6 +50,8 @@ pub struct UnicoClient {
     signer: AssertionSigner,
     token_refresh_margin: Duration,
     token: TokenCache,
+    token_metrics: RequestMetrics,
+    get_process_metrics: RequestMetrics,
 }
 
 impl UnicoClient {
@@ -71,6 +75,8 @@ impl UnicoClient {
             signer: AssertionSigner::new(settings)?,
             token_refresh_margin: settings.token_refresh_margin,
             token: TokenCache::new(PROVIDER),
+            token_metrics: RequestMetrics::new(PROVIDER, TOKEN),
+            get_process_metrics: RequestMetrics::new(PROVIDER, GET_PROCESS),
         })
     }
 
@@ -125,7 +131,7 @@ impl UnicoClient {
             .header(AUTHORIZATION, token.header().clone())
             .header("APIKEY", self.api_key.clone());
         self.http
-            .execute(GET_PROCESS, Some(process_id), request)
+            .execute(&self.get_process_metrics, Some(process_id), request)
             .await
     }
 
@@ -148,7 +154,10 @@ impl UnicoClient {
             ("assertion", assertion.as_str()),
         ];
         let request = self.http.post(&self.token_url).form(&form);
-        let reply = self.http.execute(TOKEN, None, request).await?;
+        let reply = self
+            .http
+            .execute(&self.token_metrics, None, request)
+            .await?;
         match reply.status() {
             400 | 401 | 403 => {
                 return Err(ProviderError::Auth {

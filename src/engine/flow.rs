@@ -1,0 +1,273 @@
+//! The in-flight budget, shared by the consumer thread (which admits records) and the
+//! dispatcher (which releases them when they finish).
+//!
+//! Two bounds hold at every moment:
+//!
+//! - **the total**: at most `max_in_flight` records handed to the engine and not yet finished
+//!   (running, or waiting behind a record of their key). This is the hard memory bound.
+//! - **a lane per provider**: when more than one provider is enabled, one provider's records
+//!   may take at most `provider_share` of the total, so a burst of one slow provider (held to
+//!   its rate limit, or down) leaves room for the other. Records that call no provider
+//!   (rejections, skips) use the `other` lane, bounded only by the total.
+//!
+//! Admission never blocks: [`FlowControl::try_admit`] says whether a record may enter, and the
+//! consumer thread decides what to do when it may not (see `consumer.rs`). The consumer thread
+//! sleeps in [`FlowControl::wait_for_room`] while the total is full, and the dispatcher's
+//! [`FlowControl::release`] (one call per batch of completions) wakes it.
+
+use crate::provider::Provider;
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// The part of the budget a record uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lane {
+    /// A record that will call this provider.
+    Provider(Provider),
+    /// A record that calls no provider (dead-lettered at decode, or skipped).
+    Other,
+}
+
+/// Number of lanes: one per provider, plus `Other`.
+pub const LANES: usize = Provider::ALL.len() + 1;
+
+impl Lane {
+    fn index(self) -> usize {
+        match self {
+            Lane::Provider(p) => p.index(),
+            Lane::Other => Provider::ALL.len(),
+        }
+    }
+
+    /// The lane's name in metrics and logs (`clearsale`, `unico`, `other`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lane::Provider(p) => p.as_str(),
+            Lane::Other => "other",
+        }
+    }
+}
+
+/// Counts per lane (a batch of releases, or the current occupancy).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LaneCounts([usize; LANES]);
+
+impl LaneCounts {
+    pub fn add(&mut self, lane: Lane, n: usize) {
+        self.0[lane.index()] += n;
+    }
+
+    pub fn get(&self, lane: Lane) -> usize {
+        self.0[lane.index()]
+    }
+
+    pub fn total(&self) -> usize {
+        self.0.iter().sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.total() == 0
+    }
+}
+
+/// Why a record may not enter now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Admitted,
+    /// The total is at `max_in_flight`.
+    Full,
+    /// The record's provider lane is at its share.
+    LaneFull,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    counts: LaneCounts,
+    /// Set when the shutdown drain started: nothing more is admitted.
+    stopping: bool,
+}
+
+/// The shared budget.
+#[derive(Debug)]
+pub struct FlowControl {
+    max_in_flight: usize,
+    lane_cap: usize,
+    state: Mutex<State>,
+    room: Condvar,
+}
+
+impl FlowControl {
+    /// A budget of `max_in_flight` records (at least 1). With `isolate` (more than one provider
+    /// enabled), each provider lane is capped at `provider_share` of it (at least one record).
+    pub fn new(max_in_flight: usize, provider_share: f64, isolate: bool) -> Self {
+        let max_in_flight = max_in_flight.max(1);
+        let lane_cap = if isolate {
+            ((max_in_flight as f64 * provider_share.clamp(0.0, 1.0)).ceil() as usize)
+                .clamp(1, max_in_flight)
+        } else {
+            max_in_flight
+        };
+        Self {
+            max_in_flight,
+            lane_cap,
+            state: Mutex::new(State::default()),
+            room: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The state is a few counters updated in one statement each: still valid after a panic.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The total bound.
+    pub fn max_in_flight(&self) -> usize {
+        self.max_in_flight
+    }
+
+    /// The most records one provider may hold.
+    pub fn lane_cap(&self) -> usize {
+        self.lane_cap
+    }
+
+    /// Counts one more record in flight, if it fits.
+    pub fn try_admit(&self, lane: Lane) -> Admission {
+        let mut state = self.lock();
+        if state.stopping || state.counts.total() >= self.max_in_flight {
+            return Admission::Full;
+        }
+        if matches!(lane, Lane::Provider(_)) && state.counts.get(lane) >= self.lane_cap {
+            return Admission::LaneFull;
+        }
+        state.counts.add(lane, 1);
+        Admission::Admitted
+    }
+
+    /// True when a record of `lane` would be admitted now.
+    pub fn has_room(&self, lane: Lane) -> bool {
+        let state = self.lock();
+        !state.stopping
+            && state.counts.total() < self.max_in_flight
+            && (lane == Lane::Other || state.counts.get(lane) < self.lane_cap)
+    }
+
+    /// Records finished or dropped: frees their places and wakes the consumer thread.
+    pub fn release(&self, released: &LaneCounts) {
+        if released.is_empty() {
+            return;
+        }
+        {
+            let mut state = self.lock();
+            for (slot, n) in state.counts.0.iter_mut().zip(released.0) {
+                *slot = slot.saturating_sub(n);
+            }
+        }
+        self.room.notify_all();
+    }
+
+    /// Records in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.lock().counts.total()
+    }
+
+    /// Occupancy per lane now.
+    pub fn occupancy(&self) -> LaneCounts {
+        self.lock().counts
+    }
+
+    /// Waits up to `timeout` for the total to drop below the bound; true when it has.
+    pub fn wait_for_room(&self, timeout: Duration) -> bool {
+        let state = self.lock();
+        let (state, _) = self
+            .room
+            .wait_timeout_while(state, timeout, |s| {
+                !s.stopping && s.counts.total() >= self.max_in_flight
+            })
+            .unwrap_or_else(|e| e.into_inner());
+        !state.stopping && state.counts.total() < self.max_in_flight
+    }
+
+    /// Stops admitting (shutdown) and wakes the consumer thread.
+    pub fn stop(&self) {
+        self.lock().stopping = true;
+        self.room.notify_all();
+    }
+
+    /// True once [`FlowControl::stop`] was called.
+    pub fn is_stopping(&self) -> bool {
+        self.lock().stopping
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CS: Lane = Lane::Provider(Provider::ClearSale);
+    const UNICO: Lane = Lane::Provider(Provider::Unico);
+
+    #[test]
+    fn the_total_is_a_hard_bound() {
+        let f = FlowControl::new(3, 1.0, true);
+        assert_eq!(f.try_admit(CS), Admission::Admitted);
+        assert_eq!(f.try_admit(Lane::Other), Admission::Admitted);
+        assert_eq!(f.try_admit(UNICO), Admission::Admitted);
+        assert_eq!(f.try_admit(Lane::Other), Admission::Full);
+        let mut r = LaneCounts::default();
+        r.add(CS, 1);
+        f.release(&r);
+        assert_eq!(f.in_flight(), 2);
+        assert_eq!(f.try_admit(CS), Admission::Admitted);
+    }
+
+    #[test]
+    fn one_provider_cannot_take_the_others_share() {
+        let f = FlowControl::new(8, 0.75, true);
+        assert_eq!(f.lane_cap(), 6);
+        for _ in 0..6 {
+            assert_eq!(f.try_admit(UNICO), Admission::Admitted);
+        }
+        assert_eq!(f.try_admit(UNICO), Admission::LaneFull);
+        assert!(!f.has_room(UNICO));
+        assert!(f.has_room(CS));
+        assert_eq!(f.try_admit(CS), Admission::Admitted);
+        assert_eq!(f.try_admit(Lane::Other), Admission::Admitted);
+        assert_eq!(f.try_admit(CS), Admission::Full);
+    }
+
+    #[test]
+    fn a_single_provider_uses_the_whole_budget() {
+        let f = FlowControl::new(4, 0.5, false);
+        assert_eq!(f.lane_cap(), 4);
+        for _ in 0..4 {
+            assert_eq!(f.try_admit(CS), Admission::Admitted);
+        }
+    }
+
+    #[test]
+    fn stop_refuses_everything_and_wakes_the_waiter() {
+        let f = std::sync::Arc::new(FlowControl::new(1, 1.0, false));
+        assert_eq!(f.try_admit(CS), Admission::Admitted);
+        let waiter = {
+            let f = f.clone();
+            std::thread::spawn(move || f.wait_for_room(Duration::from_secs(30)))
+        };
+        f.stop();
+        assert!(!waiter.join().unwrap());
+        assert_eq!(f.try_admit(Lane::Other), Admission::Full);
+    }
+
+    #[test]
+    fn a_release_wakes_the_waiter() {
+        let f = std::sync::Arc::new(FlowControl::new(1, 1.0, false));
+        assert_eq!(f.try_admit(CS), Admission::Admitted);
+        let waiter = {
+            let f = f.clone();
+            std::thread::spawn(move || f.wait_for_room(Duration::from_secs(30)))
+        };
+        let mut r = LaneCounts::default();
+        r.add(CS, 1);
+        f.release(&r);
+        assert!(waiter.join().unwrap());
+    }
+}

@@ -1,0 +1,69 @@
+//! Counters of one engine run, for the run summary, the demo and tests. The same events also go
+//! to the `metrics` recorder through [`crate::telemetry`].
+
+use crate::failure::ErrorClass;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// Live counters, shared by the engine's tasks.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    pub consumed: AtomicU64,
+    pub published: AtomicU64,
+    pub deduplicated: AtomicU64,
+    pub skipped: AtomicU64,
+    /// Records whose provider call failed systemically and that waited for the circuit.
+    pub systemic_pauses: AtomicU64,
+    /// Times a provider circuit opened.
+    pub circuits_opened: AtomicU64,
+    dead_lettered: Mutex<BTreeMap<ErrorClass, u64>>,
+}
+
+/// A copy of the counters at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StatsSnapshot {
+    pub consumed: u64,
+    pub published: u64,
+    pub deduplicated: u64,
+    pub skipped: u64,
+    pub systemic_pauses: u64,
+    pub circuits_opened: u64,
+    pub dead_lettered: BTreeMap<ErrorClass, u64>,
+}
+
+impl StatsSnapshot {
+    /// Every record with a final outcome.
+    pub fn finished(&self) -> u64 {
+        self.published + self.deduplicated + self.skipped + self.dead_lettered_total()
+    }
+
+    /// Dead letters of every class.
+    pub fn dead_lettered_total(&self) -> u64 {
+        self.dead_lettered.values().sum()
+    }
+}
+
+impl EngineStats {
+    pub(crate) fn add_dead_lettered(&self, class: ErrorClass) {
+        let mut map = self.dead_lettered.lock().unwrap_or_else(|e| e.into_inner());
+        *map.entry(class).or_default() += 1;
+    }
+
+    /// The counters now.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            consumed: self.consumed.load(Ordering::Relaxed),
+            published: self.published.load(Ordering::Relaxed),
+            deduplicated: self.deduplicated.load(Ordering::Relaxed),
+            skipped: self.skipped.load(Ordering::Relaxed),
+            systemic_pauses: self.systemic_pauses.load(Ordering::Relaxed),
+            circuits_opened: self.circuits_opened.load(Ordering::Relaxed),
+            dead_lettered: self
+                .dead_lettered
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        }
+    }
+}
