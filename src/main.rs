@@ -8,6 +8,9 @@ use webhook_enricher::config::{Config, ConfigSources};
 use webhook_enricher::demo::{self, DemoOptions, OutputFormat};
 use webhook_enricher::logging::{self, LogFormat};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Turns provider webhook notifications on Kafka into complete, decision-ready Avro records.
 #[derive(Parser)]
 #[command(name = "webhook-enricher", version, about)]

@@ -73,7 +73,11 @@ impl HttpClient {
         http: &HttpSettings,
         limits: &RequestLimits,
     ) -> Result<Self, ProviderError> {
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if http.http2_prior_knowledge {
+            builder = builder.http2_prior_knowledge();
+        }
+        let client = builder
             .timeout(http.request_timeout)
             .connect_timeout(http.connect_timeout)
             .pool_idle_timeout(http.pool_idle_timeout)

@@ -22,6 +22,10 @@ pub struct HttpSettings {
     /// because more requests were in flight than the pool keeps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool_max_idle_per_host: Option<usize>,
+    /// Speak HTTP/2 without negotiation on `http://` URLs (h2c prior knowledge), for endpoints
+    /// known to support it (a local proxy, the simulator). Over `https://` HTTP/2 is negotiated
+    /// by ALPN whatever this says.
+    pub http2_prior_knowledge: bool,
 }
 
 impl HttpSettings {
@@ -42,6 +46,7 @@ impl Default for HttpSettings {
             connect_timeout: Duration::from_secs(3),
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: None,
+            http2_prior_knowledge: false,
         }
     }
 }
