@@ -23,14 +23,20 @@
 //! - **The total stays full for `engine.pause_after`** (a provider outage, not a backlog): every
 //!   partition is paused and the thread polls again, to serve rebalances and stay in the group.
 //!   Fetching resumes once the in-flight count falls below three quarters of the limit.
-//! - **A provider's lane is full**: the record is parked here and only its partition is paused,
-//!   so the other partitions keep flowing. The parked record is handed over, and the partition
-//!   resumed, when the lane has room.
+//! - **A provider's lane is full**: the record is parked here, and the records of its partition
+//!   polled after it queue behind it (a partition reaches the engine in offset order); the other
+//!   partitions keep flowing. A lane is full for a moment all the time in a backlog (a batch of
+//!   one provider's records arrives at once), so parking does not pause: a pause costs a refetch,
+//!   and the broker holds a fetch for up to `fetch.wait.max.ms` before it sees the new one
+//!   (about half a second per pause, measured). Only a partition parked for `engine.pause_after`
+//!   (its provider is slow, not busy) is paused, until its parked records are handed over.
+//! - **The parked records reach their bound** (a quarter of `max_in_flight`): the thread stops
+//!   polling as when the total is full, with the same stall rule.
 //!
 //! A pause makes librdkafka drop what it prefetched for the partition and fetch again from the
 //! position after the last record polled, so the held and parked records are exactly the ones
 //! between that position and what the engine has. They are not counted in the budget; there is
-//! at most one held record, and one parked record per paused partition. Held and parked records
+//! at most one held record and a quarter of `max_in_flight` parked ones. Held and parked records
 //! of a revoked partition are dropped: they were never handed over, so nothing after them was
 //! either, and the new owner reads them again.
 
@@ -321,6 +327,7 @@ pub fn start(
             source,
         })?;
     let (commands, command_rx) = std_mpsc::channel();
+    let flow_max = flow.max_in_flight();
     let poll_loop = PollLoop {
         consumer,
         commands: command_rx,
@@ -329,6 +336,8 @@ pub fn start(
         topics: HashMap::new(),
         held: None,
         parked: HashMap::new(),
+        parked_count: 0,
+        parked_cap: (flow_max / 4).max(1),
         assignment: Vec::new(),
         paused: HashSet::new(),
         full_since: None,
@@ -354,8 +363,13 @@ struct PollLoop {
     topics: HashMap<String, Arc<str>>,
     /// A record polled while the total was full.
     held: Option<Job>,
-    /// Records polled while their lane was full; their partitions are paused.
-    parked: HashMap<TopicPartition, VecDeque<Job>>,
+    /// Records polled while their lane was full (or behind such a record in their partition),
+    /// with the moment their partition was first parked.
+    parked: HashMap<TopicPartition, Parked>,
+    /// Records in `parked`.
+    parked_count: usize,
+    /// At most this many parked records; at the bound the thread stops polling.
+    parked_cap: usize,
     /// The current assignment.
     assignment: Vec<TopicPartition>,
     /// Partitions this loop has paused.
@@ -364,6 +378,12 @@ struct PollLoop {
     full_since: Option<Instant>,
     /// The total stayed full for `pause_after`: every partition is paused.
     stalled: bool,
+}
+
+/// The records of one partition waiting for their lane, oldest first.
+struct Parked {
+    since: Instant,
+    jobs: VecDeque<Job>,
 }
 
 enum Step {
@@ -383,7 +403,9 @@ impl PollLoop {
             if !stopping {
                 self.admit_waiting(&mut batch);
             }
-            let full = self.held.is_some() || self.flow.in_flight() >= self.flow.max_in_flight();
+            let full = self.held.is_some()
+                || self.parked_count >= self.parked_cap
+                || self.flow.in_flight() >= self.flow.max_in_flight();
             let now = Instant::now();
             if full {
                 let since = *self.full_since.get_or_insert(now);
@@ -399,15 +421,20 @@ impl PollLoop {
                     crate::telemetry::consumption_resumed(self.flow.in_flight());
                 }
             }
-            self.reconcile_pauses(stopping, force);
+            self.reconcile_pauses(stopping, force, now);
             self.send(batch);
             if full && !self.stalled && !stopping {
                 // A short stall (the backlog outruns the providers): wait for room without
                 // polling; librdkafka keeps the next records local meanwhile.
                 let since = self.full_since.unwrap_or(now);
                 let left = self.settings.pause_after.saturating_sub(now - since);
+                let cap = if self.parked.is_empty() {
+                    POLL_WAIT
+                } else {
+                    POLL_WAIT_PARKED
+                };
                 self.flow
-                    .wait_for_room(left.clamp(Duration::from_millis(1), POLL_WAIT));
+                    .wait_for_room(left.clamp(Duration::from_millis(1), cap));
                 continue;
             }
             let wait = if self.parked.is_empty() || self.stalled || stopping {
@@ -465,6 +492,7 @@ impl PollLoop {
                 self.held = None;
             }
             self.parked.retain(|tp, _| !revoked.contains(tp));
+            self.parked_count = self.parked.values().map(|p| p.jobs.len()).sum();
         }
         if !changes.changed {
             return false;
@@ -491,11 +519,12 @@ impl PollLoop {
             }
         }
         let mut emptied = Vec::new();
-        'partitions: for (tp, jobs) in self.parked.iter_mut() {
-            while let Some(job) = jobs.front() {
+        'partitions: for (tp, parked) in self.parked.iter_mut() {
+            while let Some(job) = parked.jobs.front() {
                 match self.flow.try_admit(job.lane) {
                     Admission::Admitted => {
-                        if let Some(job) = jobs.pop_front() {
+                        if let Some(job) = parked.jobs.pop_front() {
+                            self.parked_count -= 1;
                             batch.push(job);
                         }
                     }
@@ -512,16 +541,28 @@ impl PollLoop {
 
     fn park(&mut self, job: Job) {
         let tp = job.record.topic_partition();
-        self.parked.entry(tp).or_default().push_back(job);
+        self.parked
+            .entry(tp)
+            .or_insert_with(|| Parked {
+                since: Instant::now(),
+                jobs: VecDeque::new(),
+            })
+            .jobs
+            .push_back(job);
+        self.parked_count += 1;
     }
 
-    /// Pauses what must not fetch (everything when stopping or stalled, parked partitions
-    /// otherwise) and resumes the rest; only changes are applied, unless `force`.
-    fn reconcile_pauses(&mut self, stopping: bool, force: bool) {
+    /// Pauses what must not fetch (everything when stopping or stalled, partitions parked for
+    /// `pause_after` otherwise) and resumes the rest; only changes are applied, unless `force`.
+    fn reconcile_pauses(&mut self, stopping: bool, force: bool, now: Instant) {
         let mut pause = TopicPartitionList::new();
         let mut resume = TopicPartitionList::new();
         for tp in &self.assignment {
-            let want = stopping || self.stalled || self.parked.contains_key(tp);
+            let parked_long = self
+                .parked
+                .get(tp)
+                .is_some_and(|p| now - p.since >= self.settings.pause_after);
+            let want = stopping || self.stalled || parked_long;
             let is = self.paused.contains(tp);
             if force || want != is {
                 let list = if want { &mut pause } else { &mut resume };
@@ -588,16 +629,20 @@ impl PollLoop {
             // A partition's records reach the engine in offset order: behind a parked record,
             // the next ones of its partition wait too (its pause normally stops them coming).
             let tp = job.record.topic_partition();
-            if let Some(queue) = self.parked.get_mut(&tp) {
-                queue.push_back(job);
+            if self.parked.contains_key(&tp) {
+                self.park(job);
+                if self.parked_count >= self.parked_cap {
+                    break;
+                }
                 continue;
             }
             match self.flow.try_admit(job.lane) {
                 Admission::Admitted => batch.push(job),
                 Admission::LaneFull => {
                     self.park(job);
-                    // Pause it now, so what librdkafka prefetched for it is not delivered.
-                    self.reconcile_pauses(stopping, false);
+                    if self.parked_count >= self.parked_cap {
+                        break;
+                    }
                 }
                 Admission::Full => {
                     self.held = Some(job);

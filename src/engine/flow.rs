@@ -85,6 +85,8 @@ struct State {
     counts: LaneCounts,
     /// Set when the shutdown drain started: nothing more is admitted.
     stopping: bool,
+    /// The consumer thread sleeps in `wait_for_room` (a notify is only sent then).
+    waiting: bool,
 }
 
 /// The shared budget.
@@ -156,13 +158,16 @@ impl FlowControl {
         if released.is_empty() {
             return;
         }
-        {
+        let waiting = {
             let mut state = self.lock();
             for (slot, n) in state.counts.0.iter_mut().zip(released.0) {
                 *slot = slot.saturating_sub(n);
             }
+            state.waiting
+        };
+        if waiting {
+            self.room.notify_all();
         }
-        self.room.notify_all();
     }
 
     /// Records in flight now.
@@ -177,13 +182,15 @@ impl FlowControl {
 
     /// Waits up to `timeout` for the total to drop below the bound; true when it has.
     pub fn wait_for_room(&self, timeout: Duration) -> bool {
-        let state = self.lock();
-        let (state, _) = self
+        let mut state = self.lock();
+        state.waiting = true;
+        let (mut state, _) = self
             .room
             .wait_timeout_while(state, timeout, |s| {
                 !s.stopping && s.counts.total() >= self.max_in_flight
             })
             .unwrap_or_else(|e| e.into_inner());
+        state.waiting = false;
         !state.stopping && state.counts.total() < self.max_in_flight
     }
 

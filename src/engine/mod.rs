@@ -60,6 +60,9 @@ pub enum EngineError {
     Produce(#[from] producer::ProduceError),
     #[error("fatal consumer error: {0}")]
     ConsumerFatal(String),
+    /// A defect of the service (a panic in the engine loop).
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 /// What the engine is given besides the configuration.
@@ -133,23 +136,63 @@ pub async fn run(
         events: events.clone(),
     });
     let (done_tx, done_rx) = mpsc::unbounded_channel();
+    let consumer::ConsumerHandle {
+        commands,
+        events: consumer_events,
+        thread: consumer_thread,
+    } = handle;
     let root = CancellationToken::new();
     // Dropping `run`'s future cancels every task it started.
     let _cancel_on_drop = root.clone().drop_guard();
-    let mut runner = Runner {
+    let runner = Runner {
         ctx,
         dispatcher: Dispatcher::new(settings.revoke_drain_timeout),
         flow: flow.clone(),
-        commands: handle.commands.clone(),
+        commands: commands.clone(),
         done_tx,
         tokens: HashMap::new(),
         root: root.clone(),
         health: parts.health.clone(),
         events: events.clone(),
     };
-    let result = runner
-        .run_loop(handle.events, done_rx, shutdown, settings.drain_timeout)
-        .await;
+    // The loop runs as a task on the runtime's workers, beside the record tasks whose
+    // completions it handles (not on the caller's thread, which would be woken for each batch).
+    let stop = CancellationToken::new();
+    let drain_timeout = settings.drain_timeout;
+    let mut looping = tokio_util::task::AbortOnDropHandle::new(tokio::spawn({
+        let stop = stop.clone();
+        let mut runner = runner;
+        async move {
+            let result = runner
+                .run_loop(
+                    consumer_events,
+                    done_rx,
+                    stop.cancelled_owned(),
+                    drain_timeout,
+                )
+                .await;
+            (runner, result)
+        }
+    }));
+    tokio::pin!(shutdown);
+    let joined = tokio::select! {
+        joined = &mut looping => joined,
+        () = &mut shutdown => {
+            stop.cancel();
+            (&mut looping).await
+        }
+    };
+    let (runner, result) = match joined {
+        Ok(done) => done,
+        Err(e) => {
+            // A defect: stop without committing anything more.
+            flow.stop();
+            root.cancel();
+            return Err(EngineError::Internal(format!(
+                "the engine loop failed: {e}"
+            )));
+        }
+    };
 
     // Abandon what did not finish (it is not committed, so it is redelivered), flush, commit the
     // safe offsets and leave the group.
@@ -160,7 +203,7 @@ pub async fn run(
     }
     let offsets = runner.dispatcher.committable();
     let (done, closed) = tokio::sync::oneshot::channel();
-    let _ = handle.commands.send(ToConsumer::Close { offsets, done });
+    let _ = commands.send(ToConsumer::Close { offsets, done });
     match tokio::time::timeout(settings.close_timeout, closed).await {
         Ok(Ok(Ok(()))) => tracing::info!("consumer closed, offsets committed"),
         Ok(Ok(Err(e))) => tracing::error!(error = %e,
@@ -171,7 +214,7 @@ pub async fn run(
             "the consumer did not close in time; records after the last commit will be read again"
         ),
     }
-    let thread = handle.thread;
+    let thread = consumer_thread;
     let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     result.map(|()| parts.stats.snapshot())
 }
