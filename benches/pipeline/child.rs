@@ -106,13 +106,17 @@ pub fn passthrough(
 
 /// Fetches `count` analyses from the simulator at `concurrency`; prints
 /// `{"elapsed_s":..,"ok":..,"errors":..}` on stdout.
-pub fn http(base_url: &str, count: usize, concurrency: usize) -> Result<(), String> {
+pub fn http(base_url: &str, count: usize, concurrency: usize, http2: bool) -> Result<(), String> {
     let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("runtime: {e}"))?;
     runtime.block_on(async {
         let settings = ClearSaleSettings {
             base_url: base_url.to_string(),
             user: "demo".into(),
             password: Secret::new("demo-password"),
+            http: webhook_enricher::provider::settings::HttpSettings {
+                http2_prior_knowledge: http2,
+                ..Default::default()
+            },
             limits: RequestLimits {
                 rate_per_second: 0,
                 burst: 0,

@@ -6,7 +6,9 @@ use rdkafka::message::Headers;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use crate::workload::RawRecord;
 
@@ -177,55 +179,84 @@ pub struct OutRecord {
     pub timestamp_ms: Option<i64>,
 }
 
-/// Reads every record of `topic` present now.
-pub fn read_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<Vec<OutRecord>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "bench-reader")
-        .set("enable.auto.commit", "false")
-        .create()
-        .map_err(failed("reader"))?;
-    let mut tpl = TopicPartitionList::new();
-    let mut ends = Vec::new();
-    let mut remaining = 0;
-    for p in 0..partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, p, TIMEOUT)
-            .map_err(failed("watermarks"))?;
-        if high > low {
-            tpl.add_partition_offset(topic, p, Offset::Offset(low))
-                .map_err(failed("assignment"))?;
-            remaining += 1;
+/// Reads output topics from the beginning as they are written, so the mock cluster's
+/// per-partition retention (5 MiB; older records are dropped) never hides a record from the check.
+pub struct LiveReader {
+    stop: Arc<AtomicBool>,
+    counts: Arc<Vec<AtomicI64>>,
+    thread: Option<std::thread::JoinHandle<Result<Vec<Vec<OutRecord>>>>>,
+}
+
+impl LiveReader {
+    /// Starts reading `topics` (name, partitions); counts are kept per topic, in that order.
+    pub fn start(bootstrap: &str, topics: &[(&str, i32)]) -> Result<Self> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", "bench-live-reader")
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "20")
+            .create()
+            .map_err(failed("live reader"))?;
+        let mut tpl = TopicPartitionList::new();
+        let mut index = std::collections::HashMap::new();
+        for (i, (topic, partitions)) in topics.iter().enumerate() {
+            index.insert(topic.to_string(), i);
+            for p in 0..*partitions {
+                tpl.add_partition_offset(topic, p, Offset::Beginning)
+                    .map_err(failed("assignment"))?;
+            }
         }
-        ends.push(high);
+        consumer.assign(&tpl).map_err(failed("assign"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let counts: Arc<Vec<AtomicI64>> =
+            Arc::new((0..topics.len()).map(|_| AtomicI64::new(0)).collect());
+        let (stop2, counts2) = (stop.clone(), counts.clone());
+        let n = topics.len();
+        let thread = std::thread::Builder::new()
+            .name("bench-live-reader".into())
+            .spawn(move || {
+                let mut out: Vec<Vec<OutRecord>> = (0..n).map(|_| Vec::new()).collect();
+                while !stop2.load(Ordering::Acquire) {
+                    let Some(m) = consumer.poll(Duration::from_millis(20)) else {
+                        continue;
+                    };
+                    let m = m.map_err(failed("live read"))?;
+                    let Some(&i) = index.get(m.topic()) else {
+                        continue;
+                    };
+                    let event_id = m.headers().and_then(|hs| {
+                        hs.iter()
+                            .find(|h| h.key == "event_id")
+                            .and_then(|h| h.value)
+                            .map(|v| String::from_utf8_lossy(v).into_owned())
+                    });
+                    out[i].push(OutRecord {
+                        event_id,
+                        timestamp_ms: m.timestamp().to_millis(),
+                    });
+                    counts2[i].fetch_add(1, Ordering::Release);
+                }
+                Ok(out)
+            })
+            .map_err(|e| format!("live reader thread: {e}"))?;
+        Ok(Self {
+            stop,
+            counts,
+            thread: Some(thread),
+        })
     }
-    let mut out = Vec::new();
-    if remaining == 0 {
-        return Ok(out);
+
+    /// Records read so far from topic `i`.
+    pub fn count(&self, i: usize) -> i64 {
+        self.counts[i].load(Ordering::Acquire)
     }
-    consumer.assign(&tpl).map_err(failed("assign"))?;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while remaining > 0 {
-        if Instant::now() > deadline {
-            return Err(format!("reading {topic}: timed out"));
+
+    /// Stops and returns every record read, per topic.
+    pub fn finish(mut self) -> Result<Vec<Vec<OutRecord>>> {
+        self.stop.store(true, Ordering::Release);
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(r)) => r,
+            _ => Err("the live reader panicked".into()),
         }
-        let Some(m) = consumer.poll(Duration::from_millis(100)) else {
-            continue;
-        };
-        let m = m.map_err(failed("read"))?;
-        if m.offset() + 1 == ends[m.partition() as usize] {
-            remaining -= 1;
-        }
-        let event_id = m.headers().and_then(|hs| {
-            hs.iter()
-                .find(|h| h.key == "event_id")
-                .and_then(|h| h.value)
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-        });
-        out.push(OutRecord {
-            event_id,
-            timestamp_ms: m.timestamp().to_millis(),
-        });
     }
-    Ok(out)
 }

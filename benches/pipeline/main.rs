@@ -71,6 +71,10 @@ struct Args {
     /// Skip the baselines.
     #[arg(long)]
     no_baselines: bool,
+    /// Talk HTTP/2 to the simulator (h2c prior knowledge), the service and the raw-rate baseline
+    /// alike: what a provider reached over HTTPS with ALPN gets. Default: HTTP/1.1.
+    #[arg(long)]
+    http2: bool,
     /// Where to write the JSON results.
     #[arg(long, default_value = "target/bench/pipeline.json")]
     json: PathBuf,
@@ -142,6 +146,7 @@ fn run_child(kind: &str, a: &Args) -> Result<(), String> {
             &need(&a.url, "url")?,
             a.count.ok_or("--count is required")?,
             a.concurrency.ok_or("--concurrency is required")?,
+            a.http2,
         ),
         other => Err(format!("unknown child {other}")),
     }
@@ -213,7 +218,12 @@ fn run(args: &Args) -> Result<bool, String> {
     )?;
     eprintln!("results written to {}", args.json.display());
     if let Some(readme) = &args.readme {
-        report::update_readme(readme, &results, &machine, &command_line(args))?;
+        let block = if args.http2 {
+            "pipeline-http2"
+        } else {
+            "pipeline"
+        };
+        report::update_readme(readme, block, &results, &machine, &command_line(args))?;
         eprintln!("README results block updated: {}", readme.display());
     }
     Ok(results.iter().all(|r| r.check.passed()))
@@ -222,6 +232,9 @@ fn run(args: &Args) -> Result<bool, String> {
 fn command_line(args: &Args) -> String {
     let mut parts = vec!["cargo bench --bench pipeline --".to_string()];
     parts.push(format!("--events {}", args.events));
+    if args.http2 {
+        parts.push("--http2".into());
+    }
     for o in &args.overrides {
         parts.push(format!("--set {o}"));
     }
@@ -243,10 +256,7 @@ fn run_scenario(
         "bench.dead-letter",
         "bench.passthrough",
     );
-    // The mock cluster keeps at most 5 MiB per partition and drops the oldest records beyond
-    // that: spread the outputs (about 1.2 KiB each with the raw response) over enough partitions
-    // that nothing is dropped before the check reads it back.
-    let out_partitions = (s.events / 2_000).clamp(16, 256) as i32;
+    let out_partitions = 16;
     let dlq_partitions = 4;
     let kafka = kafka::MockKafka::start(
         args.brokers,
@@ -315,6 +325,7 @@ fn run_scenario(
             s.events,
             max_in_flight,
             args.stall_timeout,
+            args.http2,
         )?)
     };
 
@@ -373,6 +384,13 @@ listen = "127.0.0.1:{admin_port}"
     for o in &args.overrides {
         command.arg("--set").arg(o);
     }
+    if args.http2 {
+        for p in ["clearsale", "unico"] {
+            command
+                .arg("--set")
+                .arg(format!("{p}.http.http2_prior_knowledge=true"));
+        }
+    }
     command
         .args(["--log-format", "json", "run"])
         .stdin(Stdio::null())
@@ -384,6 +402,16 @@ listen = "127.0.0.1:{admin_port}"
         .map_err(|e| format!("starting {}: {e}", binary.display()))?;
     let pid = service.id();
 
+    // The outputs are read as they are written: the mock cluster keeps at most 5 MiB per
+    // partition and drops older records.
+    let reader = kafka::LiveReader::start(
+        &kafka.bootstrap,
+        &[
+            (cs_out, out_partitions),
+            (unico_out, out_partitions),
+            (dlq, dlq_partitions),
+        ],
+    )?;
     let expected = &work.expected;
     let mut progress = Progress::new(spawned);
     let mut last_change = Instant::now();
@@ -397,9 +425,7 @@ listen = "127.0.0.1:{admin_port}"
                 log_path.display()
             ));
         }
-        let cs = inspector.count(cs_out, out_partitions)?;
-        let un = inspector.count(unico_out, out_partitions)?;
-        let dl = inspector.count(dlq, dlq_partitions)?;
+        let (cs, un, dl) = (reader.count(0), reader.count(1), reader.count(2));
         if let Some(now) = ProcStats::read(pid) {
             stats = now;
         }
@@ -435,9 +461,22 @@ listen = "127.0.0.1:{admin_port}"
     if status != Some(0) {
         check.fail(format!("the service exited with {status:?} after SIGTERM"));
     }
-    let cs_records = kafka::read_topic(&kafka.bootstrap, cs_out, out_partitions)?;
-    let unico_records = kafka::read_topic(&kafka.bootstrap, unico_out, out_partitions)?;
-    let dead = kafka::read_topic(&kafka.bootstrap, dlq, dlq_partitions)?;
+    let mut read = reader.finish()?.into_iter();
+    let (cs_records, unico_records, dead) = (
+        read.next().unwrap_or_default(),
+        read.next().unwrap_or_default(),
+        read.next().unwrap_or_default(),
+    );
+    for (topic, partitions, n) in [
+        (cs_out, out_partitions, cs_records.len()),
+        (unico_out, out_partitions, unico_records.len()),
+        (dlq, dlq_partitions, dead.len()),
+    ] {
+        let written = inspector.count(topic, partitions)?;
+        if written != n as i64 {
+            check.fail(format!("{topic}: {written} records written, {n} read back"));
+        }
+    }
     exactly_once(&mut check, "ClearSale", &cs_records, &expected.clearsale);
     exactly_once(&mut check, "Unico", &unico_records, &expected.unico);
     if dead.len() != expected.dead_letters {
@@ -505,6 +544,7 @@ listen = "127.0.0.1:{admin_port}"
         baselines,
         check,
         log: log_path.display().to_string(),
+        progress: progress.series(),
     };
     drop(kafka);
     Ok(result)
@@ -521,6 +561,7 @@ fn run_baselines(
     events: usize,
     concurrency: usize,
     stall_timeout: u64,
+    http2: bool,
 ) -> Result<Baselines, String> {
     let me = std::env::current_exe().map_err(|e| format!("current exe: {e}"))?;
     // (a) Kafka passthrough.
@@ -564,7 +605,11 @@ fn run_baselines(
 
     // (b) The simulator's raw request rate at the same concurrency.
     let requests = events.min(100_000);
-    let out = Command::new(&me)
+    let mut http = Command::new(&me);
+    if http2 {
+        http.arg("--http2");
+    }
+    let out = http
         .args(["--child", "http", "--url", sim_url])
         .args(["--count", &requests.to_string()])
         .args(["--concurrency", &concurrency.to_string()])

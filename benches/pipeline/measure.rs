@@ -73,16 +73,37 @@ impl Progress {
         });
     }
 
+    /// The samples, thinned to about four a second: `[seconds, clearsale, unico, dead]`.
+    pub fn series(&self) -> Vec<[f64; 4]> {
+        let mut out: Vec<[f64; 4]> = Vec::new();
+        for s in &self.samples {
+            let t = s.at.as_secs_f64();
+            if out.last().is_none_or(|l| t - l[0] >= 0.25) {
+                out.push([t, s.clearsale as f64, s.unico as f64, s.dead as f64]);
+            }
+        }
+        out
+    }
+
     /// When the first output appeared (start-up and the group join).
     pub fn first_output(&self) -> Option<Duration> {
         self.samples.iter().find(|s| s.total() > 0).map(|s| s.at)
     }
 
+    /// When `of` reached `count`, interpolated between the two samples around it.
     fn time_at(&self, of: impl Fn(&Sample) -> i64, count: f64) -> Option<Duration> {
-        self.samples
-            .iter()
-            .find(|s| of(s) as f64 >= count)
-            .map(|s| s.at)
+        let i = self.samples.iter().position(|s| of(s) as f64 >= count)?;
+        let after = &self.samples[i];
+        let Some(before) = i.checked_sub(1).map(|j| &self.samples[j]) else {
+            return Some(after.at);
+        };
+        let (c0, c1) = (of(before) as f64, of(after) as f64);
+        let share = if c1 > c0 {
+            (count - c0) / (c1 - c0)
+        } else {
+            1.0
+        };
+        Some(before.at + (after.at - before.at).mul_f64(share.clamp(0.0, 1.0)))
     }
 
     /// Input events per second in the steady state: the time between 10% and 90% of the

@@ -64,6 +64,8 @@ pub struct ScenarioResult {
     pub baselines: Option<Baselines>,
     pub check: Check,
     pub log: String,
+    /// Outputs over time: `[seconds since the service started, ClearSale, Unico, dead letters]`.
+    pub progress: Vec<[f64; 4]>,
 }
 
 impl ScenarioResult {
@@ -232,27 +234,37 @@ pub fn write_json(
     std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-const START: &str = "<!-- bench:pipeline:start -->";
-const END: &str = "<!-- bench:pipeline:end -->";
-
-/// Replaces the block between the bench markers of `readme` with this run's table.
+/// Replaces the block between the `block` markers of `readme`
+/// (`<!-- bench:{block}:start -->` … `<!-- bench:{block}:end -->`) with this run's table.
 pub fn update_readme(
     readme: &Path,
+    block: &str,
     results: &[ScenarioResult],
     machine: &Machine,
     command: &str,
 ) -> Result<(), String> {
+    let start_marker = format!("<!-- bench:{block}:start -->");
+    let end_marker = format!("<!-- bench:{block}:end -->");
+    let (start_marker, end_marker) = (start_marker.as_str(), end_marker.as_str());
     let text = std::fs::read_to_string(readme).map_err(|e| format!("{}: {e}", readme.display()))?;
-    let (Some(start), Some(end)) = (text.find(START), text.find(END)) else {
-        return Err(format!("{} has no {START} … {END} block", readme.display()));
+    let (Some(start), Some(end)) = (text.find(start_marker), text.find(end_marker)) else {
+        return Err(format!(
+            "{} has no {start_marker} … {end_marker} block",
+            readme.display()
+        ));
     };
     let block = format!(
-        "{START}\nMeasured with `{command}` on {} ({} cores, {}), written by the harness:\n\n{}\n{END}",
+        "{start_marker}\nMeasured with `{command}` on {} ({} cores, {}), written by the harness:\n\n{}\n{end_marker}",
         machine.date,
         machine.cores,
         machine.cpu,
         table(results)
     );
-    let updated = format!("{}{}{}", &text[..start], block, &text[end + END.len()..]);
+    let updated = format!(
+        "{}{}{}",
+        &text[..start],
+        block,
+        &text[end + end_marker.len()..]
+    );
     std::fs::write(readme, updated).map_err(|e| format!("{}: {e}", readme.display()))
 }
