@@ -124,6 +124,16 @@ impl WebhookEvent {
         }
     }
 
+    /// The sub-route within the provider's output, when the provider has one (the ClearSale
+    /// module type; see `output.clearsale_module_topics`). The engine routes by provider and
+    /// this, without knowing any provider's trigger.
+    pub fn route(&self) -> Option<&str> {
+        match &self.trigger {
+            Trigger::ClearSale { module_type, .. } => Some(module_type.as_str()),
+            Trigger::Unico { .. } => None,
+        }
+    }
+
     /// The trigger's label: the ClearSale module type or the Unico status.
     pub fn trigger_label(&self) -> String {
         match &self.trigger {

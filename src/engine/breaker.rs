@@ -10,6 +10,11 @@
 //!   that fails opens it again.
 //!
 //! Waiting records keep their place in their key's queue, so order is preserved throughout.
+//!
+//! A caller holds a [`Permit`] while it calls and reports the outcome through it. A probe permit
+//! that is dropped without an outcome (its task was cancelled, for example at a revocation
+//! deadline, or panicked) puts the circuit back to open with its period already elapsed, so the
+//! next waiter becomes the probe at once: a lost probe can never wedge its provider.
 
 use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
@@ -76,11 +81,54 @@ enum Inner {
 
 /// What a caller was granted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Permit {
+pub enum PermitKind {
     /// The circuit is closed.
     Normal,
     /// The single half-open probe.
     Probe,
+}
+
+/// The right to make one call, and the way to report its outcome. Dropping a probe permit
+/// without reporting hands the probe to the next waiter.
+#[derive(Debug)]
+#[must_use = "report the call's outcome through the permit"]
+pub struct Permit<'a> {
+    breaker: &'a CircuitBreaker,
+    kind: PermitKind,
+    settled: bool,
+}
+
+impl Permit<'_> {
+    /// Normal or probe.
+    pub fn kind(&self) -> PermitKind {
+        self.kind
+    }
+
+    /// True for the half-open probe.
+    pub fn is_probe(&self) -> bool {
+        self.kind == PermitKind::Probe
+    }
+
+    /// The call got an answer that was not systemic: close the circuit.
+    pub fn succeeded(mut self) {
+        self.settled = true;
+        self.breaker.on_success();
+    }
+
+    /// The call failed systemically: open (or re-open) the circuit. Returns the open period when
+    /// this call opened it, `None` when another in-flight call already had.
+    pub fn failed_systemically(mut self) -> Option<Duration> {
+        self.settled = true;
+        self.breaker.on_systemic_failure(self.kind)
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if self.kind == PermitKind::Probe && !self.settled {
+            self.breaker.abandon_probe();
+        }
+    }
 }
 
 /// One provider's breaker. Share it behind an `Arc`.
@@ -135,17 +183,26 @@ impl CircuitBreaker {
         self.successes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Waits until a call may be made.
-    pub async fn acquire(&self) -> Permit {
+    fn permit(&self, kind: PermitKind) -> Permit<'_> {
+        Permit {
+            breaker: self,
+            kind,
+            settled: false,
+        }
+    }
+
+    /// Waits until a call may be made. Cancel-safe: dropping the future while it waits takes
+    /// nothing.
+    pub async fn acquire(&self) -> Permit<'_> {
         if self.closed.load(std::sync::atomic::Ordering::Acquire) {
-            return Permit::Normal;
+            return self.permit(PermitKind::Normal);
         }
         let mut changes = self.changed.subscribe();
         loop {
             let wait_until = {
                 let mut inner = self.lock();
                 match &*inner {
-                    Inner::Closed => return Permit::Normal,
+                    Inner::Closed => return self.permit(PermitKind::Normal),
                     Inner::Open {
                         until,
                         failures,
@@ -156,8 +213,12 @@ impl CircuitBreaker {
                                 failures: *failures,
                                 since: *since,
                             };
+                            // The permit exists before anyone else can observe the half-open
+                            // state, so a cancellation from here on reaches its drop.
+                            let permit = self.permit(PermitKind::Probe);
+                            drop(inner);
                             self.changed.send_modify(|v| *v += 1);
-                            return Permit::Probe;
+                            return permit;
                         }
                         Some(*until)
                     }
@@ -178,8 +239,23 @@ impl CircuitBreaker {
         }
     }
 
-    /// The call got an answer that was not systemic: close the circuit.
-    pub fn on_success(&self) {
+    /// A probe ended without an outcome: open again with the period already over, so the next
+    /// waiter probes at once. Failures are not counted: nothing was learnt about the provider.
+    fn abandon_probe(&self) {
+        let mut inner = self.lock();
+        if let Inner::HalfOpen { failures, since } = *inner {
+            *inner = Inner::Open {
+                until: Instant::now(),
+                failures,
+                since,
+            };
+            drop(inner);
+            self.changed.send_modify(|v| *v += 1);
+        }
+    }
+
+    /// A call got an answer that was not systemic: close the circuit.
+    pub(crate) fn on_success(&self) {
         self.successes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if self.closed.load(std::sync::atomic::Ordering::Acquire) {
@@ -195,15 +271,15 @@ impl CircuitBreaker {
         }
     }
 
-    /// The call failed systemically: open (or re-open) the circuit. Returns the open period when
+    /// A call failed systemically: open (or re-open) the circuit. Returns the open period when
     /// this call opened it, `None` when another in-flight call already had.
-    pub fn on_systemic_failure(&self, permit: Permit) -> Option<Duration> {
+    pub(crate) fn on_systemic_failure(&self, permit: PermitKind) -> Option<Duration> {
         let now = Instant::now();
         let mut inner = self.lock();
         let (failures, since) = match &*inner {
             Inner::Closed => (0, now),
             // Another in-flight call already opened it: do not extend.
-            Inner::Open { .. } if permit == Permit::Normal => return None,
+            Inner::Open { .. } if permit == PermitKind::Normal => return None,
             Inner::Open {
                 failures, since, ..
             }
@@ -251,32 +327,34 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn opens_waits_probes_once_and_closes() {
         let b = Arc::new(CircuitBreaker::new(settings()));
-        assert_eq!(b.acquire().await, Permit::Normal);
-        assert_eq!(
-            b.on_systemic_failure(Permit::Normal),
-            Some(Duration::from_secs(5))
-        );
+        let permit = b.acquire().await;
+        assert_eq!(permit.kind(), PermitKind::Normal);
+        assert_eq!(permit.failed_systemically(), Some(Duration::from_secs(5)));
         assert_eq!(b.state(), BreakerState::Open);
 
         let started = Instant::now();
+        let (probe_tx, probe_rx) = tokio::sync::oneshot::channel::<()>();
         let first = tokio::spawn({
             let b = b.clone();
-            async move { b.acquire().await }
+            async move {
+                let permit = b.acquire().await;
+                let kind = permit.kind();
+                let _ = probe_rx.await;
+                permit.succeeded();
+                kind
+            }
         });
+        tokio::time::sleep(Duration::from_secs(6)).await;
         let second = tokio::spawn({
             let b = b.clone();
-            async move { b.acquire().await }
+            async move { b.acquire().await.kind() }
         });
-        let permit = first.await.unwrap();
-        assert_eq!(permit, Permit::Probe);
-        assert!(
-            started.elapsed() >= Duration::from_secs(5),
-            "nobody passes while open"
-        );
         tokio::task::yield_now().await;
         assert!(!second.is_finished(), "only one probe while half-open");
-        b.on_success();
-        assert_eq!(second.await.unwrap(), Permit::Normal);
+        assert!(started.elapsed() >= Duration::from_secs(5));
+        probe_tx.send(()).unwrap();
+        assert_eq!(first.await.unwrap(), PermitKind::Probe);
+        assert_eq!(second.await.unwrap(), PermitKind::Normal);
         assert_eq!(b.state(), BreakerState::Closed);
         assert_eq!(b.successes(), 1);
     }
@@ -285,34 +363,78 @@ mod tests {
     async fn failed_probes_grow_the_open_period_up_to_the_cap() {
         let b = CircuitBreaker::new(settings());
         assert_eq!(
-            b.on_systemic_failure(Permit::Normal),
+            b.acquire().await.failed_systemically(),
             Some(Duration::from_secs(5))
         );
-        assert_eq!(b.acquire().await, Permit::Probe);
-        assert_eq!(
-            b.on_systemic_failure(Permit::Probe),
-            Some(Duration::from_secs(10))
-        );
-        assert_eq!(b.acquire().await, Permit::Probe);
-        assert_eq!(
-            b.on_systemic_failure(Permit::Probe),
-            Some(Duration::from_secs(12))
-        );
+        let probe = b.acquire().await;
+        assert!(probe.is_probe());
+        assert_eq!(probe.failed_systemically(), Some(Duration::from_secs(10)));
+        let probe = b.acquire().await;
+        assert!(probe.is_probe());
+        assert_eq!(probe.failed_systemically(), Some(Duration::from_secs(12)));
         assert!(b.not_closed_for().unwrap() >= Duration::from_secs(15));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_second_concurrent_failure_does_not_extend_the_open_period() {
         let b = CircuitBreaker::new(settings());
-        b.on_systemic_failure(Permit::Normal);
+        let (one, two) = (b.acquire().await, b.acquire().await);
+        one.failed_systemically();
         tokio::time::advance(Duration::from_secs(2)).await;
         assert_eq!(
-            b.on_systemic_failure(Permit::Normal),
+            two.failed_systemically(),
             None,
             "already open: not reopened"
         );
         let t = Instant::now();
-        assert_eq!(b.acquire().await, Permit::Probe);
+        assert!(b.acquire().await.is_probe());
         assert_eq!(t.elapsed(), Duration::from_secs(3));
+    }
+
+    /// Defect: the probe permit was a plain value, so a probe whose task was cancelled left the
+    /// circuit half-open forever and every other record of the provider waiting.
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_probe_hands_the_probe_to_the_next_waiter() {
+        let b = Arc::new(CircuitBreaker::new(settings()));
+        b.acquire().await.failed_systemically();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let prober = tokio::spawn({
+            let b = b.clone();
+            async move {
+                let _probe = b.acquire().await;
+                // The call never ends: the task is cancelled (a revocation deadline).
+                std::future::pending::<()>().await;
+            }
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        let waiter = tokio::spawn({
+            let b = b.clone();
+            async move { b.acquire().await.is_probe() }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "waits while the probe runs");
+        prober.abort();
+        let waited = tokio::time::timeout(Duration::from_secs(1), waiter).await;
+        assert!(
+            matches!(waited, Ok(Ok(true))),
+            "the next waiter becomes the probe at once"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_normal_permit_changes_nothing() {
+        let b = CircuitBreaker::new(settings());
+        drop(b.acquire().await);
+        assert_eq!(b.state(), BreakerState::Closed);
+        b.acquire().await.failed_systemically();
+        let t = Instant::now();
+        let probe = b.acquire().await;
+        assert!(probe.is_probe());
+        assert_eq!(
+            t.elapsed(),
+            Duration::from_secs(5),
+            "no extra failure counted"
+        );
     }
 }

@@ -3,7 +3,7 @@
 //! a final outcome whose write Kafka acknowledged, in a fatal producer error that stops the
 //! service, or — when its partition is being revoked while it only waits — in `Drained`.
 
-use super::breaker::{CircuitBreaker, Permit};
+use super::breaker::CircuitBreaker;
 use super::dead_letter::{self, DeadLetterReason, Stage};
 use super::dedupe::Dedupe;
 use super::input::InputRecord;
@@ -11,7 +11,7 @@ use super::job::Job;
 use super::producer::{OutputProducer, ProduceError};
 use crate::avro::RecordEncoder;
 use crate::config::OutputSettings;
-use crate::enrich::{EnrichOutcome, Enricher};
+use crate::enrich::{Budget, EnrichOutcome, Enricher};
 use crate::event::{Decoded, WebhookEvent};
 use crate::failure::ErrorClass;
 use crate::provider::Provider;
@@ -24,11 +24,11 @@ use tokio_util::sync::CancellationToken;
 pub mod headers {
     /// The event's stable id (the downstream idempotency key).
     pub const EVENT_ID: &str = "event_id";
-    /// `clearsale` or `unico`.
+    /// The provider's name (`clearsale`, `unico`).
     pub const PROVIDER: &str = "provider";
     /// The normalized state symbol (`COMPLETED`, ...).
     pub const STATE: &str = "state";
-    /// The ClearSale webhook type or the Unico status.
+    /// What the provider's webhook said (the ClearSale type, the Unico status).
     pub const TRIGGER: &str = "trigger";
 }
 
@@ -95,7 +95,9 @@ fn source(record: &InputRecord) -> Source<'_> {
 }
 
 /// Processes one record to its final outcome. `drain` is cancelled when the record's partition
-/// is being revoked: a record that is only waiting then stops.
+/// is being revoked: a record that is only waiting (for its provider's circuit, or between
+/// enrichment attempts) then stops at once; a request in flight is let finish, and a produce is
+/// never interrupted.
 pub async fn process(ctx: &WorkerContext, job: &Job, drain: &CancellationToken) -> Processed {
     let record = &job.record;
     let event = match &job.decoded {
@@ -135,9 +137,20 @@ pub async fn process(ctx: &WorkerContext, job: &Job, drain: &CancellationToken) 
             _ = drain.cancelled() => return Processed::Drained,
             permit = breaker.acquire() => permit,
         };
-        match ctx.enricher.enrich(event).await {
+        // A half-open probe is one attempt: the other records of the provider wait on it.
+        let budget = if permit.is_probe() {
+            Budget::Probe
+        } else {
+            Budget::Full
+        };
+        match ctx.enricher.enrich_within(event, budget, drain).await {
+            EnrichOutcome::Cancelled => return Processed::Drained,
+            EnrichOutcome::Reachable { .. } => {
+                // The probe got an answer: the provider is up; go on with the full budget.
+                permit.succeeded();
+            }
             EnrichOutcome::Fetched { fetched, attempts } => {
-                breaker.on_success();
+                permit.succeeded();
                 let lineage = Lineage {
                     topic: record.topic.to_string(),
                     partition: record.partition,
@@ -159,8 +172,8 @@ pub async fn process(ctx: &WorkerContext, job: &Job, drain: &CancellationToken) 
                     .into();
             }
             EnrichOutcome::Failed(failure) => {
-                if permit == Permit::Probe || failure.attempts > 0 {
-                    breaker.on_success();
+                if permit.is_probe() || failure.attempts > 0 {
+                    permit.succeeded();
                 }
                 let reason = DeadLetterReason {
                     class: failure.class,
@@ -191,7 +204,7 @@ pub async fn process(ctx: &WorkerContext, job: &Job, drain: &CancellationToken) 
                     };
                     return dead_letter(ctx, record, reason).await.into();
                 }
-                if let Some(period) = breaker.on_systemic_failure(permit) {
+                if let Some(period) = permit.failed_systemically() {
                     ctx.events.circuit_opened(provider, period, &reason);
                 }
                 ctx.events.paused(provider, source(record), &reason);
@@ -208,11 +221,7 @@ async fn publish(
     enriched: &crate::record::EnrichedRecord,
     attempts: u32,
 ) -> Result<Final, ProduceError> {
-    let module_type = match &event.trigger {
-        crate::event::Trigger::ClearSale { module_type, .. } => Some(module_type.as_str()),
-        crate::event::Trigger::Unico { .. } => None,
-    };
-    let topic = ctx.output.topic_for(event.provider, module_type);
+    let topic = ctx.output.topic_for(event.provider, event.route());
     let value = match ctx.encoder.encode(topic, enriched) {
         Ok(v) => v,
         Err(e) => {

@@ -9,6 +9,7 @@ use crate::telemetry;
 use rand::Rng;
 use std::sync::Arc;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// The result of enriching one event.
 // Returned once per event and consumed at once: the size difference is harmless.
@@ -28,6 +29,22 @@ pub enum EnrichOutcome {
         attempts: u32,
         retries_exhausted: bool,
     },
+    /// A probe ([`Budget::Probe`]) reached the provider, but the record needs more attempts
+    /// (still pending, or a 404 within its grace): the provider is up.
+    Reachable { attempts: u32 },
+    /// The cancellation token fired while the enrichment was waiting (a backoff, a pending
+    /// poll): it stopped with no request in flight.
+    Cancelled,
+}
+
+/// How many attempts an enrichment may make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Budget {
+    /// The whole retry, not-found and pending budgets of the settings.
+    Full,
+    /// One attempt: the half-open probe of a circuit breaker. Any answer other than a systemic
+    /// failure ends it.
+    Probe,
 }
 
 /// A permanent failure, with what the dead-letter headers need.
@@ -75,8 +92,21 @@ impl Enricher {
         }
     }
 
-    /// Enriches one event. Never loops forever: every wait is bounded by the settings.
+    /// Enriches one event with the full budget. Never loops forever: every wait is bounded by
+    /// the settings.
     pub async fn enrich(&self, event: &WebhookEvent) -> EnrichOutcome {
+        self.enrich_within(event, Budget::Full, &CancellationToken::new())
+            .await
+    }
+
+    /// Enriches one event within `budget`. When `cancel` fires during a wait between attempts
+    /// the enrichment ends as [`EnrichOutcome::Cancelled`]; a request in flight is let finish.
+    pub async fn enrich_within(
+        &self,
+        event: &WebhookEvent,
+        budget: Budget,
+        cancel: &CancellationToken,
+    ) -> EnrichOutcome {
         if !self.has_provider(event.provider) {
             return EnrichOutcome::Failed(EnrichFailure {
                 class: ErrorClass::UnsupportedEvent,
@@ -90,12 +120,19 @@ impl Enricher {
         let mut retries = 0u32;
         let mut not_found = 0u32;
         let mut pending_polls = 0u32;
+        let probe = budget == Budget::Probe;
         loop {
+            if cancel.is_cancelled() {
+                return EnrichOutcome::Cancelled;
+            }
             attempts += 1;
             let error = match self.fetch_once(event).await {
                 Ok(fetched) => {
                     if !is_still_pending(event, &fetched) {
                         return EnrichOutcome::Fetched { fetched, attempts };
+                    }
+                    if probe {
+                        return EnrichOutcome::Reachable { attempts };
                     }
                     let waited = start.elapsed();
                     match self
@@ -106,7 +143,9 @@ impl Enricher {
                         Some(delay) => {
                             pending_polls += 1;
                             telemetry::provider_retry(event.provider, "pending", delay);
-                            tokio::time::sleep(delay).await;
+                            if !sleep_unless_cancelled(delay, cancel).await {
+                                return EnrichOutcome::Cancelled;
+                            }
                             continue;
                         }
                         None => {
@@ -141,6 +180,19 @@ impl Enricher {
                         retries_exhausted: false,
                     }
                 }
+                FailureClass::Transient { .. } if probe => {
+                    return if is_404 {
+                        // The provider answered: it is up; the record's 404 grace goes on.
+                        EnrichOutcome::Reachable { attempts }
+                    } else {
+                        EnrichOutcome::Systemic {
+                            provider: event.provider,
+                            reason: format!("probe failed: {error}"),
+                            attempts,
+                            retries_exhausted: false,
+                        }
+                    };
+                }
                 FailureClass::Transient { retry_after } => {
                     let delay = if is_404 {
                         Some(self.settings.not_found.delay)
@@ -165,7 +217,9 @@ impl Enricher {
                     };
                     retries += u32::from(!is_404);
                     telemetry::provider_retry(event.provider, retry_reason(&error), delay);
-                    tokio::time::sleep(delay).await;
+                    if !sleep_unless_cancelled(delay, cancel).await {
+                        return EnrichOutcome::Cancelled;
+                    }
                 }
             }
         }
@@ -196,6 +250,15 @@ impl Enricher {
                 })
             }
         }
+    }
+}
+
+/// Sleeps for `delay`; false when `cancel` fired first.
+async fn sleep_unless_cancelled(delay: std::time::Duration, cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => false,
+        _ = tokio::time::sleep(delay) => true,
     }
 }
 

@@ -8,4 +8,4 @@
 mod settings;
 pub use settings::{EnrichSettings, NotFoundSettings};
 mod enricher;
-pub use enricher::{EnrichFailure, EnrichOutcome, Enricher};
+pub use enricher::{Budget, EnrichFailure, EnrichOutcome, Enricher};

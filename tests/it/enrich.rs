@@ -6,7 +6,7 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
-use webhook_enricher::enrich::{EnrichOutcome, EnrichSettings, Enricher, NotFoundSettings};
+use webhook_enricher::enrich::{Budget, EnrichOutcome, EnrichSettings, Enricher, NotFoundSettings};
 use webhook_enricher::event::{Trigger, WebhookEvent};
 use webhook_enricher::failure::ErrorClass;
 use webhook_enricher::provider::clearsale::ClearSaleClient;
@@ -153,20 +153,37 @@ fn ok_analysis(e: &WebhookEvent, mfa_status: &str) -> ResponseTemplate {
     }))
 }
 
+/// Settings under which only a `Retry-After` of 1 s lets the retry happen: the policy's own
+/// delay is drawn from up to an hour, far past the 4 s budget. A client or enricher that
+/// ignored the header would run out of budget (or, rarely, retry sooner than 1 s).
+fn retry_after_only_settings() -> EnrichSettings {
+    let mut settings = fast_settings();
+    settings.retry.initial = Duration::from_secs(3600);
+    settings.retry.max_delay = Duration::from_secs(3600);
+    settings.retry.max_elapsed = Duration::from_secs(4);
+    settings
+}
+
 #[tokio::test]
 async fn retry_after_on_429_is_honoured_then_success() {
     let server = MockServer::start().await;
-    let enricher = clearsale_enricher(&server, fast_settings()).await;
+    let enricher = clearsale_enricher(&server, retry_after_only_settings()).await;
     let e = cs_event("mfa");
     answer_first(
         &server,
         analysis_path(&e),
-        ResponseTemplate::new(429).insert_header("Retry-After", "0"),
+        ResponseTemplate::new(429).insert_header("Retry-After", "1"),
         1,
     )
     .await;
     answer_exactly(&server, analysis_path(&e), ok_analysis(&e, "approved"), 1).await;
-    match enricher.enrich(&e).await {
+    let started = std::time::Instant::now();
+    let outcome = enricher.enrich(&e).await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "retried before the provider's Retry-After"
+    );
+    match outcome {
         EnrichOutcome::Fetched {
             attempts,
             fetched: Fetched::ClearSale { still_pending, .. },
@@ -402,12 +419,12 @@ async fn unico_gone_is_a_terminal_failed_result() {
 #[tokio::test]
 async fn unico_429_with_retry_after_then_success() {
     let server = MockServer::start().await;
-    let enricher = unico_enricher(&server, fast_settings()).await;
+    let enricher = unico_enricher(&server, retry_after_only_settings()).await;
     let e = unico_event(3);
     answer_first(
         &server,
         process_path(&e),
-        ResponseTemplate::new(429).insert_header("Retry-After", "0"),
+        ResponseTemplate::new(429).insert_header("Retry-After", "1"),
         1,
     )
     .await;
@@ -420,7 +437,13 @@ async fn unico_429_with_retry_after_then_success() {
         1,
     )
     .await;
-    match enricher.enrich(&e).await {
+    let started = std::time::Instant::now();
+    let outcome = enricher.enrich(&e).await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "retried before the provider's Retry-After"
+    );
+    match outcome {
         EnrichOutcome::Fetched {
             fetched,
             attempts: 2,
@@ -441,4 +464,88 @@ async fn a_disabled_provider_is_an_unsupported_event() {
         enricher.enrich(&unico_event(3)).await,
         EnrichOutcome::Failed(f) if f.class == ErrorClass::UnsupportedEvent && f.attempts == 0
     ));
+}
+
+/// Defect: the half-open probe ran the whole retry budget (60 s by default) while every other
+/// record of its provider waited. A probe is one attempt.
+#[tokio::test]
+async fn a_probe_is_one_attempt() {
+    let server = MockServer::start().await;
+    let enricher = clearsale_enricher(&server, fast_settings()).await;
+    let e = cs_event("mfa");
+    answer_exactly(&server, analysis_path(&e), ResponseTemplate::new(503), 1).await;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    match enricher.enrich_within(&e, Budget::Probe, &cancel).await {
+        EnrichOutcome::Systemic {
+            attempts,
+            retries_exhausted,
+            ..
+        } => {
+            assert_eq!(attempts, 1);
+            assert!(!retries_exhausted, "a failed probe is not a poison record");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_probe_answered_404_or_pending_says_the_provider_is_up() {
+    let server = MockServer::start().await;
+    let enricher = clearsale_enricher(&server, fast_settings()).await;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let missing = cs_event("mfa");
+    answer_exactly(
+        &server,
+        analysis_path(&missing),
+        ResponseTemplate::new(404),
+        1,
+    )
+    .await;
+    assert_eq!(
+        enricher
+            .enrich_within(&missing, Budget::Probe, &cancel)
+            .await,
+        EnrichOutcome::Reachable { attempts: 1 }
+    );
+    let pending = cs_event("mfa");
+    answer_exactly(
+        &server,
+        analysis_path(&pending),
+        ok_analysis(&pending, "pending"),
+        1,
+    )
+    .await;
+    assert_eq!(
+        enricher
+            .enrich_within(&pending, Budget::Probe, &cancel)
+            .await,
+        EnrichOutcome::Reachable { attempts: 1 }
+    );
+}
+
+#[tokio::test]
+async fn a_cancelled_enrichment_stops_between_attempts() {
+    let server = MockServer::start().await;
+    let mut settings = fast_settings();
+    settings.retry.initial = Duration::from_secs(3600);
+    settings.retry.max_delay = Duration::from_secs(3600);
+    settings.retry.max_elapsed = Duration::from_secs(7200);
+    let enricher = clearsale_enricher(&server, settings).await;
+    let e = cs_event("mfa");
+    answer_exactly(&server, analysis_path(&e), ResponseTemplate::new(503), 1).await;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let run = tokio::spawn({
+        let cancel = cancel.clone();
+        async move { enricher.enrich_within(&e, Budget::Full, &cancel).await }
+    });
+    // Wait until the first attempt was answered: the enrichment now sleeps for an hour.
+    while server.received_requests().await.unwrap_or_default().len() < 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cancel.cancel();
+    let outcome = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("the cancelled sleep ends")
+        .unwrap();
+    assert_eq!(outcome, EnrichOutcome::Cancelled);
 }

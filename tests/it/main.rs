@@ -4,6 +4,7 @@ mod binary;
 mod clearsale_client;
 mod demo;
 mod engine;
+mod engine_breaker;
 mod engine_faults;
 mod engine_lifecycle;
 mod engine_order;

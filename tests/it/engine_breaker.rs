@@ -1,0 +1,198 @@
+//! The circuit breaker inside the running engine: a half-open probe cancelled by a revocation
+//! does not wedge its provider, and a rebalance during an outage cancels the records that only
+//! wait instead of holding the group for the revocation deadline.
+
+use crate::support::{self, clearsale, new_id, Kafka, RunningEngine};
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use webhook_enricher::config::Config;
+use webhook_enricher::simulator::SimulatorConfig;
+use wiremock::matchers::{method, path, path_regex};
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+const DATE: &str = "2025-09-26T17:21:11.0367845Z";
+
+const DOWN: u8 = 0;
+const HANG: u8 = 1;
+const UP: u8 = 2;
+
+/// ClearSale's result endpoint, switchable between down (503), up, and "hang the next request,
+/// then down".
+#[derive(Clone)]
+struct Switch(Arc<AtomicU8>);
+
+impl Respond for Switch {
+    fn respond(&self, _: &Request) -> ResponseTemplate {
+        if self
+            .0
+            .compare_exchange(HANG, DOWN, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            return ResponseTemplate::new(200)
+                .set_body_json(json!({"mfa": {"status": "approved"}}))
+                .set_delay(Duration::from_secs(300));
+        }
+        match self.0.load(Ordering::SeqCst) {
+            UP => ResponseTemplate::new(200).set_body_json(json!({"mfa": {"status": "approved"}})),
+            _ => ResponseTemplate::new(503),
+        }
+    }
+}
+
+async fn clearsale_peer(mode: &Arc<AtomicU8>) -> MockServer {
+    let peer = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/connect/v1/authenticate"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "token": "t0k3n", "expirationDate": "2099-01-01T00:00:00.0000000",
+        })))
+        .mount(&peer)
+        .await;
+    Mock::given(method("GET"))
+        .and(path_regex(r"^/connect/v1/integration/analysis/.+$"))
+        .respond_with(Switch(mode.clone()))
+        .mount(&peer)
+        .await;
+    peer
+}
+
+/// A group whose rebalances complete quickly on the mock coordinator.
+fn group_config(
+    kafka: &Kafka,
+    sim: &webhook_enricher::simulator::SimulatorHandle,
+    input: &str,
+    peer: &MockServer,
+) -> Config {
+    let mut config = support::config(kafka, sim, input);
+    config.clearsale.base_url = peer.uri();
+    config.clearsale.limits.rate_per_second = 0;
+    config.clearsale.http.request_timeout = Duration::from_secs(600);
+    config.engine.revoke_drain_timeout = Duration::from_secs(1);
+    for (k, v) in [
+        ("session.timeout.ms", "4000"),
+        ("heartbeat.interval.ms", "300"),
+    ] {
+        config.kafka.consumer.0.insert(k.into(), v.into());
+    }
+    config
+}
+
+/// Defect: the probe permit was a plain value. A probe in flight when its partition was revoked
+/// was cancelled at the revocation deadline, left the circuit half-open, and every later record
+/// of the provider waited forever (while liveness stayed green).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_cancelled_by_a_revocation_does_not_wedge_the_provider() {
+    let input = support::unique("probe-revoked");
+    let kafka = Kafka::new(&[(&input, 2)]);
+    let sim = support::start_simulator(SimulatorConfig::default()).await;
+    let mode = Arc::new(AtomicU8::new(DOWN));
+    let peer = clearsale_peer(&mode).await;
+    let mut config = group_config(&kafka, &sim, &input, &peer);
+    // The first failure opens the circuit; probes come every 200 ms.
+    config.enrich.retry.max_elapsed = Duration::from_millis(1);
+    config.engine.breaker.open_for = Duration::from_millis(200);
+    config.engine.breaker.max_open_for = Duration::from_millis(200);
+    let producer = kafka.producer();
+    let payloads: Vec<String> = (0..8).map(|_| clearsale(&new_id(), "mfa", DATE)).collect();
+    kafka.produce_spread(&producer, &input, 2, &payloads).await;
+
+    let engine = RunningEngine::start(&config).await;
+    assert!(
+        support::eventually(Duration::from_secs(30), || engine
+            .snapshot()
+            .circuits_opened
+            > 0)
+        .await,
+        "{:?}",
+        engine.snapshot()
+    );
+    // The next probe hangs: it is in flight when the rebalance comes.
+    mode.store(HANG, Ordering::SeqCst);
+    assert!(
+        support::eventually(Duration::from_secs(30), || mode.load(Ordering::SeqCst)
+            == DOWN)
+        .await,
+        "no probe was sent"
+    );
+    // A second member joins: the first engine's partitions are revoked, the hanging probe is
+    // abandoned at the revocation deadline (1 s).
+    let second = RunningEngine::start(&config).await;
+    assert!(
+        support::eventually(Duration::from_secs(30), || engine.snapshot().abandoned > 0).await,
+        "the probe was not abandoned: {:?}",
+        engine.snapshot()
+    );
+    mode.store(UP, Ordering::SeqCst);
+    let group = &config.kafka.group_id;
+    let all = HashMap::from([(0, 4), (1, 4)]);
+    assert!(
+        support::eventually(Duration::from_secs(40), || kafka
+            .committed(group, &input, 2)
+            == all)
+        .await,
+        "a provider stayed wedged: {:?} first {:?} second {:?}",
+        kafka.committed(group, &input, 2),
+        engine.snapshot(),
+        second.snapshot()
+    );
+    let a = second.stop().await.expect("second engine stops");
+    let b = engine.stop().await.expect("first engine stops");
+    assert_eq!(a.dead_lettered_total() + b.dead_lettered_total(), 0);
+    assert!(
+        a.published > 0 && b.published > 0,
+        "both members publish once the provider is back: {a:?} {b:?}"
+    );
+}
+
+/// Defect: records sleeping between retries during an outage counted as running, so every
+/// rebalance held the group for the whole revocation deadline and then abandoned them. They
+/// have nothing in flight: a revocation now stops them at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_during_an_outage_cancels_the_waiting_records_at_once() {
+    let input = support::unique("outage-rebalance");
+    let kafka = Kafka::new(&[(&input, 2)]);
+    let sim = support::start_simulator(SimulatorConfig::default()).await;
+    let mode = Arc::new(AtomicU8::new(DOWN));
+    let peer = clearsale_peer(&mode).await;
+    let mut config = group_config(&kafka, &sim, &input, &peer);
+    // A long retry budget: during the whole test the records are between attempts.
+    config.enrich.retry.max_elapsed = Duration::from_secs(600);
+    config.engine.revoke_drain_timeout = Duration::from_secs(3);
+    let producer = kafka.producer();
+    let payloads: Vec<String> = (0..8).map(|_| clearsale(&new_id(), "mfa", DATE)).collect();
+    kafka.produce_spread(&producer, &input, 2, &payloads).await;
+
+    let engine = RunningEngine::start(&config).await;
+    assert!(
+        support::eventually(Duration::from_secs(30), || engine.snapshot().consumed >= 8).await,
+        "{:?}",
+        engine.snapshot()
+    );
+    let second = RunningEngine::start(&config).await;
+    assert!(
+        support::eventually(Duration::from_secs(30), || second.snapshot().consumed > 0).await,
+        "the second member never got a partition: {:?}",
+        second.snapshot()
+    );
+    mode.store(UP, Ordering::SeqCst);
+    let group = &config.kafka.group_id;
+    let all = HashMap::from([(0, 4), (1, 4)]);
+    assert!(
+        support::eventually(Duration::from_secs(60), || kafka
+            .committed(group, &input, 2)
+            == all)
+        .await,
+        "{:?}",
+        kafka.committed(group, &input, 2)
+    );
+    let a = second.stop().await.expect("second engine stops");
+    let b = engine.stop().await.expect("first engine stops");
+    assert_eq!(
+        b.abandoned, 0,
+        "records that only waited were abandoned at the deadline instead of stopped: {b:?}"
+    );
+    assert_eq!(a.dead_lettered_total() + b.dead_lettered_total(), 0);
+}
