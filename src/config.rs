@@ -347,6 +347,7 @@ impl Config {
         if k.group_id.trim().is_empty() {
             p.push("kafka.group_id must not be empty".into());
         }
+        p.extend(crate::engine::kafka_config::guarded_overrides(k));
         if k.security_protocol.uses_sasl()
             && (k.sasl.username.is_empty() || k.sasl.password.is_empty())
         {
@@ -439,6 +440,20 @@ impl Config {
             if e.revoke_drain_timeout >= Duration::from_millis(ms) {
                 p.push(format!(
                     "engine.revoke_drain_timeout must stay below session.timeout.ms ({ms} ms)"
+                ));
+            }
+        }
+        if let Some(ms) = self
+            .kafka
+            .producer
+            .0
+            .get("message.timeout.ms")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        {
+            if e.flush_timeout > Duration::from_millis(ms) {
+                p.push(format!(
+                    "engine.flush_timeout ({:?}) must not exceed kafka.producer.message.timeout.ms ({ms} ms): no write can be pending longer",
+                    e.flush_timeout
                 ));
             }
         }
@@ -846,6 +861,57 @@ private_key_pem = "-----BEGIN PRIVATE KEY-----\nMIIfake\n-----END PRIVATE KEY---
             .problems
             .iter()
             .any(|p| p.contains("/nonexistent/key.pem")));
+    }
+
+    #[test]
+    fn overrides_that_would_void_at_least_once_are_refused() {
+        let err = load(
+            VALID,
+            &[],
+            &[
+                "kafka.consumer.enable.auto.offset.store=true",
+                "kafka.producer.acks=1",
+                "kafka.consumer.fetch.wait.max.ms=50",
+            ],
+        )
+        .unwrap_err();
+        let all = err.problems.join("\n");
+        assert!(
+            all.contains("kafka.consumer.enable.auto.offset.store cannot be overridden"),
+            "{all}"
+        );
+        assert!(
+            all.contains("kafka.producer.acks cannot be overridden"),
+            "{all}"
+        );
+        assert!(!all.contains("fetch.wait.max.ms"), "{all}");
+    }
+
+    #[test]
+    fn shutdown_timings_are_checked_against_each_other() {
+        let err = load(
+            VALID,
+            &[],
+            &[
+                "engine.flush_timeout=20s",
+                "kafka.producer.message.timeout.ms=15000",
+            ],
+        )
+        .unwrap_err();
+        let all = err.problems.join("\n");
+        assert!(
+            all.contains("engine.flush_timeout (20s) must not exceed kafka.producer.message.timeout.ms (15000 ms)"),
+            "{all}"
+        );
+        assert!(load(
+            VALID,
+            &[],
+            &[
+                "engine.flush_timeout=15s",
+                "kafka.producer.message.timeout.ms=15000"
+            ]
+        )
+        .is_ok());
     }
 
     #[test]

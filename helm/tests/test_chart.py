@@ -306,17 +306,22 @@ def test_other_admin_settings_pass_through(chart):
 # Graceful shutdown
 
 
-def test_grace_period_exceeds_drain_timeout(scenario):
+def test_grace_period_exceeds_the_whole_shutdown_budget(scenario):
     _, _, rendered = scenario
-    drain = humantime_seconds(rendered.config["engine"]["drain_timeout"])
+    engine = rendered.config["engine"]
+    budget = sum(humantime_seconds(engine[k]) for k in ("drain_timeout", "flush_timeout", "close_timeout"))
     for workload, pod_spec in rendered.workloads():
         grace = pod_spec["terminationGracePeriodSeconds"]
-        assert grace > drain, f"{workload['kind']}: grace period {grace}s is not above the drain deadline {drain}s"
+        assert grace > budget, (
+            f"{workload['kind']}: grace period {grace}s is not above the shutdown budget {budget}s "
+            "(drain + flush + close)"
+        )
 
 
 @pytest.mark.parametrize(
     ("drain_timeout", "expected_grace"),
-    [("30s", 45), ("1m 30s", 105), ("2m", 135), ("500ms", 16), ("1h", 3615), ("90 s", 105)],
+    # drain (rounded up) + flush 10 s + close 30 s + margin 5 s
+    [("30s", 75), ("1m 30s", 135), ("2m", 165), ("500ms", 46), ("1h", 3645), ("90 s", 135)],
 )
 def test_grace_period_is_derived_from_drain_timeout(chart, drain_timeout, expected_grace):
     rendered = render(chart, {"config": {"engine": {"drain_timeout": drain_timeout}}})
@@ -324,6 +329,15 @@ def test_grace_period_is_derived_from_drain_timeout(chart, drain_timeout, expect
     grace = rendered.one("Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert grace == expected_grace
     assert grace > humantime_seconds(drain_timeout)
+
+
+def test_grace_period_follows_flush_and_close_timeouts(chart):
+    rendered = render(
+        chart,
+        {"config": {"engine": {"drain_timeout": "20s", "flush_timeout": "1m", "close_timeout": "15s"}}},
+    )
+    grace = rendered.one("Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace == 20 + 60 + 15 + 5
 
 
 @pytest.mark.parametrize("drain_timeout", ["soon", "30x", "1.5s", "30"])

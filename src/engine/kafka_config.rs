@@ -35,6 +35,67 @@ fn base(settings: &KafkaSettings) -> ClientConfig {
     c
 }
 
+/// Consumer properties the delivery guarantees depend on, with why an override is refused.
+pub const GUARDED_CONSUMER: &[(&str, &str)] = &[
+    (
+        "enable.auto.offset.store",
+        "the engine stores an offset only once its record is finished; librdkafka storing it at delivery would commit records still in flight, and a crash would lose them",
+    ),
+    (
+        "enable.auto.commit",
+        "the stored offsets are committed by librdkafka's auto-commit (tune engine.commit_interval instead); turning it off would never commit",
+    ),
+    (
+        "auto.commit.enable",
+        "an alias of enable.auto.commit (tune engine.commit_interval instead)",
+    ),
+    ("group.id", "set kafka.group_id instead"),
+    (
+        "isolation.level",
+        "read_committed keeps aborted transactional writes out of the pipeline",
+    ),
+    (
+        "partition.assignment.strategy",
+        "the revocation handling is built and tested for eager rebalancing; cooperative (incremental) assignment is not supported",
+    ),
+];
+
+/// Producer properties the delivery guarantees depend on, with why an override is refused.
+pub const GUARDED_PRODUCER: &[(&str, &str)] = &[
+    (
+        "enable.idempotence",
+        "the idempotent producer keeps retried writes from duplicating or reordering records",
+    ),
+    (
+        "acks",
+        "acks=all is what makes an acknowledged write durable before its input offset is committed",
+    ),
+    (
+        "request.required.acks",
+        "an alias of acks; acks=all is what makes an acknowledged write durable",
+    ),
+];
+
+/// One problem line for every raw `kafka.consumer.*` / `kafka.producer.*` property that would
+/// override a guarded one (names compared as librdkafka does: exact, after trimming).
+pub fn guarded_overrides(settings: &KafkaSettings) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (section, raw, guarded) in [
+        ("consumer", &settings.consumer.0, GUARDED_CONSUMER),
+        ("producer", &settings.producer.0, GUARDED_PRODUCER),
+    ] {
+        for key in raw.keys() {
+            let name = key.trim();
+            if let Some((_, why)) = guarded.iter().find(|(g, _)| name.eq_ignore_ascii_case(g)) {
+                problems.push(format!(
+                    "kafka.{section}.{name} cannot be overridden: {why}"
+                ));
+            }
+        }
+    }
+    problems
+}
+
 /// The consumer: offsets are stored by the engine only for finished records
 /// (`enable.auto.offset.store=false`) and committed by librdkafka's auto-commit every
 /// `commit_interval`, plus explicitly on revoke and shutdown.
@@ -50,39 +111,42 @@ pub fn consumer_config(
         "statistics.interval.ms",
         statistics_interval.as_millis().max(100).to_string(),
     );
-    c.set("group.id", group_id)
-        .set("enable.auto.commit", "true")
-        .set("enable.auto.offset.store", "false")
-        .set(
-            "auto.commit.interval.ms",
-            commit_interval.as_millis().max(1).to_string(),
-        )
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false")
-        // librdkafka's own prefetch is part of the memory bound. It fetches ahead until the
-        // local queue holds `queued.min.messages` records or `queued.max.messages.kbytes`
-        // (64 MiB by default), then backs off for `fetch.queue.backoff.ms` (1 s by default)
-        // before looking again. A bounded queue that is refilled within 20 ms of having room
-        // keeps the next records local while the engine's budget is full, at a quarter of the
-        // default memory: 16 MiB holds more than a second of work at any rate reached here.
-        .set("queued.max.messages.kbytes", "16384")
-        .set("queued.min.messages", "20000")
-        .set("fetch.queue.backoff.ms", "20");
+    c.set(
+        "auto.commit.interval.ms",
+        commit_interval.as_millis().max(1).to_string(),
+    )
+    .set("auto.offset.reset", "earliest")
+    .set("enable.partition.eof", "false")
+    // librdkafka's own prefetch is part of the memory bound. It fetches ahead until the
+    // local queue holds `queued.min.messages` records or `queued.max.messages.kbytes`
+    // (64 MiB by default), then backs off for `fetch.queue.backoff.ms` (1 s by default)
+    // before looking again. A bounded queue that is refilled within 20 ms of having room
+    // keeps the next records local while the engine's budget is full, at a quarter of the
+    // default memory: 16 MiB holds more than a second of work at any rate reached here.
+    .set("queued.max.messages.kbytes", "16384")
+    .set("queued.min.messages", "20000")
+    .set("fetch.queue.backoff.ms", "20");
     for (k, v) in &settings.consumer.0 {
         c.set(k, v);
     }
+    // The guarded properties go last: validation refuses overrides of them, and even an
+    // unvalidated configuration cannot switch them off.
+    c.set("group.id", group_id)
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("isolation.level", "read_committed")
+        .set("partition.assignment.strategy", "range,roundrobin");
     c
 }
 
 /// The producer: idempotent, `acks=all`, retried by librdkafka until `message.timeout.ms`.
 pub fn producer_config(settings: &KafkaSettings) -> ClientConfig {
     let mut c = base(settings);
-    c.set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5");
+    c.set("linger.ms", "5");
     for (k, v) in &settings.producer.0 {
         c.set(k, v);
     }
+    c.set("enable.idempotence", "true").set("acks", "all");
     c
 }
 
@@ -116,8 +180,43 @@ mod tests {
         assert_eq!(c.get("sasl.username"), Some("svc"));
         assert_eq!(c.get("ssl.ca.location"), Some("/etc/ca.pem"));
         assert_eq!(c.get("fetch.max.bytes"), Some("1048576"));
-        // Passthrough is applied last, so an operator can override anything (documented).
-        assert_eq!(c.get("enable.auto.offset.store"), Some("true"));
+        // Defect: the passthrough used to be applied last, so it could switch at-least-once off.
+        assert_eq!(c.get("enable.auto.offset.store"), Some("false"));
+    }
+
+    #[test]
+    fn overrides_of_the_guarantees_are_refused_with_a_reason() {
+        let mut s = KafkaSettings::default();
+        for key in [
+            "enable.auto.offset.store",
+            "enable.auto.commit",
+            "group.id",
+            "isolation.level",
+            "partition.assignment.strategy",
+        ] {
+            s.consumer.0.insert(key.into(), "x".into());
+        }
+        s.consumer.0.insert("fetch.max.bytes".into(), "1".into());
+        s.producer.0.insert("acks".into(), "1".into());
+        s.producer
+            .0
+            .insert("enable.idempotence".into(), "false".into());
+        s.producer.0.insert("linger.ms".into(), "1".into());
+        let problems = guarded_overrides(&s);
+        assert_eq!(problems.len(), 7, "{problems:#?}");
+        assert!(problems.iter().any(|p| p.starts_with(
+            "kafka.consumer.enable.auto.offset.store cannot be overridden: the engine stores"
+        )));
+        assert!(problems
+            .iter()
+            .any(|p| p.starts_with("kafka.producer.acks cannot be overridden")));
+        assert!(!problems
+            .iter()
+            .any(|p| p.contains("fetch.max.bytes") || p.contains("linger.ms")));
+        let p = producer_config(&s);
+        assert_eq!(p.get("acks"), Some("all"));
+        assert_eq!(p.get("enable.idempotence"), Some("true"));
+        assert_eq!(p.get("linger.ms"), Some("1"));
     }
 
     #[test]

@@ -108,9 +108,18 @@ seconds, rounded up.
 {{- include "webhook-enricher.durationSeconds" (dig "engine" "drain_timeout" "30s" (.Values.config | default dict)) }}
 {{- end }}
 
-{{/* The pod's grace period: the drain deadline plus a margin for the flush, commit and leave. */}}
+{{- define "webhook-enricher.flushSeconds" -}}
+{{- include "webhook-enricher.durationSeconds" (dig "engine" "flush_timeout" "10s" (.Values.config | default dict)) }}
+{{- end }}
+
+{{- define "webhook-enricher.closeSeconds" -}}
+{{- include "webhook-enricher.durationSeconds" (dig "engine" "close_timeout" "30s" (.Values.config | default dict)) }}
+{{- end }}
+
+{{/* The pod's grace period: the service's whole shutdown budget (drain, then producer flush,
+then consumer close with the final commit) plus a margin for the process to exit. */}}
 {{- define "webhook-enricher.terminationGracePeriodSeconds" -}}
-{{- add (include "webhook-enricher.drainSeconds" . | int64) .Values.terminationGracePeriodMarginSeconds }}
+{{- add (include "webhook-enricher.drainSeconds" . | int64) (include "webhook-enricher.flushSeconds" . | int64) (include "webhook-enricher.closeSeconds" . | int64) .Values.terminationGracePeriodMarginSeconds }}
 {{- end }}
 
 {{- define "webhook-enricher.unicoEnabled" -}}
