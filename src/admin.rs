@@ -86,6 +86,7 @@ pub struct Health {
     heartbeat_ms: AtomicU64,
     shutting_down: AtomicBool,
     breakers: Mutex<Vec<(Provider, Arc<CircuitBreaker>)>>,
+    lag: Arc<crate::telemetry::ConsumerLag>,
 }
 
 /// A probe's answer.
@@ -105,7 +106,13 @@ impl Health {
             heartbeat_ms: AtomicU64::new(0),
             shutting_down: AtomicBool::new(false),
             breakers: Mutex::new(Vec::new()),
+            lag: Arc::default(),
         }
+    }
+
+    /// The consumer-lag gauges `/metrics` serves (the consumer updates them).
+    pub fn consumer_lag(&self) -> &Arc<crate::telemetry::ConsumerLag> {
+        &self.lag
     }
 
     fn kafka(&self) -> std::sync::MutexGuard<'_, KafkaView> {
@@ -262,20 +269,21 @@ pub async fn bind(settings: &AdminSettings) -> Result<tokio::net::TcpListener, A
         })
 }
 
-/// Serves until the task is aborted.
+/// Serves until the task is aborted. The recorder's upkeep task (histogram buckets) belongs to
+/// this future and stops with it.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     health: Arc<Health>,
     prometheus: PrometheusHandle,
 ) {
     let upkeep = prometheus.clone();
-    tokio::spawn(async move {
+    let _upkeep = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(5));
         loop {
             every.tick().await;
             upkeep.run_upkeep();
         }
-    });
+    }));
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "admin server listening (/metrics, /healthz, /readyz)");
     }
@@ -290,7 +298,7 @@ async fn metrics_handler(State(state): State<AdminState>) -> impl IntoResponse {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        state.prometheus.render(),
+        state.prometheus.render() + &state.health.lag.render(),
     )
 }
 
@@ -314,7 +322,7 @@ fn probe(report: ProbeReport) -> impl IntoResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::breaker::{BreakerSettings, Permit};
+    use crate::engine::breaker::BreakerSettings;
 
     fn stats(json: &str) -> rdkafka::Statistics {
         serde_json::from_str(json).unwrap()
@@ -344,7 +352,7 @@ mod tests {
         let h = Health::new(settings);
         let b = Arc::new(CircuitBreaker::new(BreakerSettings::default()));
         h.register_breaker(Provider::Unico, b.clone());
-        b.on_systemic_failure(Permit::Normal);
+        b.acquire().await.failed_systemically();
         assert!(!h.readiness().reasons.iter().any(|r| r.contains("circuit")));
         tokio::time::advance(Duration::from_secs(11)).await;
         assert!(h
@@ -352,8 +360,37 @@ mod tests {
             .reasons
             .iter()
             .any(|r| r.contains("unico circuit open")));
-        b.on_success();
+        b.acquire().await.succeeded();
         assert!(!h.readiness().reasons.iter().any(|r| r.contains("circuit")));
+    }
+
+    /// Defect: the Prometheus upkeep task was detached and outlived the admin server.
+    #[tokio::test]
+    async fn stopping_the_admin_server_stops_its_upkeep_task() {
+        let metrics = tokio::runtime::Handle::current().metrics();
+        let before = metrics.num_alive_tasks();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .build_recorder()
+            .handle();
+        let health = Arc::new(Health::new(AdminSettings::default()));
+        let server = tokio::spawn(serve(listener, health, prometheus));
+        for _ in 0..100 {
+            if metrics.num_alive_tasks() == before + 2 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(metrics.num_alive_tasks(), before + 2, "server and upkeep");
+        server.abort();
+        let _ = server.await;
+        for _ in 0..100 {
+            if metrics.num_alive_tasks() == before {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("tasks left running: {}", metrics.num_alive_tasks() - before);
     }
 
     #[test]

@@ -171,15 +171,16 @@ impl ClientContext for EngineContext {
 
     fn stats(&self, statistics: rdkafka::Statistics) {
         self.health.on_statistics(&statistics);
+        // Only the partitions assigned now: a revoked one's series is removed at revocation.
+        let epochs = lock(&self.epochs);
+        let lag = self.health.consumer_lag();
         for (topic, t) in &statistics.topics {
             for (partition, p) in &t.partitions {
-                if *partition >= 0 && p.hi_offset >= 0 {
-                    crate::telemetry::consumer_lag(
-                        topic,
-                        *partition,
-                        p.consumer_lag,
-                        p.consumer_lag_stored,
-                    );
+                if *partition >= 0
+                    && p.hi_offset >= 0
+                    && epochs.contains_key(&TopicPartition::new(topic.as_str(), *partition))
+                {
+                    lag.update(topic, *partition, p.consumer_lag, p.consumer_lag_stored);
                 }
             }
         }
@@ -223,6 +224,9 @@ impl ConsumerContext for EngineContext {
         for tp in &partitions {
             epochs.remove(tp);
         }
+        self.health
+            .consumer_lag()
+            .remove(partitions.iter().map(|tp| (&*tp.topic, tp.partition)));
         lock(&self.changes).changed = true;
     }
 

@@ -102,10 +102,6 @@ pub fn describe_metrics() {
         names::RECORDS_IN_FLIGHT,
         "Records received and not yet finished."
     );
-    describe_gauge!(
-        names::CONSUMER_LAG,
-        "High watermark minus the committed (basis=committed) or stored (basis=stored) offset, by topic and partition."
-    );
     describe_counter!(
         names::RECORDS_ABANDONED,
         "Records still running when a revocation or shutdown deadline passed (not committed; read again)."
@@ -133,18 +129,76 @@ pub fn describe_metrics() {
     );
 }
 
-/// librdkafka reported a partition's lag (-1 when unknown; then the gauge is not updated).
-pub fn consumer_lag(topic: &str, partition: i32, committed_lag: i64, stored_lag: i64) {
-    for (basis, lag) in [("committed", committed_lag), ("stored", stored_lag)] {
-        if lag >= 0 {
-            let labels = [
-                ("topic", topic.to_string()),
-                ("partition", partition.to_string()),
-                ("basis", basis.to_string()),
-            ];
-            metrics::gauge!(names::CONSUMER_LAG, &labels).set(lag as f64);
+/// The consumer-lag gauges of the partitions assigned now. Kept apart from the `metrics`
+/// recorder, which cannot remove a series: a revoked partition's lag must disappear, not freeze
+/// at its last value. Rendered after the recorder's output on `/metrics`.
+#[derive(Debug, Default)]
+pub struct ConsumerLag {
+    rows: std::sync::Mutex<std::collections::BTreeMap<(String, i32), [i64; 2]>>,
+}
+
+impl ConsumerLag {
+    fn rows(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<(String, i32), [i64; 2]>> {
+        self.rows.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// librdkafka reported an assigned partition's lag (-1 when unknown: the value is kept).
+    pub fn update(&self, topic: &str, partition: i32, committed_lag: i64, stored_lag: i64) {
+        let mut rows = self.rows();
+        let row = rows
+            .entry((topic.to_string(), partition))
+            .or_insert([-1, -1]);
+        for (slot, lag) in row.iter_mut().zip([committed_lag, stored_lag]) {
+            if lag >= 0 {
+                *slot = lag;
+            }
         }
     }
+
+    /// The partitions were revoked: their series go.
+    pub fn remove<'a>(&self, partitions: impl IntoIterator<Item = (&'a str, i32)>) {
+        let mut rows = self.rows();
+        for (topic, partition) in partitions {
+            rows.remove(&(topic.to_string(), partition));
+        }
+    }
+
+    /// The gauges in the Prometheus text format (nothing while no lag is known).
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let rows = self.rows();
+        let mut out = String::new();
+        let mut header = false;
+        for ((topic, partition), lags) in rows.iter() {
+            for (basis, lag) in ["committed", "stored"].into_iter().zip(lags) {
+                if *lag < 0 {
+                    continue;
+                }
+                if !header {
+                    header = true;
+                    let _ = writeln!(out, "# HELP {} High watermark minus the committed (basis=committed) or stored (basis=stored) offset, by assigned topic and partition.", names::CONSUMER_LAG);
+                    let _ = writeln!(out, "# TYPE {} gauge", names::CONSUMER_LAG);
+                }
+                let _ = writeln!(
+                    out,
+                    "{}{{topic=\"{}\",partition=\"{partition}\",basis=\"{basis}\"}} {lag}",
+                    names::CONSUMER_LAG,
+                    escape_label(topic)
+                );
+            }
+        }
+        out
+    }
+}
+
+/// A Prometheus label value, escaped.
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// The status class label of an HTTP status: `2xx`, `4xx`, `5xx`, or `none` without a response.
@@ -293,43 +347,59 @@ pub fn consumer_poll_error(error: &rdkafka::error::KafkaError) {
     }
 }
 
-/// Lets a repeating log line through once, then at most every [`Throttle::EVERY`], counting the
-/// repeats it held back.
+/// Lets each repeating log line through once, then at most every [`Throttle::EVERY`], counting
+/// the repeats it held back. One slot per key (up to [`Throttle::KEYS`], the stalest evicted), so
+/// two errors that interleave are each still throttled.
 struct Throttle {
-    state: std::sync::Mutex<Option<(String, std::time::Instant, u64)>>,
+    slots: std::sync::Mutex<Vec<ThrottleSlot>>,
+}
+
+struct ThrottleSlot {
+    key: String,
+    at: std::time::Instant,
+    suppressed: u64,
 }
 
 impl Throttle {
     const EVERY: Duration = Duration::from_secs(30);
+    const KEYS: usize = 64;
 
     const fn new() -> Self {
         Self {
-            state: std::sync::Mutex::new(None),
+            slots: std::sync::Mutex::new(Vec::new()),
         }
     }
 
     /// `Some(repeats suppressed since the last line)` when the line should be logged.
     fn admit(&self, key: &str) -> Option<u64> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         let now = std::time::Instant::now();
-        match &mut *state {
-            Some((last, at, suppressed))
-                if last == key && now.duration_since(*at) < Self::EVERY =>
+        if let Some(slot) = slots.iter_mut().find(|s| s.key == key) {
+            if now.duration_since(slot.at) < Self::EVERY {
+                slot.suppressed += 1;
+                return None;
+            }
+            let repeats = slot.suppressed;
+            slot.at = now;
+            slot.suppressed = 0;
+            return Some(repeats);
+        }
+        if slots.len() >= Self::KEYS {
+            if let Some(stalest) = slots
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, s)| s.at)
+                .map(|(i, _)| i)
             {
-                *suppressed += 1;
-                None
-            }
-            Some((last, at, suppressed)) if last == key => {
-                let repeats = *suppressed;
-                *at = now;
-                *suppressed = 0;
-                Some(repeats)
-            }
-            _ => {
-                *state = Some((key.to_string(), now, 0));
-                Some(0)
+                slots.swap_remove(stalest);
             }
         }
+        slots.push(ThrottleSlot {
+            key: key.to_string(),
+            at: now,
+            suppressed: 0,
+        });
+        Some(0)
     }
 }
 
@@ -525,6 +595,9 @@ impl RecordEvents {
             return;
         }
         self.abandoned.increment(records as u64);
+        self.stats
+            .abandoned
+            .fetch_add(records as u64, Ordering::Relaxed);
         if when == "shutdown" {
             tracing::warn!(
                 in_flight = records,
@@ -614,6 +687,45 @@ pub fn schema_id_resolved(subject: &str, schema_id: u32) {
 mod tests {
     use super::*;
 
+    /// Defect: a revoked partition's lag gauge stayed at its last value forever.
+    #[test]
+    fn revoked_partitions_lose_their_lag_series() {
+        let lag = ConsumerLag::default();
+        assert_eq!(lag.render(), "");
+        lag.update("in", 0, 5, 3);
+        lag.update("in", 1, 7, -1);
+        lag.update("in", 1, -1, 2);
+        let text = lag.render();
+        assert!(
+            text.contains("# TYPE webhook_enricher_consumer_lag gauge"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"webhook_enricher_consumer_lag{topic="in",partition="0",basis="committed"} 5"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"webhook_enricher_consumer_lag{topic="in",partition="1",basis="committed"} 7"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"webhook_enricher_consumer_lag{topic="in",partition="1",basis="stored"} 2"#
+            ),
+            "{text}"
+        );
+        lag.remove([("in", 0)]);
+        let text = lag.render();
+        assert!(!text.contains(r#"partition="0""#), "{text}");
+        assert!(text.contains(r#"partition="1""#), "{text}");
+        lag.update("a\"b", 2, 1, 1);
+        assert!(lag.render().contains(r#"topic="a\"b""#));
+    }
+
     #[test]
     fn throttle_lets_a_new_line_through_and_holds_repeats() {
         let t = Throttle::new();
@@ -621,6 +733,9 @@ mod tests {
         assert_eq!(t.admit("a"), None);
         assert_eq!(t.admit("a"), None);
         assert_eq!(t.admit("b"), Some(0), "a different error is logged at once");
+        assert_eq!(t.admit("b"), None);
+        // Defect: one slot for all keys, so interleaved errors were never throttled.
+        assert_eq!(t.admit("a"), None, "a's slot survives b");
         assert_eq!(t.admit("b"), None);
     }
 

@@ -17,6 +17,8 @@ pub struct EngineStats {
     pub systemic_pauses: AtomicU64,
     /// Times a provider circuit opened.
     pub circuits_opened: AtomicU64,
+    /// Records given up at a deadline (revocation or shutdown), to be read again.
+    pub abandoned: AtomicU64,
     dead_lettered: Mutex<BTreeMap<ErrorClass, u64>>,
 }
 
@@ -29,6 +31,7 @@ pub struct StatsSnapshot {
     pub skipped: u64,
     pub systemic_pauses: u64,
     pub circuits_opened: u64,
+    pub abandoned: u64,
     pub dead_lettered: BTreeMap<ErrorClass, u64>,
 }
 
@@ -59,6 +62,7 @@ impl EngineStats {
             skipped: self.skipped.load(Ordering::Relaxed),
             systemic_pauses: self.systemic_pauses.load(Ordering::Relaxed),
             circuits_opened: self.circuits_opened.load(Ordering::Relaxed),
+            abandoned: self.abandoned.load(Ordering::Relaxed),
             dead_lettered: self
                 .dead_lettered
                 .lock()
