@@ -352,3 +352,296 @@ impl Dispatcher {
         self.revocations.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::input::InputRecord;
+    use crate::engine::worker::Final;
+    use crate::event::DecoderSettings;
+    use rdkafka::types::RDKafkaErrorCode;
+
+    const T0: u64 = 1;
+
+    fn tp(p: i32) -> TopicPartition {
+        TopicPartition::new("in", p)
+    }
+
+    /// A ClearSale record of `subject` (keys: equal subjects share an order key).
+    fn job(partition: i32, offset: i64, subject: u128) -> Job {
+        let id = uuid::Uuid::from_u128(subject);
+        let payload =
+            format!(r#"{{"analysisId":"{id}","date":"2025-09-26T17:21:11Z","type":"mfa"}}"#);
+        Job::new(
+            InputRecord {
+                topic: Arc::from("in"),
+                partition,
+                offset,
+                key: None,
+                payload: Some(payload.into_bytes()),
+                headers: Vec::new(),
+                timestamp_ms: None,
+            },
+            &DecoderSettings::default(),
+        )
+    }
+
+    fn done(start: &Start, outcome: Outcome) -> Done {
+        Done {
+            tp: start.job.record.topic_partition(),
+            epoch: start.epoch,
+            offset: start.job.record.offset,
+            key: start.job.key.clone(),
+            lane: start.job.lane,
+            outcome,
+        }
+    }
+
+    fn finished(start: &Start) -> Done {
+        done(start, Outcome::Finished(Final::Published))
+    }
+
+    fn assigned(partitions: &[i32]) -> Dispatcher {
+        let mut d = Dispatcher::new(Duration::from_secs(10));
+        d.on_assigned(partitions.iter().map(|p| (tp(*p), T0)).collect());
+        d
+    }
+
+    fn revoking(
+        id: u64,
+        partitions: &[i32],
+    ) -> (Revoking, std_mpsc::Receiver<Vec<(TopicPartition, i64)>>) {
+        let (reply, answer) = std_mpsc::sync_channel(1);
+        (
+            Revoking {
+                id,
+                partitions: partitions.iter().map(|p| tp(*p)).collect(),
+                reply,
+            },
+            answer,
+        )
+    }
+
+    fn stored(fx: &Effects, p: i32) -> Option<i64> {
+        fx.store.get(&tp(p)).map(|s| s.next)
+    }
+
+    #[test]
+    fn records_arrived_start_at_once_unless_their_key_is_busy() {
+        let mut d = assigned(&[0]);
+        let mut fx = Effects::default();
+        d.on_jobs(vec![job(0, 0, 1), job(0, 1, 2), job(0, 2, 1)], &mut fx);
+        let offsets: Vec<i64> = fx.start.iter().map(|s| s.job.record.offset).collect();
+        assert_eq!(
+            offsets,
+            vec![0, 1],
+            "offset 2 waits behind offset 0 (same key)"
+        );
+        assert_eq!(d.queued(), 1);
+        assert!(fx
+            .start
+            .iter()
+            .all(|s| s.mode == Mode::Process && s.epoch == T0));
+    }
+
+    #[test]
+    fn done_starts_the_next_record_of_the_key_and_stores_only_contiguous_offsets() {
+        let mut d = assigned(&[0]);
+        let mut fx = Effects::default();
+        d.on_jobs(vec![job(0, 0, 1), job(0, 1, 2), job(0, 2, 1)], &mut fx);
+        let (first, second) = (fx.start.remove(0), fx.start.remove(0));
+        let now = Instant::now();
+
+        let mut fx = Effects::default();
+        d.on_done(finished(&second), now, &mut fx);
+        assert_eq!(
+            stored(&fx, 0),
+            None,
+            "offset 0 is unfinished: nothing is stored"
+        );
+        assert_eq!(fx.released.total(), 1);
+
+        let mut fx = Effects::default();
+        d.on_done(finished(&first), now, &mut fx);
+        assert_eq!(stored(&fx, 0), Some(2), "0 and 1 finished: next is 2");
+        assert_eq!(fx.start.len(), 1, "the key's next record starts");
+        assert_eq!(fx.start[0].job.record.offset, 2);
+
+        let third = fx.start.remove(0);
+        let mut fx = Effects::default();
+        d.on_done(finished(&third), now, &mut fx);
+        assert_eq!(stored(&fx, 0), Some(3));
+        assert_eq!(d.committable()[0].next, 3);
+    }
+
+    #[test]
+    fn records_of_unassigned_partitions_and_repeated_offsets_are_dropped() {
+        let mut d = assigned(&[0]);
+        let mut fx = Effects::default();
+        d.on_jobs(vec![job(1, 0, 1), job(0, 5, 2)], &mut fx);
+        assert_eq!(fx.start.len(), 1);
+        assert_eq!(fx.dropped_records, 1);
+        let mut fx = Effects::default();
+        d.on_jobs(vec![job(0, 5, 3)], &mut fx);
+        assert_eq!(fx.start.len(), 0, "offset 5 was already handed over");
+        assert_eq!(fx.dropped_records, 1);
+        assert_eq!(fx.released.total(), 1);
+    }
+
+    #[test]
+    fn a_completion_of_an_earlier_assignment_never_stores_for_the_current_one() {
+        let mut d = assigned(&[0]);
+        let mut fx = Effects::default();
+        d.on_jobs(vec![job(0, 0, 1)], &mut fx);
+        let old = fx.start.remove(0);
+        // Revoked at its deadline, then assigned again with a new epoch.
+        let (r, _answer) = revoking(1, &[0]);
+        let now = Instant::now();
+        d.on_revoking(r, now, &mut Effects::default());
+        d.on_tick(now + Duration::from_secs(11), &mut Effects::default());
+        d.on_assigned(vec![(tp(0), T0 + 1)]);
+        let mut fx = Effects::default();
+        d.on_jobs(vec![job(0, 0, 1)], &mut fx);
+        assert!(
+            fx.start.is_empty(),
+            "the key is still busy with the old task"
+        );
+
+        let mut fx = Effects::default();
+        d.on_done(finished(&old), now, &mut fx);
+        assert_eq!(
+            stored(&fx, 0),
+            None,
+            "an old epoch's completion stores nothing"
+        );
+        assert_eq!(
+            fx.start.len(),
+            1,
+            "but frees the key: the re-read record starts"
+        );
+        assert_eq!(fx.start[0].epoch, T0 + 1);
+    }
+
+    #[test]
+    fn a_revocation_is_answered_when_its_running_records_finish() {
+        let mut d = assigned(&[0, 1]);
+        let mut fx = Effects::default();
+        d.on_jobs(vec![job(0, 0, 1), job(1, 0, 2), job(0, 1, 1)], &mut fx);
+        let (p0, p1) = (fx.start.remove(0), fx.start.remove(0));
+        let now = Instant::now();
+
+        let (r, answer) = revoking(7, &[0]);
+        let mut fx = Effects::default();
+        d.on_revoking(r, now, &mut fx);
+        assert_eq!(
+            fx.drain,
+            vec![tp(0)],
+            "waiting tasks of partition 0 are cancelled"
+        );
+        assert_eq!(
+            fx.dropped_records, 1,
+            "the queued record of partition 0 is dropped"
+        );
+        assert!(fx.replies.is_empty(), "a record still runs");
+        assert_eq!(d.pending_revocations(), 1);
+
+        let mut fx = Effects::default();
+        d.on_done(finished(&p0), now, &mut fx);
+        assert_eq!(fx.replies.len(), 1);
+        let reply = fx.replies.remove(0);
+        assert_eq!(reply.id, 7);
+        assert_eq!(reply.offsets, vec![(tp(0), 1)]);
+        assert_eq!(fx.unassigned, vec![tp(0)]);
+        assert!(fx.abandon.is_empty());
+        drop(answer);
+
+        // Partition 1 was not revoked: its record still stores its offset.
+        let mut fx = Effects::default();
+        d.on_done(finished(&p1), now, &mut fx);
+        assert_eq!(stored(&fx, 1), Some(1));
+    }
+
+    #[test]
+    fn a_revocation_deadline_abandons_what_still_runs() {
+        let mut d = assigned(&[0]);
+        let mut fx = Effects::default();
+        d.on_jobs(vec![job(0, 0, 1), job(0, 1, 2)], &mut fx);
+        let (a, _b) = (fx.start.remove(0), fx.start.remove(0));
+        let now = Instant::now();
+        d.on_done(finished(&a), now, &mut Effects::default());
+        let (r, _answer) = revoking(1, &[0]);
+        let mut fx = Effects::default();
+        d.on_revoking(r, now, &mut fx);
+        assert!(fx.replies.is_empty());
+        let mut fx = Effects::default();
+        d.on_tick(now + Duration::from_secs(9), &mut fx);
+        assert!(fx.replies.is_empty(), "before the deadline");
+        d.on_tick(now + Duration::from_secs(10), &mut fx);
+        assert_eq!(fx.replies.len(), 1);
+        assert_eq!(
+            fx.replies[0].offsets,
+            vec![(tp(0), 1)],
+            "only what finished"
+        );
+        assert_eq!(fx.abandon, vec![tp(0)]);
+        assert_eq!(fx.abandoned_records, 1);
+    }
+
+    #[test]
+    fn a_cancelled_record_is_not_finished() {
+        let mut d = assigned(&[0]);
+        let mut fx = Effects::default();
+        d.on_jobs(vec![job(0, 0, 1)], &mut fx);
+        let s = fx.start.remove(0);
+        let mut fx = Effects::default();
+        d.on_done(done(&s, Outcome::Cancelled), Instant::now(), &mut fx);
+        assert_eq!(fx.released.total(), 1);
+        assert_eq!(stored(&fx, 0), None);
+        assert!(d.committable().is_empty());
+    }
+
+    #[test]
+    fn a_panicked_record_is_restarted_to_be_dead_lettered_keeping_its_key() {
+        let mut d = assigned(&[0]);
+        let mut fx = Effects::default();
+        d.on_jobs(vec![job(0, 0, 1), job(0, 1, 1)], &mut fx);
+        let s = fx.start.remove(0);
+        let mut fx = Effects::default();
+        d.on_done(
+            done(&s, Outcome::Panicked(s.job.clone())),
+            Instant::now(),
+            &mut fx,
+        );
+        assert_eq!(fx.start.len(), 1);
+        assert_eq!(fx.start[0].mode, Mode::DeadLetterPanicked);
+        assert_eq!(fx.start[0].job.record.offset, 0);
+        assert!(fx.released.is_empty(), "still in flight");
+        let retry = fx.start.remove(0);
+        let mut fx = Effects::default();
+        d.on_done(finished(&retry), Instant::now(), &mut fx);
+        assert_eq!(stored(&fx, 0), Some(1));
+        assert_eq!(fx.start[0].job.record.offset, 1, "the key moves on");
+    }
+
+    #[test]
+    fn a_fatal_error_stops_starting_and_commits_nothing_past_it() {
+        let mut d = assigned(&[0]);
+        let mut fx = Effects::default();
+        d.on_jobs(vec![job(0, 0, 1), job(0, 1, 1), job(0, 2, 1)], &mut fx);
+        let s = fx.start.remove(0);
+        let fatal = ProduceError::Fatal {
+            topic: "out".into(),
+            code: RDKafkaErrorCode::Fatal,
+            message: "fenced".into(),
+        };
+        let mut fx = Effects::default();
+        d.on_done(done(&s, Outcome::Fatal(fatal)), Instant::now(), &mut fx);
+        assert!(fx.start.is_empty(), "nothing more starts");
+        assert_eq!(fx.dropped_records, 2, "the key's queue is given back");
+        assert_eq!(fx.released.total(), 3);
+        assert!(d.is_failed());
+        assert!(d.take_fatal().is_some());
+        assert!(d.take_fatal().is_none());
+        assert!(d.committable().is_empty());
+    }
+}
