@@ -116,82 +116,35 @@ impl Kafka {
         }
     }
 
-    /// Reads every record of `topic` from the beginning until `count` are seen or `timeout`.
+    /// Reads every record of `topic` from the beginning until `count` are seen or `timeout`,
+    /// then whatever else (duplicates) arrives within half a second.
     pub fn read_all(&self, topic: &str, count: usize, timeout: Duration) -> Vec<OutRecord> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
-            .set("group.id", unique("reader"))
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .create()
-            .expect("reader");
-        consumer.subscribe(&[topic]).expect("subscribe");
-        let deadline = Instant::now() + timeout;
-        let mut out = Vec::new();
-        while out.len() < count && Instant::now() < deadline {
-            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-                out.push(OutRecord::from(&m));
-            }
-        }
-        // Pick up any extra records (duplicates) that are already there.
-        let quiet = Instant::now() + Duration::from_millis(500);
-        while Instant::now() < quiet {
-            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-                out.push(OutRecord::from(&m));
-            }
-        }
-        out
+        blocking(|| {
+            let reader = TopicReader::new(&self.bootstrap, topic);
+            let mut out = reader.poll_until(Instant::now() + timeout, |r| r.len() >= count);
+            out.extend(reader.poll_until(Instant::now() + Duration::from_millis(500), |_| false));
+            out
+        })
     }
 
     /// The committed offsets of `group` for `topic`'s partitions.
     pub fn committed(&self, group: &str, topic: &str, partitions: i32) -> HashMap<i32, i64> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
-            .set("group.id", group)
-            .create()
-            .expect("offset reader");
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..partitions {
-            tpl.add_partition(topic, p);
-        }
-        let committed = consumer
-            .committed_offsets(tpl, Duration::from_secs(10))
-            .expect("committed");
-        committed
-            .elements()
-            .iter()
-            .filter_map(|e| match e.offset() {
-                Offset::Offset(o) => Some((e.partition(), o)),
-                _ => None,
-            })
-            .collect()
+        committed_offsets(&self.bootstrap, group, topic, partitions)
     }
 
     /// The high watermark of every partition of `topic`; empty when the topic does not exist.
     pub fn end_offsets(&self, topic: &str) -> HashMap<i32, i64> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
-            .set("group.id", unique("watermarks"))
-            .create()
-            .expect("watermark reader");
-        let metadata = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .expect("metadata");
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .filter(|t| t.name() == topic && t.error().is_none())
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
-        partitions
-            .into_iter()
-            .map(|p| {
-                let (_, high) = consumer
-                    .fetch_watermarks(topic, p, Duration::from_secs(10))
-                    .expect("watermarks");
-                (p, high)
-            })
-            .collect()
+        blocking(|| {
+            let consumer = inspector(&self.bootstrap, &unique("watermarks"));
+            (0..partition_count(&consumer, topic))
+                .map(|p| {
+                    let (_, high) = consumer
+                        .fetch_watermarks(topic, p, Duration::from_secs(10))
+                        .expect("watermarks");
+                    (p, high)
+                })
+                .collect()
+        })
     }
 
     /// How many records `topic` holds (0 when it does not exist).
@@ -203,42 +156,26 @@ impl Kafka {
     /// assignment (no group join), so it is quick.
     pub fn read_now(&self, topic: &str) -> Vec<OutRecord> {
         let ends = self.end_offsets(topic);
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
-            .set("group.id", unique("reader"))
-            .set("enable.auto.commit", "false")
-            .create()
-            .expect("reader");
-        let mut tpl = TopicPartitionList::new();
-        let mut missing: HashMap<i32, i64> = HashMap::new();
-        for (p, end) in &ends {
-            if *end > 0 {
-                tpl.add_partition_offset(topic, *p, Offset::Beginning)
-                    .expect("partition offset");
-                missing.insert(*p, *end);
-            }
+        if ends.values().all(|end| *end == 0) {
+            return Vec::new();
         }
-        let mut out = Vec::new();
-        if missing.is_empty() {
-            return out;
-        }
-        consumer.assign(&tpl).expect("assign");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !missing.is_empty() {
+        let mut out = blocking(|| {
+            let reader = TopicReader::new(&self.bootstrap, topic);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let out = reader.poll_until(deadline, |records| {
+                ends.iter().all(|(p, end)| {
+                    *end == 0
+                        || records
+                            .iter()
+                            .any(|r| r.partition == *p && r.offset >= end - 1)
+                })
+            });
             assert!(
                 Instant::now() < deadline,
                 "could not read {topic} to its end"
             );
-            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-                if missing
-                    .get(&m.partition())
-                    .is_some_and(|end| m.offset() >= end - 1)
-                {
-                    missing.remove(&m.partition());
-                }
-                out.push(OutRecord::from(&m));
-            }
-        }
+            out
+        });
         out.sort_by_key(|r| (r.partition, r.offset));
         out
     }
@@ -527,6 +464,10 @@ pub fn partition_count(consumer: &BaseConsumer, topic: &str) -> i32 {
 
 /// How many records `topics` hold now (sum of high minus low watermarks).
 pub fn record_count(consumer: &BaseConsumer, topics: &[&str]) -> i64 {
+    blocking(|| record_count_now(consumer, topics))
+}
+
+fn record_count_now(consumer: &BaseConsumer, topics: &[&str]) -> i64 {
     let mut total = 0;
     for topic in topics {
         for p in 0..partition_count(consumer, topic) {
@@ -546,11 +487,15 @@ pub fn committed_offsets(
     topic: &str,
     partitions: i32,
 ) -> HashMap<i32, i64> {
-    committed_by(&inspector(bootstrap, group), topic, partitions)
+    blocking(|| committed_by_now(&inspector(bootstrap, group), topic, partitions))
 }
 
 /// The committed offsets of the group of `consumer` (an [`inspector`]) for `topic`.
 pub fn committed_by(consumer: &BaseConsumer, topic: &str, partitions: i32) -> HashMap<i32, i64> {
+    blocking(|| committed_by_now(consumer, topic, partitions))
+}
+
+fn committed_by_now(consumer: &BaseConsumer, topic: &str, partitions: i32) -> HashMap<i32, i64> {
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition(topic, p);
@@ -576,37 +521,112 @@ const FENCE_PREFIX: &str = "__test_fence__";
 /// (and leaves out of the result): watermarks are not used, since some brokers (Tansu) report
 /// them behind the last record.
 pub async fn read_to_end(bootstrap: &str, topic: &str) -> Vec<OutRecord> {
-    let consumer = inspector(bootstrap, &unique("reader"));
-    let partitions = partition_count(&consumer, topic);
+    let partitions = blocking(|| partition_count(&inspector(bootstrap, &unique("meta")), topic));
     assert!(partitions > 0, "topic {topic} does not exist");
     let fence = unique(FENCE_PREFIX);
     let producer = producer_for(bootstrap);
-    let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         produce_to(&producer, topic, Some(p), Some(&fence), b"").await;
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .expect("partition offset");
     }
-    consumer.assign(&tpl).expect("assign");
-    let mut fenced = std::collections::HashSet::new();
-    let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while fenced.len() < partitions as usize {
-        assert!(
-            Instant::now() < deadline,
-            "{topic}: the fence records of partitions other than {fenced:?} were not read back"
-        );
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            let record = OutRecord::from(&m);
-            let key = record.key.as_deref().unwrap_or_default();
+    let fenced = |records: &[OutRecord]| {
+        records
+            .iter()
+            .filter(|r| r.key.as_deref() == Some(fence.as_str()))
+            .map(|r| r.partition)
+            .collect::<std::collections::HashSet<i32>>()
+    };
+    let records = blocking(|| {
+        TopicReader::new(bootstrap, topic)
+            .poll_until(Instant::now() + Duration::from_secs(30), |records| {
+                fenced(records).len() >= partitions as usize
+            })
+    });
+    let seen = fenced(&records);
+    assert_eq!(
+        seen.len(),
+        partitions as usize,
+        "{topic}: the fence records of partitions other than {seen:?} were not read back"
+    );
+    // Records after a partition's fence were written after this call began: leave them out.
+    let mut past_fence = std::collections::HashSet::new();
+    records
+        .into_iter()
+        .filter(|r| {
+            let key = r.key.as_deref().unwrap_or_default();
             if key == fence {
-                fenced.insert(record.partition);
-            } else if !key.starts_with(FENCE_PREFIX) && !fenced.contains(&record.partition) {
-                out.push(record);
+                past_fence.insert(r.partition);
+                return false;
+            }
+            !key.starts_with(FENCE_PREFIX) && !past_fence.contains(&r.partition)
+        })
+        .collect()
+}
+
+/// Runs a blocking librdkafka call from an async test without stalling the runtime worker it is
+/// on: in a multi-thread runtime the worker's other tasks (the engine's) move away first
+/// (`block_in_place`); outside one it just runs.
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+/// The one topic reader of the tests: every partition of a topic assigned from the beginning
+/// (no group join, no commits).
+pub struct TopicReader {
+    consumer: BaseConsumer,
+    topic: String,
+    assigned: std::cell::Cell<bool>,
+}
+
+impl TopicReader {
+    pub fn new(bootstrap: &str, topic: &str) -> Self {
+        let reader = Self {
+            consumer: inspector(bootstrap, &unique("reader")),
+            topic: topic.to_string(),
+            assigned: std::cell::Cell::new(false),
+        };
+        reader.assign();
+        reader
+    }
+
+    /// Assigns every partition once the topic exists (it may be created while we wait).
+    fn assign(&self) {
+        let partitions = partition_count(&self.consumer, &self.topic);
+        if partitions == 0 {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition_offset(&self.topic, p, Offset::Beginning)
+                .expect("partition offset");
+        }
+        self.consumer.assign(&tpl).expect("assign");
+        self.assigned.set(true);
+    }
+
+    /// Polls until `done` holds for the records read so far, or `deadline`.
+    pub fn poll_until(
+        &self,
+        deadline: Instant,
+        mut done: impl FnMut(&[OutRecord]) -> bool,
+    ) -> Vec<OutRecord> {
+        let mut out = Vec::new();
+        while !done(&out) && Instant::now() < deadline {
+            if !self.assigned.get() {
+                self.assign();
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            if let Some(Ok(m)) = self.consumer.poll(Duration::from_millis(100)) {
+                out.push(OutRecord::from(&m));
             }
         }
+        out
     }
-    out
 }
 
 // ---------------------------------------------------------------------------------------------
