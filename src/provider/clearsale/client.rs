@@ -7,12 +7,12 @@
 
 use super::model::{Analysis, AuthenticateRequest, AuthenticateResponse};
 use crate::datetime::parse_provider_datetime;
-use crate::provider::http::{BaseUrl, BearerToken, HttpClient, Reply, TokenCache};
+use crate::provider::http::{self, BaseUrl, BearerToken, HttpClient, Reply, TokenCache};
 use crate::provider::settings::ClearSaleSettings;
 use crate::provider::{Provider, ProviderError};
 use crate::secret::Secret;
 use crate::telemetry::RequestMetrics;
-use reqwest::header::AUTHORIZATION;
+use ::http::header::AUTHORIZATION;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -89,14 +89,11 @@ impl ClearSaleClient {
         analysis_id: uuid::Uuid,
         token: &BearerToken,
     ) -> Result<Reply, ProviderError> {
-        let url = self.base_url.join(&format!(
+        let uri = self.base_url.uri(&format!(
             "/connect/v1/integration/analysis/{}",
             analysis_id.as_hyphenated()
         ));
-        let request = self
-            .http
-            .get(&url)
-            .header(AUTHORIZATION, token.header().clone());
+        let request = http::get(uri, &[(AUTHORIZATION, token.header())]);
         self.http
             .execute(&self.get_analysis_metrics, Some(analysis_id), request)
             .await
@@ -117,10 +114,11 @@ impl ClearSaleClient {
             user: &self.user,
             password: self.password.expose(),
         };
-        let request = self
-            .http
-            .post(&self.base_url.join("/connect/v1/authenticate"))
-            .json(&body);
+        let request = http::post_json(self.base_url.uri("/connect/v1/authenticate"), &body)
+            .map_err(|e| ProviderError::Config {
+                provider: PROVIDER,
+                message: format!("{AUTHENTICATE}: cannot encode the request: {e}"),
+            })?;
         let reply = self
             .http
             .execute(&self.authenticate_metrics, None, request)

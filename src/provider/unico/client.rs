@@ -6,11 +6,12 @@
 
 use super::assertion::AssertionSigner;
 use super::model::{Process, TokenResponse};
-use crate::provider::http::{BaseUrl, BearerToken, HttpClient, Reply, TokenCache};
+use crate::provider::http::{self, BaseUrl, BearerToken, HttpClient, Reply, TokenCache};
 use crate::provider::settings::UnicoSettings;
 use crate::provider::{Provider, ProviderError};
 use crate::telemetry::RequestMetrics;
-use reqwest::header::{HeaderValue, AUTHORIZATION};
+use ::http::header::{HeaderName, HeaderValue, AUTHORIZATION};
+use ::http::Uri;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +22,8 @@ const TOKEN: &str = "token";
 const GET_PROCESS: &str = "get_process";
 /// RFC 7523 grant type.
 const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+/// The API key header (`APIKEY`; header names are case-insensitive).
+const APIKEY: HeaderName = HeaderName::from_static("apikey");
 /// `expires_in` when the token answer leaves it out.
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 
@@ -44,7 +47,7 @@ pub enum ProcessAnswer {
 pub struct UnicoClient {
     http: HttpClient,
     base_url: BaseUrl,
-    token_url: String,
+    token_url: Uri,
     /// The `APIKEY` header value, marked sensitive.
     api_key: HeaderValue,
     signer: AssertionSigner,
@@ -70,7 +73,7 @@ impl UnicoClient {
         Ok(Self {
             http: HttpClient::new(PROVIDER, &settings.http, &settings.limits)?,
             base_url: BaseUrl::parse(PROVIDER, "unico.base_url", &settings.base_url)?,
-            token_url: issuer.join("/oauth2/token"),
+            token_url: issuer.uri("/oauth2/token"),
             api_key,
             signer: AssertionSigner::new(settings)?,
             token_refresh_margin: settings.token_refresh_margin,
@@ -122,14 +125,13 @@ impl UnicoClient {
         process_id: uuid::Uuid,
         token: &BearerToken,
     ) -> Result<Reply, ProviderError> {
-        let url = self
+        let uri = self
             .base_url
-            .join(&format!("/processes/v1/{}", process_id.as_hyphenated()));
-        let request = self
-            .http
-            .get(&url)
-            .header(AUTHORIZATION, token.header().clone())
-            .header("APIKEY", self.api_key.clone());
+            .uri(&format!("/processes/v1/{}", process_id.as_hyphenated()));
+        let request = http::get(
+            uri,
+            &[(AUTHORIZATION, token.header()), (APIKEY, &self.api_key)],
+        );
         self.http
             .execute(&self.get_process_metrics, Some(process_id), request)
             .await
@@ -153,7 +155,7 @@ impl UnicoClient {
             ("grant_type", JWT_BEARER_GRANT),
             ("assertion", assertion.as_str()),
         ];
-        let request = self.http.post(&self.token_url).form(&form);
+        let request = http::post_form(self.token_url.clone(), &form);
         let reply = self
             .http
             .execute(&self.token_metrics, None, request)
