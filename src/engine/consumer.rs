@@ -188,6 +188,36 @@ impl ClientContext for EngineContext {
 }
 
 impl ConsumerContext for EngineContext {
+    /// The rebalance itself, as rdkafka's default does it for eager assignment, without asking
+    /// librdkafka for the rebalance protocol: that question goes to the group's queue, which is
+    /// no longer served once the consumer is closing, so the default hung forever when a
+    /// revocation arrived while the consumer closed (seen in the tests: the consumer thread never
+    /// ended). The assignment strategy is forced to eager (`kafka_config.rs`).
+    fn rebalance(
+        &self,
+        base_consumer: &BaseConsumer<Self>,
+        err: rdkafka::types::RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        use rdkafka::types::RDKafkaRespErr;
+        let assign = err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS;
+        let rebalance = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => Rebalance::Assign(tpl),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => Rebalance::Revoke(tpl),
+            other => Rebalance::Error(KafkaError::Rebalance(other.into())),
+        };
+        self.pre_rebalance(base_consumer, &rebalance);
+        let applied = if assign {
+            base_consumer.assign(tpl)
+        } else {
+            base_consumer.unassign()
+        };
+        if let Err(e) = applied {
+            tracing::warn!(error = %e, assign, "cannot apply the rebalance");
+        }
+        self.post_rebalance(base_consumer, &rebalance);
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Revoke(tpl) = rebalance else {
             return;
