@@ -10,12 +10,10 @@ use crate::avro::schema::{
     fingerprint, fingerprint_hex, schema, SchemaError, ENRICHED_EVENT_AVSC,
     ENRICHED_EVENT_FULL_NAME,
 };
-use crate::avro::serialize::EnrichedEventView;
 use crate::record::EnrichedRecord;
 use crate::registry::{RegistryClient, RegistryError, RegistrySettings};
 use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::types::Value;
-use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::Schema;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -96,14 +94,6 @@ pub enum EncodeError {
         /// The topic asked for.
         topic: String,
     },
-    /// The record does not fit the schema (a defect in the value conversion).
-    #[error("record {event_id} does not fit the Avro schema: {message}")]
-    Avro {
-        /// The record's event id.
-        event_id: uuid::Uuid,
-        /// apache-avro's message.
-        message: String,
-    },
 }
 
 /// Bytes that could not be decoded.
@@ -161,7 +151,6 @@ pub struct Decoded {
 /// Encodes records for the output topics. Built once at startup (registry calls happen there);
 /// [`RecordEncoder::encode`] does no I/O.
 pub struct RecordEncoder {
-    writer: GenericDatumWriter<'static>,
     framing: Framing,
     content: ContentHeaders,
 }
@@ -248,7 +237,6 @@ impl RecordEncoder {
             fingerprint_hex: fingerprint_hex(&fingerprint),
         };
         Ok(Self {
-            writer: writer(schema)?,
             content: ContentHeaders::new(&framing),
             framing,
         })
@@ -256,10 +244,10 @@ impl RecordEncoder {
 
     /// A Confluent encoder with schema ids already known (output topic to id).
     pub fn confluent(ids: HashMap<String, u32>) -> Result<Self, EncoderInitError> {
-        let schema = schema()?;
+        // The embedded schema is parsed (and checked) once, as for the single-object encoder.
+        schema()?;
         let framing = Framing::Confluent { ids };
         Ok(Self {
-            writer: writer(schema)?,
             content: ContentHeaders::new(&framing),
             framing,
         })
@@ -286,12 +274,7 @@ impl RecordEncoder {
                 out.extend_from_slice(&id.to_be_bytes());
             }
         }
-        self.writer
-            .write_ser(&mut out, &EnrichedEventView::new(record))
-            .map_err(|e| EncodeError::Avro {
-                event_id: record.event_id,
-                message: e.to_string(),
-            })?;
+        crate::avro::serialize::write_record(record, &mut out);
         Ok(out)
     }
 
@@ -338,15 +321,6 @@ impl ContentHeaders {
             },
         }
     }
-}
-
-fn writer(schema: &'static Schema) -> Result<GenericDatumWriter<'static>, SchemaError> {
-    GenericDatumWriter::builder(schema)
-        .build()
-        .map_err(|e| SchemaError {
-            name: ENRICHED_EVENT_FULL_NAME,
-            message: e.to_string(),
-        })
 }
 
 /// Decodes an output value written in either framing (recognised by its first bytes) with
