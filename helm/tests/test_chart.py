@@ -867,6 +867,7 @@ def test_dockerfile_matches_the_chart(chart):
     assert re.search(rf"^USER {UID}:{UID}$", dockerfile, re.M)
     assert defaults["podSecurityContext"]["runAsUser"] == UID
     assert re.search(rf"^EXPOSE {defaults['admin']['port']}$", dockerfile, re.M)
+    assert re.search(rf"^EXPOSE {defaults['receiver']['port']}$", dockerfile, re.M)
     assert 'ENTRYPOINT ["/usr/local/bin/webhook-enricher"]' in dockerfile
     assert 'CMD ["run"]' in dockerfile
     assert "cargo build --release --locked --bin webhook-enricher" in dockerfile
