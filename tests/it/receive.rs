@@ -300,6 +300,9 @@ async fn every_authentication_mode_accepts_right_credentials_and_refuses_wrong_o
         // The Unico endpoint is off: its path is not served.
         let off = post(&client, &receiver.url(Provider::Unico), "{}", &unico_auth()).await;
         assert_eq!(off.status, 404);
+        // Only POST is served on a webhook path.
+        let get = client.get(&url).send().await.expect("request");
+        assert_eq!(get.status().as_u16(), 405);
         let summary = receiver.stop().await;
         assert_eq!(summary.accepted, 1, "{}: {summary:?}", case.name);
         assert_eq!(
