@@ -500,6 +500,69 @@ async fn bodies_over_the_limit_get_413_and_slow_ones_408_and_nothing_is_written(
     assert_eq!(records[0].key.as_deref(), Some(id.as_str()));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_are_cut_off_and_connections_past_the_limit_wait_in_the_backlog() {
+    let topic = support::unique("recv-conns");
+    let kafka = Kafka::new(&[(&topic, 1)]);
+    let mut config = config(&kafka, &topic);
+    config.receive.header_read_timeout = Duration::from_secs(1);
+    config.receive.max_connections = 1;
+    let receiver = Receiver::start(&config).await;
+
+    // A client that never finishes its headers holds the only connection slot...
+    let started = Instant::now();
+    let mut slow = tokio::net::TcpStream::connect(receiver.addr)
+        .await
+        .expect("connect");
+    slow.write_all(b"POST /webhooks/unico HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .expect("write");
+    // ...so a second connection waits in the listen backlog, unanswered.
+    let body = support::unico(&support::new_id(), "3");
+    let request = format!(
+        "POST /webhooks/unico HTTP/1.1\r\nhost: x\r\n{UNICO_HEADER}: {UNICO_KEY}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut waiting = tokio::net::TcpStream::connect(receiver.addr)
+        .await
+        .expect("connect (the backlog takes it)");
+    waiting.write_all(request.as_bytes()).await.expect("write");
+    let mut early = [0u8; 64];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), waiting.read(&mut early))
+            .await
+            .is_err(),
+        "served past receive.max_connections"
+    );
+
+    // receive.header_read_timeout closes the slow one (no request, no answer worth a retry)...
+    let mut cut = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut cut))
+        .await
+        .expect("the slow connection is closed");
+    let cut_after = started.elapsed();
+    assert!(
+        cut_after >= Duration::from_millis(900) && cut_after < Duration::from_secs(5),
+        "closed after {cut_after:?}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&cut).contains(" 200 "),
+        "{}",
+        String::from_utf8_lossy(&cut)
+    );
+    // ...which frees the slot: the waiting request is served.
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), waiting.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    let summary = receiver.stop().await;
+    assert_eq!((summary.accepted, summary.refused), (1, 0), "{summary:?}");
+    let records = kafka.read_now(&topic);
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].value, body.as_bytes());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Kafka down or slow
 
