@@ -431,7 +431,7 @@ async fn raw_exchange(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bodies_over_the_limit_get_413_and_slow_ones_408_and_nothing_is_written() {
+async fn bodies_over_the_limit_get_413_slow_ones_408_broken_ones_400_and_nothing_is_written() {
     let topic = support::unique("recv-limits");
     let kafka = Kafka::new(&[(&topic, 1)]);
     let client = reqwest::Client::new();
@@ -488,12 +488,26 @@ async fn bodies_over_the_limit_get_413_and_slow_ones_408_and_nothing_is_written(
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(started.elapsed() >= Duration::from_millis(500));
 
+    // Broken framing (a chunk size that is not hex): 400, nothing written, connection closed.
+    let head = format!(
+        "POST /webhooks/unico HTTP/1.1\r\nhost: x\r\n{UNICO_HEADER}: {UNICO_KEY}\r\ntransfer-encoding: chunked\r\n\r\n"
+    );
+    let answer = raw_exchange(
+        receiver.addr,
+        &[head.as_bytes(), b"zz\r\n{\"id\":\r\n0\r\n\r\n"],
+        Duration::from_millis(20),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("bad_request"), "{answer}");
+
     // Unauthenticated: 401 whatever the size, and the body is not read.
     let a = post(&client, &url, "x".repeat(4096), &[]).await;
     assert_eq!(a.status, 401);
 
     let summary = receiver.stop().await;
-    assert_eq!((summary.accepted, summary.refused), (1, 4), "{summary:?}");
+    assert_eq!((summary.accepted, summary.refused), (1, 5), "{summary:?}");
     let records = kafka.read_now(&topic);
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].value, at_limit.as_bytes());
