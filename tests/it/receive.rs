@@ -717,6 +717,62 @@ async fn slow_kafka_and_a_full_house_answer_503_never_4xx() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_producer_error_answers_503_and_stops_the_receiver_with_an_error() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let topic = support::unique("recv-fatal");
+    let kafka = Kafka::new(&[(&topic, 1)]);
+    let client = reqwest::Client::new();
+    let mut config = config(&kafka, &topic);
+    // With the gapless guarantee, a sequence error is fatal for the idempotent producer.
+    config
+        .kafka
+        .producer
+        .0
+        .insert("enable.gapless.guarantee".into(), "true".into());
+    let mut receiver = Receiver::start(&config).await;
+    let url = receiver.url(Provider::Unico);
+    let kept = support::unico(&support::new_id(), "3");
+    let a = post(&client, &url, kept.clone(), &unico_auth()).await;
+    assert_eq!(a.status, 200, "{a:?}");
+
+    kafka.cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER; 4],
+    );
+    let a = post(
+        &client,
+        &url,
+        support::unico(&support::new_id(), "3"),
+        &unico_auth(),
+    )
+    .await;
+    assert_eq!(
+        (a.status, a.outcome().as_str()),
+        (503, "kafka_unavailable"),
+        "{a:?}"
+    );
+    assert_eq!(a.header("retry-after"), "3");
+    // The receiver drains and stops by itself, with the producer's error.
+    let stopped = tokio::time::timeout(Duration::from_secs(60), &mut receiver.task)
+        .await
+        .expect("the receiver stops by itself")
+        .expect("the receiver task does not panic");
+    match stopped {
+        Err(ReceiveError::FatalProducer(_)) => {}
+        other => panic!("expected a fatal producer error, got {other:?}"),
+    }
+    assert!(!receiver.health.readiness().ok, "not ready once stopped");
+    assert!(
+        client.post(&url).body("{}").send().await.is_err(),
+        "the listener is closed"
+    );
+    kafka.cluster.clear_request_errors(RDKafkaApiKey::Produce);
+    let records = kafka.read_now(&topic);
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].value, kept.as_bytes());
+}
+
 // ---------------------------------------------------------------------------------------------
 // What lands on the raw topic
 
