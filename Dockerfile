@@ -45,6 +45,8 @@ RUN apt-get update \
       --shell /usr/sbin/nologin webhook-enricher
 COPY --from=builder /usr/local/bin/webhook-enricher /usr/local/bin/webhook-enricher
 USER 10001:10001
+# The admin port (metrics, probes), and the webhook listener of `receive` (receive.listen).
 EXPOSE 9090
+EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/webhook-enricher"]
 CMD ["run"]

@@ -11,6 +11,10 @@
 //! 4. no provider circuit has been open (or half-open) for longer than
 //!    `circuit_open_unready_after`;
 //! 5. the service is not shutting down.
+//!
+//! The receiver (`webhook-enricher receive`) has no consumer and no circuits: it is ready when
+//! its producer's statistics are fresh, at least one broker connection is up, and it is not
+//! shutting down ([`Health::for_producer`]); it is live while its heartbeat task ticks.
 
 use crate::engine::breaker::CircuitBreaker;
 use crate::provider::Provider;
@@ -76,10 +80,20 @@ struct KafkaView {
     at: Option<Instant>,
 }
 
+/// Which Kafka client readiness rests on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// `run`: the consumer, which must also be a settled member of its group.
+    Consumer,
+    /// `receive`: the producer, connected to the brokers.
+    Producer,
+}
+
 /// What the probes look at. Shared by the engine (which updates it) and the admin server.
 #[derive(Debug)]
 pub struct Health {
     settings: AdminSettings,
+    role: Role,
     started: Instant,
     kafka: Mutex<KafkaView>,
     /// Milliseconds since `started` of the dispatcher's last tick.
@@ -98,9 +112,20 @@ pub struct ProbeReport {
 }
 
 impl Health {
+    /// The health of `run`: readiness follows the consumer (see the module docs).
     pub fn new(settings: AdminSettings) -> Self {
+        Self::with_role(settings, Role::Consumer)
+    }
+
+    /// The health of `receive`: readiness follows the producer's broker connections.
+    pub fn for_producer(settings: AdminSettings) -> Self {
+        Self::with_role(settings, Role::Producer)
+    }
+
+    fn with_role(settings: AdminSettings, role: Role) -> Self {
         Self {
             settings,
+            role,
             started: Instant::now(),
             kafka: Mutex::new(KafkaView::default()),
             heartbeat_ms: AtomicU64::new(0),
@@ -119,7 +144,7 @@ impl Health {
         self.kafka.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The engine's dispatcher loop is alive.
+    /// The engine's dispatcher loop (or the receiver's heartbeat task) is alive.
     pub fn heartbeat(&self) {
         self.heartbeat_ms
             .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
@@ -138,7 +163,8 @@ impl Health {
             .push((provider, breaker));
     }
 
-    /// A librdkafka statistics report arrived (consumer side).
+    /// A librdkafka statistics report arrived (the consumer's for `run`, the producer's for
+    /// `receive`).
     pub fn on_statistics(&self, stats: &rdkafka::Statistics) {
         let brokers_up = stats
             .brokers
@@ -163,10 +189,11 @@ impl Health {
         let since = self.started.elapsed().saturating_sub(last);
         let mut reasons = Vec::new();
         if since > self.settings.liveness_stall_after {
-            reasons.push(format!(
-                "engine loop has not ticked for {}s",
-                since.as_secs()
-            ));
+            let what = match self.role {
+                Role::Consumer => "engine loop",
+                Role::Producer => "receiver heartbeat",
+            };
+            reasons.push(format!("{what} has not ticked for {}s", since.as_secs()));
         }
         ProbeReport {
             ok: reasons.is_empty(),
@@ -187,7 +214,9 @@ impl Health {
                 if kafka.brokers_up == 0 {
                     reasons.push("no broker connection is up".into());
                 }
-                if kafka.group_state != "up" || kafka.join_state != "steady" {
+                if self.role == Role::Consumer
+                    && (kafka.group_state != "up" || kafka.join_state != "steady")
+                {
                     reasons.push(format!(
                         "not a settled member of the consumer group (state {:?}, join state {:?})",
                         kafka.group_state, kafka.join_state
@@ -391,6 +420,32 @@ mod tests {
             tokio::task::yield_now().await;
         }
         panic!("tasks left running: {}", metrics.num_alive_tasks() - before);
+    }
+
+    #[test]
+    fn the_receiver_is_ready_without_a_consumer_group() {
+        const PRODUCER_UP: &str = r#"{"name":"p","client_id":"p","type":"producer","ts":1,"time":1,"age":1,"replyq":0,"msg_cnt":0,"msg_size":0,"msg_max":0,"msg_size_max":0,"simple_cnt":0,"metadata_cache_cnt":0,"tx":0,"tx_bytes":0,"rx":0,"rx_bytes":0,"txmsgs":0,"txmsg_bytes":0,"rxmsgs":0,"rxmsg_bytes":0,
+          "brokers":{"b:9092/1":{"name":"b:9092/1","nodeid":1,"nodename":"b:9092","source":"configured","state":"UP","stateage":1,"outbuf_cnt":0,"outbuf_msg_cnt":0,"waitresp_cnt":0,"waitresp_msg_cnt":0,"tx":0,"txbytes":0,"txerrs":0,"txretries":0,"txidle":0,"req_timeouts":0,"rx":0,"rxbytes":0,"rxerrs":0,"rxcorriderrs":0,"rxpartial":0,"rxidle":0,"zbuf_grow":0,"buf_grow":0,"wakeups":0,"connects":1,"disconnects":0,"req":{},"toppars":{}}},"topics":{}}"#;
+        let h = Health::for_producer(AdminSettings::default());
+        assert!(!h.readiness().ok);
+        h.on_statistics(&stats(PRODUCER_UP));
+        assert_eq!(
+            h.readiness(),
+            ProbeReport {
+                ok: true,
+                reasons: vec![]
+            }
+        );
+        // The engine with the same statistics is not ready: it has no group.
+        let engine = Health::new(AdminSettings::default());
+        engine.on_statistics(&stats(PRODUCER_UP));
+        assert!(engine
+            .readiness()
+            .reasons
+            .iter()
+            .any(|r| r.contains("consumer group")));
+        h.set_shutting_down();
+        assert!(!h.readiness().ok);
     }
 
     #[test]

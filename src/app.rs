@@ -27,6 +27,8 @@ pub enum AppError {
     Schema(#[from] crate::avro::SchemaError),
     #[error("admin server: {0}")]
     Admin(#[from] crate::admin::AdminError),
+    #[error("receiver: {0}")]
+    Receive(#[from] crate::receive::ReceiveError),
 }
 
 /// Builds the enricher (one client per enabled provider).
@@ -98,5 +100,37 @@ pub async fn run(
     if let Some(admin) = admin {
         admin.abort();
     }
+    Ok(result?)
+}
+
+/// `webhook-enricher receive`: the webhook receiver, until `shutdown` resolves. Serves the admin
+/// endpoints meanwhile (readiness follows the producer).
+pub async fn receive(
+    config: &Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<crate::telemetry::receive::ReceiveSummary, AppError> {
+    let prometheus = if config.admin.enabled {
+        Some(crate::admin::prometheus()?)
+    } else {
+        None
+    };
+    let health = Arc::new(Health::for_producer(config.admin.clone()));
+    let listener = crate::receive::bind(&config.receive).await?;
+    let admin = match prometheus {
+        Some(prometheus) => {
+            let listener = crate::admin::bind(&config.admin).await?;
+            Some(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+                crate::admin::serve(listener, health.clone(), prometheus),
+            )))
+        }
+        None => None,
+    };
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        topic = %config.receive.topic,
+        "webhook receiver starting"
+    );
+    let result = crate::receive::serve(config, listener, health, shutdown).await;
+    drop(admin);
     Ok(result?)
 }

@@ -41,6 +41,18 @@ pub struct Config {
     pub enrich: EnrichSettings,
     pub engine: crate::engine::EngineSettings,
     pub admin: crate::admin::AdminSettings,
+    pub receive: crate::receive::ReceiveSettings,
+}
+
+/// The command a configuration is loaded for: each validates the sections it uses, so a receiver
+/// needs no provider API credentials and an enricher no webhook credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Role {
+    /// `webhook-enricher run`: Kafka, input, output, providers, enrich, engine, admin.
+    #[default]
+    Run,
+    /// `webhook-enricher receive`: Kafka, `[receive]` (and `input.max_payload_bytes`), admin.
+    Receive,
 }
 
 /// The `[kafka]` section: connection and security, shared by the consumer and the producer.
@@ -246,8 +258,14 @@ impl ConfigSources {
 const CLI_ENV: [&str; 3] = ["config", "log_format", "log_level"];
 
 impl Config {
-    /// Loads, merges and validates the configuration; every problem is reported at once.
+    /// Loads, merges and validates the configuration for `run`; every problem is reported at
+    /// once.
     pub fn load(sources: &ConfigSources) -> Result<Config, ConfigError> {
+        Self::load_for(sources, Role::Run)
+    }
+
+    /// Loads, merges and validates the configuration for `role`.
+    pub fn load_for(sources: &ConfigSources, role: Role) -> Result<Config, ConfigError> {
         let mut problems = Vec::new();
         let mut figment = Figment::new();
         if let Some(file) = &sources.file {
@@ -315,8 +333,11 @@ impl Config {
                 return Err(ConfigError { problems });
             }
         };
-        config.resolve_files(&mut problems);
-        problems.extend(config.validate());
+        config.receive.apply_default_paths();
+        if role == Role::Run {
+            config.resolve_files(&mut problems);
+        }
+        problems.extend(config.validate_for(role));
         if problems.is_empty() {
             Ok(config)
         } else {
@@ -337,15 +358,17 @@ impl Config {
         }
     }
 
-    /// Every rule the types cannot express. Returns one line per problem.
+    /// Every rule the types cannot express, for `run`. Returns one line per problem.
     pub fn validate(&self) -> Vec<String> {
+        self.validate_for(Role::Run)
+    }
+
+    /// Every rule the types cannot express for the sections `role` uses.
+    pub fn validate_for(&self, role: Role) -> Vec<String> {
         let mut p = Vec::new();
         let k = &self.kafka;
         if k.bootstrap_servers.trim().is_empty() {
             p.push("kafka.bootstrap_servers must not be empty".into());
-        }
-        if k.group_id.trim().is_empty() {
-            p.push("kafka.group_id must not be empty".into());
         }
         p.extend(crate::engine::kafka_config::guarded_overrides(k));
         if k.security_protocol.uses_sasl()
@@ -353,11 +376,23 @@ impl Config {
         {
             p.push("kafka.sasl.username and kafka.sasl.password are required with a sasl_* security_protocol".into());
         }
-        if self.input.topics.is_empty() || self.input.topics.iter().any(|t| t.trim().is_empty()) {
-            p.push("input.topics must list at least one non-empty topic".into());
-        }
         if self.input.max_payload_bytes == 0 {
             p.push("input.max_payload_bytes must be positive".into());
+        }
+        match role {
+            Role::Run => self.validate_run(&mut p),
+            Role::Receive => p.extend(self.receive.validate(self.input.max_payload_bytes)),
+        }
+        p
+    }
+
+    fn validate_run(&self, p: &mut Vec<String>) {
+        let k = &self.kafka;
+        if k.group_id.trim().is_empty() {
+            p.push("kafka.group_id must not be empty".into());
+        }
+        if self.input.topics.is_empty() || self.input.topics.iter().any(|t| t.trim().is_empty()) {
+            p.push("input.topics must list at least one non-empty topic".into());
         }
         if let Some(bad) = self
             .input
@@ -393,16 +428,16 @@ impl Config {
             p.push("at least one of clearsale.enabled and unico.enabled must be true".into());
         }
         if self.clearsale.enabled {
-            check_url(&mut p, "clearsale.base_url", &self.clearsale.base_url);
+            check_url(p, "clearsale.base_url", &self.clearsale.base_url);
             if self.clearsale.user.is_empty() || self.clearsale.password.is_empty() {
                 p.push("clearsale.user and clearsale.password are required (or set clearsale.enabled = false)".into());
             }
-            check_limits(&mut p, "clearsale", &self.clearsale.limits);
+            check_limits(p, "clearsale", &self.clearsale.limits);
         }
         if self.unico.enabled {
             let u = &self.unico;
-            check_url(&mut p, "unico.base_url", &u.base_url);
-            check_url(&mut p, "unico.issuer_url", &u.issuer_url);
+            check_url(p, "unico.base_url", &u.base_url);
+            check_url(p, "unico.issuer_url", &u.issuer_url);
             for (name, missing) in [
                 ("unico.account", u.account.is_empty()),
                 ("unico.tenant", u.tenant.is_empty()),
@@ -419,10 +454,10 @@ impl Config {
             if u.assertion_lifetime > Duration::from_secs(3600) || u.assertion_lifetime.is_zero() {
                 p.push("unico.assertion_lifetime must be between 1s and 1h".into());
             }
-            check_limits(&mut p, "unico", &u.limits);
+            check_limits(p, "unico", &u.limits);
         }
-        check_backoff(&mut p, "enrich.retry", &self.enrich.retry);
-        check_backoff(&mut p, "enrich.pending", &self.enrich.pending);
+        check_backoff(p, "enrich.retry", &self.enrich.retry);
+        check_backoff(p, "enrich.pending", &self.enrich.pending);
         let e = &self.engine;
         p.extend(e.validate());
         if e.revoke_drain_timeout >= Duration::from_secs(45)
@@ -460,7 +495,6 @@ impl Config {
         if self.enrich.not_found.attempts == 0 {
             p.push("enrich.not_found.attempts must be at least 1".into());
         }
-        p
     }
 
     /// The effective configuration as TOML, secrets redacted.
@@ -930,6 +964,57 @@ private_key_pem = "-----BEGIN PRIVATE KEY-----\nMIIfake\n-----END PRIVATE KEY---
         );
         let err = load(VALID, &[], &["nonsense"]).unwrap_err();
         assert!(err.problems[0].contains("key.path=value"));
+    }
+
+    #[test]
+    fn each_role_validates_only_the_sections_it_uses() {
+        let receiver = "[receive.clearsale.auth]\nmode = \"basic\"\nusername = \"cs\"\n[receive.unico.auth]\nmode = \"api_key\"\nheader = \"x-api-key\"\n";
+        let f = file(".toml", receiver);
+        let sources = |env: &[(&str, &str)]| ConfigSources {
+            file: Some(f.path().to_path_buf()),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            overrides: vec![],
+        };
+        // No provider API credentials needed to receive, but the webhook secrets are.
+        let err = Config::load_for(&sources(&[]), Role::Receive).unwrap_err();
+        let all = err.problems.join("\n");
+        assert!(
+            all.contains("receive.clearsale.auth.password is required with mode basic"),
+            "{all}"
+        );
+        assert!(
+            all.contains("receive.unico.auth.api_key is required with mode api_key"),
+            "{all}"
+        );
+        assert!(!all.contains("clearsale.user"), "{all}");
+        let env = [
+            (
+                "WEBHOOK_ENRICHER_RECEIVE__CLEARSALE__AUTH__PASSWORD",
+                "12:34",
+            ),
+            ("WEBHOOK_ENRICHER_RECEIVE__UNICO__AUTH__API_KEY", "0042"),
+            ("WEBHOOK_ENRICHER_RECEIVE__MAX_IN_FLIGHT", "64"),
+        ];
+        let c = Config::load_for(&sources(&env), Role::Receive).unwrap();
+        assert_eq!(c.receive.clearsale.auth.password.expose(), "12:34");
+        assert_eq!(c.receive.unico.auth.api_key.expose(), "0042");
+        assert_eq!(c.receive.max_in_flight, 64);
+        // A partial endpoint section keeps its provider's path.
+        assert_eq!(c.receive.clearsale.path, "/webhooks/clearsale");
+        assert_eq!(c.receive.unico.path, "/webhooks/unico");
+        let printed = c.to_redacted_toml().unwrap();
+        assert!(
+            !printed.contains("12:34") && !printed.contains("0042"),
+            "{printed}"
+        );
+        // The same file is not enough to run the enricher.
+        let err = Config::load_for(&sources(&env), Role::Run).unwrap_err();
+        assert!(err.problems.join("\n").contains("clearsale.user"), "{err}");
+        // And the enricher does not check the webhook settings.
+        assert!(load(VALID, &[], &[]).is_ok());
     }
 
     #[test]

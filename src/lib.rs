@@ -3,7 +3,8 @@
 //!
 //! The flow, module by module: [`event`] decodes raw webhooks, [`provider`] fetches results
 //! from the providers' APIs, the normalized record is built and encoded to Avro, and the Kafka
-//! engine publishes it. See `docs/DESIGN.md`.
+//! engine publishes it. [`receive`] is the HTTP endpoint the providers call, which puts their
+//! webhooks on the raw topic. See `docs/DESIGN.md`.
 
 #![forbid(unsafe_code)]
 
@@ -19,6 +20,7 @@ pub mod event;
 pub mod failure;
 pub mod logging;
 pub mod provider;
+pub mod receive;
 pub mod record;
 pub mod registry;
 pub mod retry;

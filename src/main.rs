@@ -4,7 +4,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
-use webhook_enricher::config::{Config, ConfigSources};
+use webhook_enricher::config::{Config, ConfigSources, Role};
 use webhook_enricher::demo::{self, DemoOptions, OutputFormat};
 use webhook_enricher::logging::{self, LogFormat};
 
@@ -35,8 +35,15 @@ struct Cli {
 enum Command {
     /// Run the enrichment pipeline (the main job) until SIGTERM/SIGINT.
     Run,
+    /// Serve the providers' webhooks: each accepted request is written to the raw topic and
+    /// answered 200 once Kafka acknowledged it. Until SIGTERM/SIGINT (then drain and exit 0).
+    Receive,
     /// Print the effective configuration (secrets redacted) and exit; non-zero if invalid.
-    CheckConfig,
+    CheckConfig {
+        /// Validate for this command: `run` (the enricher) or `receive` (the webhook receiver).
+        #[arg(long = "for", value_enum, default_value_t = Role::Run)]
+        role: Role,
+    },
     /// Serve the provider simulator (both providers' auth and result endpoints).
     Simulate {
         /// Address to listen on.
@@ -97,11 +104,11 @@ fn main() {
 }
 
 async fn async_main(cli: Cli) -> anyhow::Result<()> {
-    let load = || {
-        Config::load(&ConfigSources::from_process(
-            cli.config.clone(),
-            cli.overrides.clone(),
-        ))
+    let load = |role: Role| {
+        Config::load_for(
+            &ConfigSources::from_process(cli.config.clone(), cli.overrides.clone()),
+            role,
+        )
     };
     match cli.command {
         Command::Run => {
@@ -110,19 +117,32 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                 cli.log_level.as_deref(),
             )
             .map_err(anyhow::Error::msg)?;
-            let config = load()?;
+            let config = load(Role::Run)?;
             let summary =
                 webhook_enricher::app::run(&config, webhook_enricher::shutdown::signal()).await?;
             tracing::info!(summary = ?summary, "webhook-enricher stopped");
             Ok(())
         }
-        Command::CheckConfig => {
+        Command::Receive => {
+            logging::init(
+                cli.log_format.unwrap_or(LogFormat::Auto),
+                cli.log_level.as_deref(),
+            )
+            .map_err(anyhow::Error::msg)?;
+            let config = load(Role::Receive)?;
+            let summary =
+                webhook_enricher::app::receive(&config, webhook_enricher::shutdown::signal())
+                    .await?;
+            tracing::info!(summary = ?summary, "webhook receiver stopped");
+            Ok(())
+        }
+        Command::CheckConfig { role } => {
             logging::init(
                 cli.log_format.unwrap_or(LogFormat::Text),
                 cli.log_level.as_deref().or(Some("warn")),
             )
             .map_err(anyhow::Error::msg)?;
-            let config = load()?;
+            let config = load(role)?;
             print!("{}", config.to_redacted_toml()?);
             Ok(())
         }

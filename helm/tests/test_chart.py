@@ -50,6 +50,12 @@ SECRET_VALUES = {
     "kafkaTlsKeyPassword": "s3cret-tls-key-pw",
     "registryUsername": "s3cret-registry-user",
     "registryPassword": "s3cret-registry-pw",
+    "receiveClearsalePassword": "s3cret-recv-cs:pw",
+    "receiveClearsaleToken": "s3cret-recv-cs-token",
+    "receiveClearsaleApiKey": "s3cret-recv-cs-key",
+    "receiveUnicoPassword": "s3cret-recv-unico:pw",
+    "receiveUnicoToken": "s3cret-recv-unico-token",
+    "receiveUnicoApiKey": "s3cret-recv-unico-key",
 }
 # values key -> key in the Secret.
 VALUES_KEY_OF = {
@@ -61,8 +67,15 @@ VALUES_KEY_OF = {
     "kafkaTlsKeyPassword": "kafka-tls-key-password",
     "registryUsername": "registry-username",
     "registryPassword": "registry-password",
+    "receiveClearsalePassword": "receive-clearsale-password",
+    "receiveClearsaleToken": "receive-clearsale-token",
+    "receiveClearsaleApiKey": "receive-clearsale-api-key",
+    "receiveUnicoPassword": "receive-unico-password",
+    "receiveUnicoToken": "receive-unico-token",
+    "receiveUnicoApiKey": "receive-unico-api-key",
 }
-# Secret key -> environment variable (the service's WEBHOOK_ENRICHER_<SECTION>__<KEY> names).
+# Secret key -> environment variable of the enricher's pods (`run`; the service's
+# WEBHOOK_ENRICHER_<SECTION>__<KEY> names).
 SECRET_ENV = {
     "clearsale-password": "WEBHOOK_ENRICHER_CLEARSALE__PASSWORD",
     "unico-api-key": "WEBHOOK_ENRICHER_UNICO__API_KEY",
@@ -71,6 +84,19 @@ SECRET_ENV = {
     "kafka-tls-key-password": "WEBHOOK_ENRICHER_KAFKA__TLS__KEY_PASSWORD",
     "registry-username": "WEBHOOK_ENRICHER_OUTPUT__ENCODING__REGISTRY__USERNAME",
     "registry-password": "WEBHOOK_ENRICHER_OUTPUT__ENCODING__REGISTRY__PASSWORD",
+}
+# Secret key -> environment variable of the receiver's pods (`receive`): the Kafka credentials
+# and the webhook credentials, none of the provider API ones.
+RECEIVE_SECRET_ENV = {
+    "kafka-sasl-username": "WEBHOOK_ENRICHER_KAFKA__SASL__USERNAME",
+    "kafka-sasl-password": "WEBHOOK_ENRICHER_KAFKA__SASL__PASSWORD",
+    "kafka-tls-key-password": "WEBHOOK_ENRICHER_KAFKA__TLS__KEY_PASSWORD",
+    "receive-clearsale-password": "WEBHOOK_ENRICHER_RECEIVE__CLEARSALE__AUTH__PASSWORD",
+    "receive-clearsale-token": "WEBHOOK_ENRICHER_RECEIVE__CLEARSALE__AUTH__TOKEN",
+    "receive-clearsale-api-key": "WEBHOOK_ENRICHER_RECEIVE__CLEARSALE__AUTH__API_KEY",
+    "receive-unico-password": "WEBHOOK_ENRICHER_RECEIVE__UNICO__AUTH__PASSWORD",
+    "receive-unico-token": "WEBHOOK_ENRICHER_RECEIVE__UNICO__AUTH__TOKEN",
+    "receive-unico-api-key": "WEBHOOK_ENRICHER_RECEIVE__UNICO__AUTH__API_KEY",
 }
 
 
@@ -97,6 +123,16 @@ class Rendered:
     def kinds(self) -> set[str]:
         return {d["kind"] for d in self.docs}
 
+    def enricher(self, kind: str) -> dict[str, Any]:
+        """The one object of `kind` that belongs to the enricher (not to the receiver)."""
+        found = [d for d in self.all(kind) if component(d) != "receiver"]
+        assert len(found) == 1, f"expected one enricher {kind}, found {len(found)}"
+        return found[0]
+
+    def receiver(self, kind: str) -> list[dict[str, Any]]:
+        """The receiver's objects of `kind`."""
+        return [d for d in self.all(kind) if component(d) == "receiver"]
+
     @property
     def config_text(self) -> str:
         return self.one("ConfigMap")["data"]["config.toml"]
@@ -106,8 +142,12 @@ class Rendered:
         return tomllib.loads(self.config_text)
 
     def workloads(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-        """(workload, pod spec) of the Deployment and the backfill Job, if any."""
+        """(workload, pod spec) of the Deployments and the backfill Job, if any."""
         return [(w, w["spec"]["template"]["spec"]) for w in self.docs if w["kind"] in ("Deployment", "Job")]
+
+
+def component(doc: dict[str, Any]) -> str | None:
+    return doc["metadata"].get("labels", {}).get("app.kubernetes.io/component")
 
 
 @pytest.fixture(scope="session")
@@ -259,7 +299,7 @@ def test_default_objects(chart):
 def test_probes_and_ports_follow_admin_listen(scenario):
     _, _, rendered = scenario
     port = admin_listen_port(rendered)
-    deployment = rendered.one("Deployment")
+    deployment = rendered.enricher("Deployment")
     c = container(deployment["spec"]["template"]["spec"])
     assert port_number(c, "admin") == port
     liveness, readiness = c["livenessProbe"]["httpGet"], c["readinessProbe"]["httpGet"]
@@ -268,12 +308,13 @@ def test_probes_and_ports_follow_admin_listen(scenario):
     assert port_number(c, liveness["port"]) == port
     assert port_number(c, readiness["port"]) == port
 
-    service = rendered.one("Service")
+    service = rendered.enricher("Service")
     (service_port,) = service["spec"]["ports"]
     assert port_number(c, service_port["targetPort"]) == port
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= pod_labels.items()
-    for monitor in rendered.all("ServiceMonitor"):
+    monitors = [m for m in rendered.all("ServiceMonitor") if m["spec"]["selector"]["matchLabels"].get("app.kubernetes.io/component") == "enricher"]
+    for monitor in monitors:
         (endpoint,) = monitor["spec"]["endpoints"]
         assert endpoint["path"] == "/metrics"
         assert endpoint["port"] == service_port["name"]
@@ -283,7 +324,7 @@ def test_probes_and_ports_follow_admin_listen(scenario):
 def test_admin_port_moves_config_container_and_probes_together(chart):
     rendered = render(chart, {"admin": {"port": 9555}})
     assert admin_listen_port(rendered) == 9555
-    c = container(rendered.one("Deployment")["spec"]["template"]["spec"])
+    c = container(rendered.enricher("Deployment")["spec"]["template"]["spec"])
     assert port_number(c, c["readinessProbe"]["httpGet"]["port"]) == 9555
 
 
@@ -309,8 +350,15 @@ def test_other_admin_settings_pass_through(chart):
 def test_grace_period_exceeds_the_whole_shutdown_budget(scenario):
     _, _, rendered = scenario
     engine = rendered.config["engine"]
-    budget = sum(humantime_seconds(engine[k]) for k in ("drain_timeout", "flush_timeout", "close_timeout"))
+    receive = rendered.config.get("receive", {})
+    engine_budget = sum(humantime_seconds(engine[k]) for k in ("drain_timeout", "flush_timeout", "close_timeout"))
+    # The receiver: serve while unready, drain, flush (service defaults 0s, 20s, 5s).
+    receive_budget = sum(
+        humantime_seconds(receive.get(k, default))
+        for k, default in (("shutdown_delay", "0s"), ("drain_timeout", "20s"), ("write_timeout", "5s"))
+    )
     for workload, pod_spec in rendered.workloads():
+        budget = receive_budget if component(workload) == "receiver" else engine_budget
         grace = pod_spec["terminationGracePeriodSeconds"]
         assert grace > budget, (
             f"{workload['kind']}: grace period {grace}s is not above the shutdown budget {budget}s "
@@ -326,7 +374,7 @@ def test_grace_period_exceeds_the_whole_shutdown_budget(scenario):
 def test_grace_period_is_derived_from_drain_timeout(chart, drain_timeout, expected_grace):
     rendered = render(chart, {"config": {"engine": {"drain_timeout": drain_timeout}}})
     assert rendered.config["engine"]["drain_timeout"] == drain_timeout
-    grace = rendered.one("Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    grace = rendered.enricher("Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert grace == expected_grace
     assert grace > humantime_seconds(drain_timeout)
 
@@ -336,7 +384,7 @@ def test_grace_period_follows_flush_and_close_timeouts(chart):
         chart,
         {"config": {"engine": {"drain_timeout": "20s", "flush_timeout": "1m", "close_timeout": "15s"}}},
     )
-    grace = rendered.one("Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    grace = rendered.enricher("Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert grace == 20 + 60 + 15 + 5
 
 
@@ -357,12 +405,14 @@ def test_env_cannot_override_chart_derived_settings(chart):
 
 
 def checksum(rendered: Rendered) -> str:
-    return rendered.one("Deployment")["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+    return rendered.enricher("Deployment")["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
 
 
 def test_checksum_is_sha256_of_the_config_file(scenario):
     _, _, rendered = scenario
     assert checksum(rendered) == hashlib.sha256(rendered.config_text.encode()).hexdigest()
+    for deployment in rendered.receiver("Deployment"):
+        assert deployment["spec"]["template"]["metadata"]["annotations"]["checksum/config"] == checksum(rendered)
 
 
 def test_checksum_changes_with_config_and_only_with_config(chart):
@@ -452,7 +502,7 @@ def test_existing_secret_is_used_and_not_rendered(chart):
     assert {env: ref["key"] for env, ref in refs.items()} == {env: key for key, env in SECRET_ENV.items()}
     assert all(ref["name"] == name for ref in refs.values())
     assert volumes == [name]
-    annotations = rendered.one("Deployment")["spec"]["template"]["metadata"]["annotations"]
+    annotations = rendered.enricher("Deployment")["spec"]["template"]["metadata"]["annotations"]
     assert "checksum/secret" not in annotations
 
 
@@ -462,7 +512,7 @@ def test_chart_secret_carries_every_credential(chart):
     decoded = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
     assert decoded["unico-private-key.pem"] == SECRET_VALUES["unicoPrivateKey"]
     assert decoded["clearsale-password"] == SECRET_VALUES["clearsalePassword"]
-    assert set(decoded) == {*SECRET_ENV, "unico-private-key.pem"}
+    assert set(decoded) == {*SECRET_ENV, *RECEIVE_SECRET_ENV, "unico-private-key.pem"}
     _, pod_spec = rendered.workloads()[0]
     refs, volumes = secret_refs(pod_spec)
     assert {ref["name"] for ref in refs.values()} | set(volumes) == {secret["metadata"]["name"]}
@@ -476,7 +526,11 @@ def test_chart_secret_carries_every_credential(chart):
 def test_unico_key_file_is_mounted_where_the_config_points(scenario):
     _, _, rendered = scenario
     path = rendered.config["unico"]["private_key_file"]
-    for _, pod_spec in rendered.workloads():
+    for workload, pod_spec in rendered.workloads():
+        if component(workload) == "receiver":
+            # The receiver needs no provider API credential.
+            assert all(v["name"] != "unico-key" for v in pod_spec["volumes"])
+            continue
         mounts = {m["name"]: m for m in container(pod_spec)["volumeMounts"]}
         volume = next(v for v in pod_spec["volumes"] if v["name"] == "unico-key")
         (item,) = volume["secret"]["items"]
@@ -522,8 +576,8 @@ def test_secrets_in_config_are_refused(chart, config):
 
 def test_pod_disruption_budget(scenario):
     _, _, rendered = scenario
-    pdb = rendered.one("PodDisruptionBudget")
-    pod_labels = rendered.one("Deployment")["spec"]["template"]["metadata"]["labels"]
+    pdb = rendered.enricher("PodDisruptionBudget")
+    pod_labels = rendered.enricher("Deployment")["spec"]["template"]["metadata"]["labels"]
     assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
     assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
     for job in rendered.all("Job"):
@@ -533,7 +587,7 @@ def test_pod_disruption_budget(scenario):
 
 def test_autoscaling_is_capped_at_partitions(scenario):
     _, values, rendered = scenario
-    deployment = rendered.one("Deployment")
+    deployment = rendered.enricher("Deployment")
     autoscalers = rendered.all("ScaledObject") + rendered.all("HorizontalPodAutoscaler")
     if not autoscalers:
         assert deployment["spec"]["replicas"] == values.get("replicas", 2)
@@ -599,7 +653,7 @@ def test_autoscaling_misconfigurations_are_refused(chart, autoscaling):
 def test_topology_spread_gets_the_pod_selector(chart):
     constraint = {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway"}
     rendered = render(chart, {"topologySpreadConstraints": [constraint]})
-    deployment = rendered.one("Deployment")
+    deployment = rendered.enricher("Deployment")
     (spread,) = deployment["spec"]["template"]["spec"]["topologySpreadConstraints"]
     assert spread["labelSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
     for version in KUBE_VERSIONS:
@@ -623,7 +677,7 @@ def test_backfill_job(chart):
     assert c["args"] == values["backfill"]["args"]
     assert pod_spec["restartPolicy"] == "Never"
     assert job["spec"]["activeDeadlineSeconds"] == 21600
-    deployment = rendered.one("Deployment")
+    deployment = rendered.enricher("Deployment")
     assert container(deployment["spec"]["template"]["spec"])["args"] == ["run"]
     # Same config and credentials as the consumers, but not selected by them.
     assert env_map(c)["WEBHOOK_ENRICHER_CONFIG"] == env_map(container(deployment["spec"]["template"]["spec"]))["WEBHOOK_ENRICHER_CONFIG"]
@@ -638,6 +692,130 @@ def test_backfill_job(chart):
 def test_backfill_needs_args(chart):
     with pytest.raises(helm.HelmRenderError, match="backfill.args"):
         render(chart, {"backfill": {"enabled": True}})
+
+
+# --------------------------------------------------------------------------------------------
+# The webhook receiver
+
+
+RECEIVER_AUTH = {"receive": {"clearsale": {"auth": {"mode": "basic", "username": "cs"}}, "unico": {"auth": {"mode": "none"}}}}
+
+
+def test_receiver_is_off_by_default(chart):
+    rendered = render(chart)
+    assert all(component(d) != "receiver" for d in rendered.docs)
+    assert "listen" not in rendered.config.get("receive", {})
+
+
+def test_receiver_objects(chart):
+    values = scenario_values("receiver")
+    rendered = render(chart, values)
+    (deployment,) = rendered.receiver("Deployment")
+    pod_spec = deployment["spec"]["template"]["spec"]
+    c = container(pod_spec)
+    assert c["args"] == ["receive"]
+    assert deployment["spec"]["replicas"] == 3
+    # The listener port: config, container port, Service, Ingress.
+    port = values["receiver"]["port"]
+    host, _, listen_port = rendered.config["receive"]["listen"].rpartition(":")
+    assert (host, int(listen_port)) == ("0.0.0.0", port)
+    assert port_number(c, "http") == port
+    # Probes on the admin port, as for the enricher.
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
+    assert port_number(c, "admin") == admin_listen_port(rendered)
+    # Its pods are selected by its Services and PDB, never by the enricher's (and vice versa).
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    enricher_labels = rendered.enricher("Deployment")["spec"]["template"]["metadata"]["labels"]
+    services = {s["metadata"]["name"]: s for s in rendered.receiver("Service")}
+    assert len(services) == 2
+    web = services[deployment["metadata"]["name"]]
+    admin = next(s for n, s in services.items() if n != deployment["metadata"]["name"])
+    for service in (web, admin):
+        assert service["spec"]["selector"].items() <= pod_labels.items()
+        assert not service["spec"]["selector"].items() <= enricher_labels.items()
+    (web_port,) = web["spec"]["ports"]
+    assert web_port["targetPort"] == "http" and web_port["port"] == 80
+    assert not web["spec"].get("publishNotReadyAddresses"), "unready receivers get no webhooks"
+    assert admin["spec"]["publishNotReadyAddresses"] is True
+    assert admin["spec"]["ports"][0]["targetPort"] == "admin"
+    (pdb,) = rendered.receiver("PodDisruptionBudget")
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert not rendered.enricher("PodDisruptionBudget")["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    # The Ingress routes exactly the two webhook paths to the web port, with TLS.
+    (ingress,) = rendered.all("Ingress")
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    assert ingress["spec"]["tls"] == [{"secretName": "webhooks-tls", "hosts": ["webhooks.example.com"]}]
+    (rule,) = ingress["spec"]["rules"]
+    assert rule["host"] == "webhooks.example.com"
+    paths = {p["path"]: p for p in rule["http"]["paths"]}
+    assert set(paths) == {"/webhooks/clearsale", "/webhooks/unico"}
+    for p in paths.values():
+        assert p["pathType"] == "Exact"
+        assert p["backend"]["service"] == {"name": web["metadata"]["name"], "port": {"name": "http"}}
+    # Metrics of both: one ServiceMonitor each, the receiver's on its admin Service.
+    monitor = next(m for m in rendered.all("ServiceMonitor") if m["metadata"]["name"] == deployment["metadata"]["name"])
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= admin["metadata"]["labels"].items()
+    assert not monitor["spec"]["selector"]["matchLabels"].items() <= web["metadata"]["labels"].items()
+    assert monitor["spec"]["endpoints"][0]["port"] == "admin"
+    # The grace period covers the delay, the drain and the flush: 10 + 20 + 5 + 5.
+    assert pod_spec["terminationGracePeriodSeconds"] == 40
+
+
+def test_receiver_pods_get_only_the_receivers_credentials(chart):
+    values = merge(scenario_values("receiver"), {"secrets": SECRET_VALUES})
+    rendered = render(chart, values)
+    (deployment,) = rendered.receiver("Deployment")
+    refs, volumes = secret_refs(deployment["spec"]["template"]["spec"])
+    assert {env: ref["key"] for env, ref in refs.items()} == {env: key for key, env in RECEIVE_SECRET_ENV.items()}
+    assert volumes == [], "no Unico private key in the receiver"
+    enricher_refs, _ = secret_refs(rendered.enricher("Deployment")["spec"]["template"]["spec"])
+    assert {ref["key"] for ref in enricher_refs.values()} == set(SECRET_ENV)
+    assert not any(k.startswith("receive-") for k in (ref["key"] for ref in enricher_refs.values()))
+    decoded = {k: base64.b64decode(v).decode() for k, v in rendered.one("Secret")["data"].items()}
+    assert decoded["receive-clearsale-password"] == SECRET_VALUES["receiveClearsalePassword"]
+
+
+def test_receiver_needs_an_auth_mode_per_enabled_endpoint(chart):
+    with pytest.raises(helm.HelmRenderError, match=r"config.receive.clearsale.auth.mode is required"):
+        render(chart, {"receiver": {"enabled": True}})
+    config = {"receive": {"clearsale": {"auth": {"mode": "bearer"}}, "unico": {"enabled": False}}}
+    rendered = render(chart, {"receiver": {"enabled": True}, "config": config})
+    assert rendered.config["receive"]["unico"]["enabled"] is False
+    (ingress_less,) = rendered.receiver("Deployment")
+    assert rendered.all("Ingress") == []
+    assert ingress_less["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 5 + 20 + 5 + 5
+
+
+def test_ingress_serves_only_the_enabled_endpoints_at_their_paths(chart):
+    config = {"receive": {"clearsale": {"path": "/hooks/cs", "auth": {"mode": "none"}}, "unico": {"enabled": False}}}
+    rendered = render(chart, {"receiver": {"enabled": True, "ingress": {"enabled": True, "hosts": ["a.example", "b.example"]}}, "config": config})
+    (ingress,) = rendered.all("Ingress")
+    assert [[p["path"] for p in r["http"]["paths"]] for r in ingress["spec"]["rules"]] == [["/hooks/cs"], ["/hooks/cs"]]
+
+
+def test_receiver_listen_cannot_be_set_in_config(chart):
+    with pytest.raises(helm.HelmRenderError, match="set receiver.port instead"):
+        render(chart, {"receiver": {"enabled": True}, "config": merge(RECEIVER_AUTH, {"receive": {"listen": "0.0.0.0:1"}})})
+
+
+@pytest.mark.parametrize(
+    "auth",
+    [
+        {"clearsale": {"auth": {"mode": "basic", "password": "plain"}}},
+        {"clearsale": {"auth": {"mode": "bearer", "token": "plain"}}},
+        {"unico": {"auth": {"mode": "api_key", "api_key": "plain"}}},
+    ],
+)
+def test_receiver_secrets_in_config_are_refused(chart, auth):
+    with pytest.raises(helm.HelmRenderError, match=r"secrets\.receive(Clearsale|Unico)"):
+        render(chart, {"config": {"receive": auth}})
+
+
+def test_load_balancer_keeps_the_client_address(chart):
+    rendered = render(chart, {"receiver": {"enabled": True, "service": {"type": "LoadBalancer"}}, "config": RECEIVER_AUTH})
+    web = next(s for s in rendered.receiver("Service") if s["spec"]["type"] == "LoadBalancer")
+    assert web["spec"]["externalTrafficPolicy"] == "Local"
 
 
 # --------------------------------------------------------------------------------------------
@@ -689,8 +867,9 @@ def test_dockerfile_matches_the_chart(chart):
     assert re.search(rf"^USER {UID}:{UID}$", dockerfile, re.M)
     assert defaults["podSecurityContext"]["runAsUser"] == UID
     assert re.search(rf"^EXPOSE {defaults['admin']['port']}$", dockerfile, re.M)
+    assert re.search(rf"^EXPOSE {defaults['receiver']['port']}$", dockerfile, re.M)
     assert 'ENTRYPOINT ["/usr/local/bin/webhook-enricher"]' in dockerfile
     assert 'CMD ["run"]' in dockerfile
     assert "cargo build --release --locked --bin webhook-enricher" in dockerfile
     rendered = render(chart)
-    assert container(rendered.one("Deployment")["spec"]["template"]["spec"])["image"] == f"webhook-enricher:{chart.metadata['appVersion']}"
+    assert container(rendered.enricher("Deployment")["spec"]["template"]["spec"])["image"] == f"webhook-enricher:{chart.metadata['appVersion']}"

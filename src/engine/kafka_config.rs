@@ -141,8 +141,18 @@ pub fn consumer_config(
 
 /// The producer: idempotent, `acks=all`, retried by librdkafka until `message.timeout.ms`.
 pub fn producer_config(settings: &KafkaSettings) -> ClientConfig {
+    producer_config_with(settings, &[])
+}
+
+/// The producer of [`producer_config`] with more defaults of the caller's (the receiver's
+/// statistics and write deadline), applied before the `kafka.producer` passthrough, so the
+/// operator's properties still win and the guarded ones are still forced last.
+pub fn producer_config_with(settings: &KafkaSettings, defaults: &[(&str, String)]) -> ClientConfig {
     let mut c = base(settings);
     c.set("linger.ms", "5");
+    for (k, v) in defaults {
+        c.set(*k, v);
+    }
     for (k, v) in &settings.producer.0 {
         c.set(k, v);
     }
@@ -217,6 +227,26 @@ mod tests {
         assert_eq!(p.get("acks"), Some("all"));
         assert_eq!(p.get("enable.idempotence"), Some("true"));
         assert_eq!(p.get("linger.ms"), Some("1"));
+    }
+
+    #[test]
+    fn caller_defaults_yield_to_the_passthrough_and_never_to_the_guarantees() {
+        let mut s = KafkaSettings::default();
+        s.producer
+            .0
+            .insert("message.timeout.ms".into(), "9000".into());
+        let p = producer_config_with(
+            &s,
+            &[
+                ("message.timeout.ms", "5000".into()),
+                ("statistics.interval.ms", "1000".into()),
+                ("acks", "1".into()),
+            ],
+        );
+        assert_eq!(p.get("message.timeout.ms"), Some("9000"));
+        assert_eq!(p.get("statistics.interval.ms"), Some("1000"));
+        assert_eq!(p.get("acks"), Some("all"));
+        assert_eq!(p.get("enable.idempotence"), Some("true"));
     }
 
     #[test]

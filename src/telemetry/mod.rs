@@ -7,6 +7,7 @@
 //! run's counters ([`stats`]). Telemetry takes plain values (providers, classes, [`Source`]
 //! coordinates), never engine types.
 
+pub mod receive;
 pub mod stats;
 
 use crate::failure::ErrorClass;
@@ -122,6 +123,7 @@ pub fn describe_metrics() {
         names::CONSUMPTION_STALLS,
         "Times the in-flight budget stayed full for engine.pause_after and consumption paused."
     );
+    receive::describe_metrics();
     describe_histogram!(
         names::END_TO_END_SECONDS,
         Unit::Seconds,
@@ -350,7 +352,7 @@ pub fn consumer_poll_error(error: &rdkafka::error::KafkaError) {
 /// Lets each repeating log line through once, then at most every [`Throttle::EVERY`], counting
 /// the repeats it held back. One slot per key (up to [`Throttle::KEYS`], the stalest evicted), so
 /// two errors that interleave are each still throttled.
-struct Throttle {
+pub(crate) struct Throttle {
     slots: std::sync::Mutex<Vec<ThrottleSlot>>,
 }
 
@@ -364,14 +366,14 @@ impl Throttle {
     const EVERY: Duration = Duration::from_secs(30);
     const KEYS: usize = 64;
 
-    const fn new() -> Self {
+    pub(crate) const fn new() -> Self {
         Self {
             slots: std::sync::Mutex::new(Vec::new()),
         }
     }
 
     /// `Some(repeats suppressed since the last line)` when the line should be logged.
-    fn admit(&self, key: &str) -> Option<u64> {
+    pub(crate) fn admit(&self, key: &str) -> Option<u64> {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         let now = std::time::Instant::now();
         if let Some(slot) = slots.iter_mut().find(|s| s.key == key) {

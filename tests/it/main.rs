@@ -9,6 +9,7 @@ mod engine_faults;
 mod engine_lifecycle;
 mod engine_order;
 mod enrich;
+mod receive;
 mod registry;
 mod simulator;
 mod support;

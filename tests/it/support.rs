@@ -643,10 +643,18 @@ pub fn write_config(config: &Config, dir: &std::path::Path) -> std::path::PathBu
 
 /// The configuration's secrets as `WEBHOOK_ENRICHER_*` environment variables.
 pub fn secret_env(config: &Config) -> Vec<(String, String)> {
+    let cs = &config.receive.clearsale.auth;
+    let un = &config.receive.unico.auth;
     [
         ("CLEARSALE__PASSWORD", &config.clearsale.password),
         ("UNICO__API_KEY", &config.unico.api_key),
         ("UNICO__PRIVATE_KEY_PEM", &config.unico.private_key_pem),
+        ("RECEIVE__CLEARSALE__AUTH__PASSWORD", &cs.password),
+        ("RECEIVE__CLEARSALE__AUTH__TOKEN", &cs.token),
+        ("RECEIVE__CLEARSALE__AUTH__API_KEY", &cs.api_key),
+        ("RECEIVE__UNICO__AUTH__PASSWORD", &un.password),
+        ("RECEIVE__UNICO__AUTH__TOKEN", &un.token),
+        ("RECEIVE__UNICO__AUTH__API_KEY", &un.api_key),
     ]
     .into_iter()
     .filter(|(_, secret)| !secret.is_empty())
@@ -812,6 +820,25 @@ pub fn spawn_run(config: &Config, dir: &std::path::Path, log_name: &str) -> Chil
     cmd.arg("--config")
         .arg(&file)
         .args(["--log-level", "info,librdkafka=warn", "run"])
+        .envs(secret_env(config));
+    let log = log_dir().join(format!("{}.log", unique(log_name)));
+    ChildGuard::spawn(cmd, log)
+}
+
+/// The built binary running `receive` with a configuration file and secrets from the
+/// environment.
+pub fn spawn_receive(config: &Config, dir: &std::path::Path, log_name: &str) -> ChildGuard {
+    let file = write_config(config, dir);
+    let mut cmd = binary_command();
+    cmd.arg("--config")
+        .arg(&file)
+        .args([
+            "--log-format",
+            "json",
+            "--log-level",
+            "info,librdkafka=warn",
+            "receive",
+        ])
         .envs(secret_env(config));
     let log = log_dir().join(format!("{}.log", unique(log_name)));
     ChildGuard::spawn(cmd, log)

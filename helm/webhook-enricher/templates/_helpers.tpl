@@ -41,6 +41,17 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: enricher
 {{- end }}
 
+{{/* Selector of the webhook receiver's pods (`webhook-enricher receive`). */}}
+{{- define "webhook-enricher.receiverSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "webhook-enricher.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: receiver
+{{- end }}
+
+{{- define "webhook-enricher.receiverName" -}}
+{{- printf "%s-receiver" (include "webhook-enricher.fullname" . | trunc 54 | trimSuffix "-") }}
+{{- end }}
+
 {{- define "webhook-enricher.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "webhook-enricher.fullname" .) .Values.serviceAccount.name }}
@@ -63,18 +74,26 @@ app.kubernetes.io/component: enricher
 {{- end }}
 
 {{/*
-The credentials: values key -> key in the Secret and the environment variable the service
-reads it from. The Unico private key is mounted as a file instead (unico.private_key_file).
+The credentials: values key -> key in the Secret, the environment variable the service reads it
+from, and which pods get it (`run`: the enricher and the backfill Job; `receive`: the webhook
+receiver; `both`). Each pod gets only the credentials of its command. The Unico private key is
+mounted as a file instead (unico.private_key_file), in the enricher's pods only.
 */}}
 {{- define "webhook-enricher.secretKeys" -}}
-clearsalePassword: {key: clearsale-password, env: WEBHOOK_ENRICHER_CLEARSALE__PASSWORD}
-unicoApiKey: {key: unico-api-key, env: WEBHOOK_ENRICHER_UNICO__API_KEY}
-unicoPrivateKey: {key: unico-private-key.pem}
-kafkaSaslUsername: {key: kafka-sasl-username, env: WEBHOOK_ENRICHER_KAFKA__SASL__USERNAME}
-kafkaSaslPassword: {key: kafka-sasl-password, env: WEBHOOK_ENRICHER_KAFKA__SASL__PASSWORD}
-kafkaTlsKeyPassword: {key: kafka-tls-key-password, env: WEBHOOK_ENRICHER_KAFKA__TLS__KEY_PASSWORD}
-registryUsername: {key: registry-username, env: WEBHOOK_ENRICHER_OUTPUT__ENCODING__REGISTRY__USERNAME}
-registryPassword: {key: registry-password, env: WEBHOOK_ENRICHER_OUTPUT__ENCODING__REGISTRY__PASSWORD}
+clearsalePassword: {key: clearsale-password, env: WEBHOOK_ENRICHER_CLEARSALE__PASSWORD, for: run}
+unicoApiKey: {key: unico-api-key, env: WEBHOOK_ENRICHER_UNICO__API_KEY, for: run}
+unicoPrivateKey: {key: unico-private-key.pem, for: run}
+kafkaSaslUsername: {key: kafka-sasl-username, env: WEBHOOK_ENRICHER_KAFKA__SASL__USERNAME, for: both}
+kafkaSaslPassword: {key: kafka-sasl-password, env: WEBHOOK_ENRICHER_KAFKA__SASL__PASSWORD, for: both}
+kafkaTlsKeyPassword: {key: kafka-tls-key-password, env: WEBHOOK_ENRICHER_KAFKA__TLS__KEY_PASSWORD, for: both}
+registryUsername: {key: registry-username, env: WEBHOOK_ENRICHER_OUTPUT__ENCODING__REGISTRY__USERNAME, for: run}
+registryPassword: {key: registry-password, env: WEBHOOK_ENRICHER_OUTPUT__ENCODING__REGISTRY__PASSWORD, for: run}
+receiveClearsalePassword: {key: receive-clearsale-password, env: WEBHOOK_ENRICHER_RECEIVE__CLEARSALE__AUTH__PASSWORD, for: receive}
+receiveClearsaleToken: {key: receive-clearsale-token, env: WEBHOOK_ENRICHER_RECEIVE__CLEARSALE__AUTH__TOKEN, for: receive}
+receiveClearsaleApiKey: {key: receive-clearsale-api-key, env: WEBHOOK_ENRICHER_RECEIVE__CLEARSALE__AUTH__API_KEY, for: receive}
+receiveUnicoPassword: {key: receive-unico-password, env: WEBHOOK_ENRICHER_RECEIVE__UNICO__AUTH__PASSWORD, for: receive}
+receiveUnicoToken: {key: receive-unico-token, env: WEBHOOK_ENRICHER_RECEIVE__UNICO__AUTH__TOKEN, for: receive}
+receiveUnicoApiKey: {key: receive-unico-api-key, env: WEBHOOK_ENRICHER_RECEIVE__UNICO__AUTH__API_KEY, for: receive}
 {{- end }}
 
 {{- define "webhook-enricher.unicoKeyDir" -}}/etc/webhook-enricher/secrets{{- end }}
@@ -122,6 +141,17 @@ then consumer close with the final commit) plus a margin for the process to exit
 {{- add (include "webhook-enricher.drainSeconds" . | int64) (include "webhook-enricher.flushSeconds" . | int64) (include "webhook-enricher.closeSeconds" . | int64) .Values.terminationGracePeriodMarginSeconds }}
 {{- end }}
 
+{{/* The receiver's shutdown budget: receive.shutdown_delay (still serving, not ready), then
+receive.drain_timeout (requests in flight), then the producer flush (receive.write_timeout), plus
+a margin (service defaults: 0s, 20s, 5s). */}}
+{{- define "webhook-enricher.receiverGracePeriodSeconds" -}}
+{{- $r := dig "receive" dict (.Values.config | default dict) }}
+{{- $delay := include "webhook-enricher.durationSeconds" (dig "shutdown_delay" "0s" $r) | int64 }}
+{{- $drain := include "webhook-enricher.durationSeconds" (dig "drain_timeout" "20s" $r) | int64 }}
+{{- $write := include "webhook-enricher.durationSeconds" (dig "write_timeout" "5s" $r) | int64 }}
+{{- add $delay $drain $write .Values.receiver.terminationGracePeriodMarginSeconds }}
+{{- end }}
+
 {{- define "webhook-enricher.unicoEnabled" -}}
 {{- if ne (toString (dig "unico" "enabled" true (.Values.config | default dict))) "false" }}true{{ end }}
 {{- end }}
@@ -153,7 +183,22 @@ Checks that the templates cannot express as types; each fails the render with a 
 {{- end }}
 {{- end }}
 {{- end }}
-{{- $reserved := list "WEBHOOK_ENRICHER_CONFIG" "WEBHOOK_ENRICHER_ADMIN__LISTEN" "WEBHOOK_ENRICHER_ENGINE__DRAIN_TIMEOUT" }}
+{{- $receive := dig "receive" dict $cfg }}
+{{- if hasKey $receive "listen" }}
+{{- fail "config.receive.listen is set by the chart from receiver.port (the container port, the Service and the Ingress use it too): set receiver.port instead" }}
+{{- end }}
+{{- range $provider := list "clearsale" "unico" }}
+{{- $auth := dig $provider "auth" dict $receive }}
+{{- range $field, $valuesKey := dict "password" "Password" "token" "Token" "api_key" "ApiKey" }}
+{{- if get $auth $field }}
+{{- fail (printf "config.receive.%s.auth.%s is a secret and would land in the ConfigMap: set secrets.receive%s%s (or a key of secrets.existingSecret) instead" $provider $field (title $provider) $valuesKey) }}
+{{- end }}
+{{- end }}
+{{- if and $.Values.receiver.enabled (ne (toString (dig $provider "enabled" true $receive)) "false") (not (get $auth "mode")) }}
+{{- fail (printf "receiver.enabled: config.receive.%s.auth.mode is required (basic, bearer, api_key, or none to accept unauthenticated webhooks), or set config.receive.%s.enabled: false" $provider $provider) }}
+{{- end }}
+{{- end }}
+{{- $reserved := list "WEBHOOK_ENRICHER_CONFIG" "WEBHOOK_ENRICHER_ADMIN__LISTEN" "WEBHOOK_ENRICHER_ENGINE__DRAIN_TIMEOUT" "WEBHOOK_ENRICHER_RECEIVE__LISTEN" }}
 {{- range concat (.Values.extraEnv | default list) (.Values.backfill.extraEnv | default list) }}
 {{- if has .name $reserved }}
 {{- fail (printf "extraEnv must not set %s: the chart derives the port, the probes and the grace period from values (admin.port, config.engine.drain_timeout)" .name) }}
@@ -228,6 +273,11 @@ the pods' checksum/config annotation.
 {{- $admin := get $cfg "admin" | default dict }}
 {{- $_ := set $admin "listen" (printf "0.0.0.0:%d" (int64 .Values.admin.port)) }}
 {{- $_ = set $cfg "admin" $admin }}
+{{- if .Values.receiver.enabled }}
+{{- $receive := get $cfg "receive" | default dict }}
+{{- $_ = set $receive "listen" (printf "0.0.0.0:%d" (int64 .Values.receiver.port)) }}
+{{- $_ = set $cfg "receive" $receive }}
+{{- end }}
 {{- if include "webhook-enricher.unicoEnabled" . }}
 {{- $unico := get $cfg "unico" | default dict }}
 {{- if not (get $unico "private_key_file") }}
@@ -241,19 +291,27 @@ the pods' checksum/config annotation.
 {{ end }}
 
 {{/*
-The pod spec shared by the Deployment and the backfill Job. Takes (dict "root" $ "args" list
-"probes" bool "resources" map "extraEnv" list).
+The pod spec shared by the Deployments and the backfill Job. Takes (dict "root" $ "args" list
+"probes" bool "resources" map "extraEnv" list "component" "enricher"|"receiver"|"backfill").
+The receiver's pods get its port, its grace period and only the credentials of `receive`; the
+others the credentials of `run` and the Unico key file.
 */}}
 {{- define "webhook-enricher.podSpec" -}}
 {{- $root := .root }}
 {{- $v := $root.Values }}
+{{- $receiver := eq (.component | default "enricher") "receiver" }}
+{{- $for := ternary "receive" "run" $receiver }}
 {{- with $v.imagePullSecrets }}
 imagePullSecrets:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 serviceAccountName: {{ include "webhook-enricher.serviceAccountName" $root }}
 automountServiceAccountToken: {{ $v.serviceAccount.automountToken }}
+{{- if $receiver }}
+terminationGracePeriodSeconds: {{ include "webhook-enricher.receiverGracePeriodSeconds" $root }}
+{{- else }}
 terminationGracePeriodSeconds: {{ include "webhook-enricher.terminationGracePeriodSeconds" $root }}
+{{- end }}
 {{- with $v.priorityClassName }}
 priorityClassName: {{ . }}
 {{- end }}
@@ -266,6 +324,11 @@ containers:
     args:
       {{- toYaml .args | nindent 6 }}
     ports:
+      {{- if $receiver }}
+      - name: http
+        containerPort: {{ $v.receiver.port }}
+        protocol: TCP
+      {{- end }}
       - name: admin
         containerPort: {{ $v.admin.port }}
         protocol: TCP
@@ -277,7 +340,7 @@ containers:
       - name: WEBHOOK_ENRICHER_LOG_LEVEL
         value: {{ $v.logLevel | quote }}
       {{- range $valuesKey, $s := fromYaml (include "webhook-enricher.secretKeys" $root) }}
-      {{- if $s.env }}
+      {{- if and $s.env (or (eq $s.for "both") (eq $s.for $for)) }}
       - name: {{ $s.env }}
         valueFrom:
           secretKeyRef:
@@ -298,12 +361,12 @@ containers:
       httpGet:
         path: /healthz
         port: admin
-      {{- toYaml $v.livenessProbe | nindent 6 }}
+      {{- toYaml .livenessProbe | nindent 6 }}
     readinessProbe:
       httpGet:
         path: /readyz
         port: admin
-      {{- toYaml $v.readinessProbe | nindent 6 }}
+      {{- toYaml .readinessProbe | nindent 6 }}
     {{- end }}
     resources:
       {{- toYaml .resources | nindent 6 }}
@@ -314,9 +377,11 @@ containers:
         mountPath: {{ include "webhook-enricher.configDir" $root }}/config.toml
         subPath: config.toml
         readOnly: true
+      {{- if not $receiver }}
       - name: unico-key
         mountPath: {{ include "webhook-enricher.unicoKeyDir" $root }}
         readOnly: true
+      {{- end }}
       {{- with $v.extraVolumeMounts }}
       {{- toYaml . | nindent 6 }}
       {{- end }}
@@ -324,6 +389,7 @@ volumes:
   - name: config
     configMap:
       name: {{ include "webhook-enricher.fullname" $root }}
+  {{- if not $receiver }}
   - name: unico-key
     secret:
       secretName: {{ include "webhook-enricher.secretName" $root }}
@@ -332,6 +398,7 @@ volumes:
       items:
         - key: unico-private-key.pem
           path: unico-private-key.pem
+  {{- end }}
   {{- with $v.extraVolumes }}
   {{- toYaml . | nindent 2 }}
   {{- end }}
