@@ -14,8 +14,16 @@ fn base(settings: &KafkaSettings) -> ClientConfig {
             settings.security_protocol.as_librdkafka(),
         );
     let tls = &settings.tls;
-    if let Some(p) = &tls.ca_location {
-        c.set("ssl.ca.location", p.display().to_string());
+    match &tls.ca_location {
+        Some(p) => {
+            c.set("ssl.ca.location", p.display().to_string());
+        }
+        // OpenSSL is built into the binary (rdkafka's `ssl-vendored`), and its default CA path
+        // is that build's directory (/usr/local/ssl), not the system's: `probe` makes librdkafka
+        // look for the system's CA bundle in the usual places (/etc/ssl/certs/... and others).
+        None => {
+            c.set("ssl.ca.location", "probe");
+        }
     }
     if let Some(p) = &tls.certificate_location {
         c.set("ssl.certificate.location", p.display().to_string());
@@ -226,6 +234,55 @@ mod tests {
         assert_eq!(p.get("acks"), Some("all"));
         assert_eq!(p.get("security.protocol"), Some("plaintext"));
         assert_eq!(p.get("sasl.username"), None);
+    }
+
+    #[test]
+    fn the_system_ca_bundle_is_probed_unless_one_is_given() {
+        let c = producer_config(&KafkaSettings::default());
+        assert_eq!(c.get("ssl.ca.location"), Some("probe"));
+        let mut s = KafkaSettings::default();
+        s.tls.ca_location = Some("/etc/kafka/ca.pem".into());
+        let c = consumer_config(&s, "g", Duration::from_secs(5), Duration::from_secs(5));
+        assert_eq!(c.get("ssl.ca.location"), Some("/etc/kafka/ca.pem"));
+
+        /// Keeps librdkafka's log lines.
+        struct Logs(std::sync::Mutex<Vec<String>>);
+        impl rdkafka::ClientContext for Logs {
+            fn log(&self, _: rdkafka::config::RDKafkaLogLevel, _: &str, message: &str) {
+                self.0.lock().unwrap().push(message.to_string());
+            }
+        }
+        impl rdkafka::producer::ProducerContext for Logs {
+            type DeliveryOpaque = ();
+            fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, _: ()) {}
+        }
+        let s = KafkaSettings {
+            bootstrap_servers: "127.0.0.1:1".into(),
+            security_protocol: SecurityProtocol::Ssl,
+            ..Default::default()
+        };
+        let mut c = producer_config(&s);
+        c.set("debug", "security")
+            .set_log_level(rdkafka::config::RDKafkaLogLevel::Debug);
+        let producer: rdkafka::producer::BaseProducer<Logs> = c
+            .create_with_context(Logs(Default::default()))
+            .expect("a TLS client");
+        // librdkafka's log lines reach the context through the client's queue: serve it.
+        producer.poll(Duration::from_millis(200));
+        let logs = rdkafka::producer::Producer::context(&producer)
+            .0
+            .lock()
+            .unwrap()
+            .clone();
+        // Debian's bundle (ca-certificates); other systems have theirs in other probed places.
+        let debian = "/etc/ssl/certs/ca-certificates.crt";
+        if std::path::Path::new(debian).exists() {
+            assert!(
+                logs.iter()
+                    .any(|l| l.contains("CA certificate location") && l.contains(debian)),
+                "the system CA bundle was not found: {logs:#?}"
+            );
+        }
     }
 
     #[test]
