@@ -43,7 +43,8 @@ fn base(settings: &KafkaSettings) -> ClientConfig {
     c
 }
 
-/// Consumer properties the delivery guarantees depend on, with why an override is refused.
+/// Consumer properties the delivery guarantees depend on (or that have a setting of their own),
+/// with why an override is refused.
 pub const GUARDED_CONSUMER: &[(&str, &str)] = &[
     (
         "enable.auto.offset.store",
@@ -68,7 +69,8 @@ pub const GUARDED_CONSUMER: &[(&str, &str)] = &[
     ),
 ];
 
-/// Producer properties the delivery guarantees depend on, with why an override is refused.
+/// Producer properties the delivery guarantees depend on (or that have a setting of their own),
+/// with why an override is refused.
 pub const GUARDED_PRODUCER: &[(&str, &str)] = &[
     (
         "enable.idempotence",
@@ -81,6 +83,11 @@ pub const GUARDED_PRODUCER: &[(&str, &str)] = &[
     (
         "request.required.acks",
         "an alias of acks; acks=all is what makes an acknowledged write durable",
+    ),
+    ("compression.type", "set kafka.compression instead"),
+    (
+        "compression.codec",
+        "an alias of compression.type; set kafka.compression instead",
     ),
 ];
 
@@ -150,7 +157,8 @@ pub fn consumer_config(
 /// The producer: idempotent, `acks=all`, retried by librdkafka until `message.timeout.ms`.
 pub fn producer_config(settings: &KafkaSettings) -> ClientConfig {
     let mut c = base(settings);
-    c.set("linger.ms", "5");
+    c.set("linger.ms", "5")
+        .set("compression.type", settings.compression.as_librdkafka());
     for (k, v) in &settings.producer.0 {
         c.set(k, v);
     }
@@ -234,6 +242,39 @@ mod tests {
         assert_eq!(p.get("acks"), Some("all"));
         assert_eq!(p.get("security.protocol"), Some("plaintext"));
         assert_eq!(p.get("sasl.username"), None);
+    }
+
+    #[test]
+    fn output_compression_is_a_setting_and_every_codec_is_built_in() {
+        assert_eq!(
+            producer_config(&KafkaSettings::default()).get("compression.type"),
+            Some("lz4")
+        );
+        for codec in crate::config::Compression::ALL {
+            let s = KafkaSettings {
+                bootstrap_servers: "127.0.0.1:1".into(),
+                compression: codec,
+                ..Default::default()
+            };
+            let c = producer_config(&s);
+            assert_eq!(c.get("compression.type"), Some(codec.as_librdkafka()));
+            // librdkafka refuses a codec it was built without ("libzstd not available at build
+            // time"); a consumer of such a build cannot decompress that codec either.
+            let created: Result<rdkafka::producer::BaseProducer, _> = c.create();
+            assert!(created.is_ok(), "{codec:?}: {:?}", created.err());
+        }
+        let mut s = KafkaSettings::default();
+        s.producer
+            .0
+            .insert("compression.type".into(), "gzip".into());
+        s.producer
+            .0
+            .insert("compression.codec".into(), "gzip".into());
+        let problems = guarded_overrides(&s);
+        assert_eq!(problems.len(), 2, "{problems:#?}");
+        assert!(problems
+            .iter()
+            .all(|p| p.contains("set kafka.compression instead")));
     }
 
     #[test]
