@@ -80,20 +80,31 @@ fuzz_target!(|data: &[u8]| {
         Ok(config) => {
             let debug = format!("{config:?}");
             assert!(!debug.contains(&secret), "a secret in Debug: {debug}");
-            let printed = config.to_redacted_toml().expect("a loaded configuration prints");
+            let printed = config
+                .to_redacted_toml()
+                .expect("a loaded configuration prints");
             assert!(!printed.contains(&secret), "a secret printed: {printed}");
             // What check-config prints loads again to the same configuration.
             std::fs::write(file(), printed.as_bytes()).expect("rewrite");
             let reloaded = Config::load(&ConfigSources {
                 file: Some(file().clone()),
                 env: Vec::new(),
-                overrides: SECRETS.iter().map(|key| format!("{key}={secret}")).collect(),
+                overrides: SECRETS
+                    .iter()
+                    .map(|key| format!("{key}={secret}"))
+                    .collect(),
             });
-            assert!(reloaded.is_ok(), "the printed configuration does not load: {reloaded:?}");
+            assert!(
+                reloaded.is_ok(),
+                "the printed configuration does not load: {reloaded:?}"
+            );
         }
         Err(error) => {
             let message = error.to_string();
-            assert!(!message.contains(&secret), "a secret in an error: {message}");
+            assert!(
+                !message.contains(&secret),
+                "a secret in an error: {message}"
+            );
         }
     }
 });

@@ -28,7 +28,14 @@ use webhook_enricher::provider::{Fetched, Provider};
 use webhook_enricher::record::{normalize, Lineage};
 
 const MODULES: [&str; 8] = [
-    "mfa", "biolink", "decision", "score", "insights", "MFA", " mfa ", "newModule",
+    "mfa",
+    "biolink",
+    "decision",
+    "score",
+    "insights",
+    "MFA",
+    " mfa ",
+    "newModule",
 ];
 const MARGIN: Duration = Duration::from_secs(300);
 
@@ -39,7 +46,9 @@ fn encoder() -> &'static RecordEncoder {
 
 /// The record for `fetched` encodes to exactly apache-avro's bytes, and reads back.
 fn check_record(event: &WebhookEvent, fetched: &Fetched) {
-    let at = chrono::Utc.with_ymd_and_hms(2025, 9, 26, 17, 21, 11).unwrap();
+    let at = chrono::Utc
+        .with_ymd_and_hms(2025, 9, 26, 17, 21, 11)
+        .unwrap();
     let lineage = Lineage {
         topic: "webhooks.raw".into(),
         partition: 1,
@@ -47,21 +56,31 @@ fn check_record(event: &WebhookEvent, fetched: &Fetched) {
         timestamp: Some(at),
     };
     let record = normalize(event, fetched, Some(lineage), true, at);
-    let bytes = encoder().encode("out", &record).expect("single-object encoding");
+    let bytes = encoder()
+        .encode("out", &record)
+        .expect("single-object encoding");
     let schema = schema().expect("schema");
     let reference = GenericDatumWriter::builder(schema)
         .build()
         .expect("writer")
         .write_value_to_vec(to_avro_value(&record))
         .expect("apache-avro writes the record");
-    assert_eq!(&bytes[10..], &reference[..], "the encoder disagrees with apache-avro");
+    assert_eq!(
+        &bytes[10..],
+        &reference[..],
+        "the encoder disagrees with apache-avro"
+    );
     webhook_enricher::avro::decode(&bytes, schema).expect("the record reads back");
 }
 
 fn check_error(error: &webhook_enricher::provider::ProviderError) {
     // Errors reach logs and dead-letter headers: bounded (the provider's detail is truncated).
     let text = error.to_string();
-    assert!(text.chars().count() <= MAX_DETAIL_CHARS + 200, "{} chars", text.len());
+    assert!(
+        text.chars().count() <= MAX_DETAIL_CHARS + 200,
+        "{} chars",
+        text.len()
+    );
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -80,7 +99,10 @@ fuzz_target!(|data: &[u8]| {
     let now = chrono::Utc::now();
     if let Some(delay) = webhook_enricher::retry::parse_retry_after(&retry_after, now) {
         // A delay the retry loop can add to an Instant.
-        assert!(std::time::Instant::now().checked_add(delay).is_some(), "{delay:?}");
+        assert!(
+            std::time::Instant::now().checked_add(delay).is_some(),
+            "{delay:?}"
+        );
     }
     let detail = error_detail(&body);
     assert!(detail.chars().count() <= MAX_DETAIL_CHARS + 1);

@@ -26,7 +26,8 @@ fn settings() -> &'static DecoderSettings {
     SETTINGS.get_or_init(|| {
         let mut s = DecoderSettings::default();
         s.topic_providers.insert(TOPICS[1].into(), Provider::Unico);
-        s.topic_providers.insert(TOPICS[2].into(), Provider::ClearSale);
+        s.topic_providers
+            .insert(TOPICS[2].into(), Provider::ClearSale);
         s
     })
 }
@@ -114,7 +115,10 @@ fuzz_target!(|data: &[u8]| {
             assert!(reason.len() <= 512, "a {} byte reason", reason.len());
             if let Some(p) = payload.as_deref().filter(|p| p.len() >= 64) {
                 let text = String::from_utf8_lossy(p);
-                assert!(!reason.contains(text.as_ref()), "the payload is in the reason");
+                assert!(
+                    !reason.contains(text.as_ref()),
+                    "the payload is in the reason"
+                );
             }
         }
     }
