@@ -13,11 +13,8 @@ ARG RUST_IMAGE=rust:1-bookworm
 ARG RUNTIME_IMAGE=debian:bookworm-slim
 
 FROM ${RUST_IMAGE} AS builder
-# librdkafka is built from source with TLS and SASL: a C toolchain (in the image), pkg-config,
-# OpenSSL and zlib headers.
-RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends pkg-config libssl-dev zlib1g-dev \
- && rm -rf /var/lib/apt/lists/*
+# librdkafka, OpenSSL, zlib and zstd are built from source by the crates (rdkafka's ssl-vendored,
+# libz-static, zstd): the image's C/C++ toolchain, make and perl are all it needs, no apt-get.
 WORKDIR /build
 
 # Dependency layer: build the locked dependencies against placeholder sources, so a change to
@@ -37,8 +34,10 @@ RUN touch src/main.rs src/lib.rs \
  && cp target/release/webhook-enricher /usr/local/bin/webhook-enricher
 
 FROM ${RUNTIME_IMAGE} AS runtime
+# The binary links OpenSSL statically; ca-certificates is the trust store librdkafka probes
+# (ssl.ca.location=probe) and the providers' TLS verifier reads.
 RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ca-certificates libssl3 \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 webhook-enricher \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \

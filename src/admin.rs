@@ -10,7 +10,11 @@
 //! 3. the consumer is a member of its group (group state `up`, join state `steady`);
 //! 4. no provider circuit has been open (or half-open) for longer than
 //!    `circuit_open_unready_after`;
-//! 5. the service is not shutting down.
+//! 5. no input record batch failed to decode at the Kafka level (unsupported or corrupt
+//!    compression, a corrupt record) within the last [`UNDECODABLE_UNREADY_FOR`]: its partition
+//!    cannot advance, and librdkafka reports it again on every fetch, so this holds for as long
+//!    as the partition is stuck;
+//! 6. the service is not shutting down.
 //!
 //! The receiver (`webhook-enricher receive`) has no consumer and no circuits: it is ready when
 //! its producer's statistics are fresh, at least one broker connection is up, and it is not
@@ -28,6 +32,9 @@ use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+/// How long an input record batch that could not be decoded keeps the service unready.
+pub const UNDECODABLE_UNREADY_FOR: Duration = Duration::from_secs(60);
 
 /// The `[admin]` settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -101,6 +108,8 @@ pub struct Health {
     shutting_down: AtomicBool,
     breakers: Mutex<Vec<(Provider, Arc<CircuitBreaker>)>>,
     lag: Arc<crate::telemetry::ConsumerLag>,
+    /// The last input record batch that could not be decoded: when, and why.
+    undecodable: Mutex<Option<(Instant, String)>>,
 }
 
 /// A probe's answer.
@@ -132,6 +141,7 @@ impl Health {
             shutting_down: AtomicBool::new(false),
             breakers: Mutex::new(Vec::new()),
             lag: Arc::default(),
+            undecodable: Mutex::new(None),
         }
     }
 
@@ -161,6 +171,11 @@ impl Health {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push((provider, breaker));
+    }
+
+    /// librdkafka could not decode an input record batch (`error` says why; never payload).
+    pub fn input_undecodable(&self, error: String) {
+        *self.undecodable.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), error));
     }
 
     /// A librdkafka statistics report arrived (the consumer's for `run`, the producer's for
@@ -234,6 +249,14 @@ impl Health {
                 if open > self.settings.circuit_open_unready_after {
                     reasons.push(format!("{provider} circuit open for {}s", open.as_secs()));
                 }
+            }
+        }
+        if let Some((at, error)) = &*self.undecodable.lock().unwrap_or_else(|e| e.into_inner()) {
+            if at.elapsed() < UNDECODABLE_UNREADY_FOR {
+                reasons.push(format!(
+                    "an input record batch cannot be decoded ({error}, {}s ago): its partition cannot advance",
+                    at.elapsed().as_secs()
+                ));
             }
         }
         if self.shutting_down.load(Ordering::Relaxed) {
@@ -446,6 +469,28 @@ mod tests {
             .any(|r| r.contains("consumer group")));
         h.set_shutting_down();
         assert!(!h.readiness().ok);
+    }
+
+    #[test]
+    fn an_undecodable_input_batch_unreadies_while_it_recurs() {
+        let h = Health::new(AdminSettings::default());
+        h.input_undecodable("Message consumption error: NotImplemented".into());
+        let reasons = h.readiness().reasons;
+        assert!(
+            reasons
+                .iter()
+                .any(|r| r.contains("cannot be decoded (Message consumption error: NotImplemented")),
+            "{reasons:?}"
+        );
+        // Older than the window: no longer a reason.
+        *h.undecodable.lock().unwrap() = Instant::now()
+            .checked_sub(UNDECODABLE_UNREADY_FOR)
+            .map(|at| (at, "old".to_string()));
+        assert!(!h
+            .readiness()
+            .reasons
+            .iter()
+            .any(|r| r.contains("cannot be decoded")));
     }
 
     #[test]

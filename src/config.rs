@@ -71,6 +71,9 @@ pub struct KafkaSettings {
     pub sasl: SaslSettings,
     /// TLS files (for `ssl` and `sasl_ssl`).
     pub tls: TlsSettings,
+    /// Compression of the records the service writes (output and dead-letter topics). Input is
+    /// read whatever its codec.
+    pub compression: Compression,
     /// Raw librdkafka properties for the consumer (applied last; see the librdkafka docs).
     pub consumer: LibrdkafkaProperties,
     /// Raw librdkafka properties for the producer (applied last).
@@ -86,6 +89,7 @@ impl Default for KafkaSettings {
             security_protocol: SecurityProtocol::Plaintext,
             sasl: SaslSettings::default(),
             tls: TlsSettings::default(),
+            compression: Compression::default(),
             consumer: LibrdkafkaProperties::default(),
             producer: LibrdkafkaProperties::default(),
         }
@@ -118,6 +122,47 @@ impl SecurityProtocol {
             self,
             SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
         )
+    }
+}
+
+/// The producer's `compression.type`: every codec is built into librdkafka here, so input
+/// written with any of them is read too.
+///
+/// The default is `lz4`: the cheapest in CPU per byte (the service is CPU-bound, see the
+/// benchmarks in the README), and a codec every Kafka client decodes (librdkafka always builds
+/// it in, unlike zstd, which is a build option there: a librdkafka built without it cannot read
+/// zstd records at all). `zstd` compresses further for more CPU; choose it when every reader of
+/// the output topics supports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    None,
+    Gzip,
+    Snappy,
+    #[default]
+    Lz4,
+    Zstd,
+}
+
+impl Compression {
+    /// Every codec.
+    pub const ALL: [Compression; 5] = [
+        Compression::None,
+        Compression::Gzip,
+        Compression::Snappy,
+        Compression::Lz4,
+        Compression::Zstd,
+    ];
+
+    /// The librdkafka value.
+    pub fn as_librdkafka(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
     }
 }
 

@@ -332,6 +332,29 @@ fn commit(consumer: &BaseConsumer<EngineContext>, when: &'static str) -> Result<
     }
 }
 
+/// Why a consumer error means that librdkafka fetched a record batch it cannot decode, as the
+/// `reason` label of the metric; `None` for other errors (connection trouble and the like,
+/// which librdkafka retries by itself).
+///
+/// librdkafka does not skip such a batch: the partition's next fetch starts at the same offset
+/// and fails again, so the partition stalls until an operator acts (the README's runbook).
+/// Skipping it would lose records; every codec Kafka defines is built in, so what remains is
+/// a corrupt or foreign batch.
+fn undecodable(error: &KafkaError) -> Option<&'static str> {
+    use rdkafka::types::RDKafkaErrorCode::*;
+    let KafkaError::MessageConsumption(code) = error else {
+        return None;
+    };
+    match code {
+        // A codec this build lacks, or one Kafka does not define (attribute bits 5-7).
+        NotImplemented | UnsupportedCompressionType => Some("unsupported_compression"),
+        BadCompression => Some("corrupt_compression"),
+        BadMessage | InvalidMessage | InvalidRecord => Some("corrupt_record"),
+        MessageSizeTooLarge => Some("record_too_large"),
+        _ => None,
+    }
+}
+
 /// Creates the consumer, subscribes, and starts its thread.
 pub fn start(
     config: ClientConfig,
@@ -639,6 +662,12 @@ impl PollLoop {
                             .context()
                             .events
                             .send(FromConsumer::Fatal(format!("{code:?}: {reason}")));
+                    } else if let Some(reason) = undecodable(&e) {
+                        crate::telemetry::input_undecodable(reason, &e);
+                        self.consumer
+                            .context()
+                            .health
+                            .input_undecodable(e.to_string());
                     } else {
                         crate::telemetry::consumer_poll_error(&e);
                     }
@@ -704,6 +733,38 @@ impl PollLoop {
         {
             // The engine is gone; give the places back so nothing waits on them.
             self.flow.release(&lanes);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::types::RDKafkaErrorCode;
+
+    #[test]
+    fn batches_librdkafka_cannot_decode_are_told_apart_from_other_errors() {
+        let consumption = KafkaError::MessageConsumption;
+        for (code, reason) in [
+            (RDKafkaErrorCode::NotImplemented, "unsupported_compression"),
+            (
+                RDKafkaErrorCode::UnsupportedCompressionType,
+                "unsupported_compression",
+            ),
+            (RDKafkaErrorCode::BadCompression, "corrupt_compression"),
+            (RDKafkaErrorCode::BadMessage, "corrupt_record"),
+            (RDKafkaErrorCode::InvalidMessage, "corrupt_record"),
+            (RDKafkaErrorCode::MessageSizeTooLarge, "record_too_large"),
+        ] {
+            assert_eq!(undecodable(&consumption(code)), Some(reason), "{code:?}");
+        }
+        for other in [
+            consumption(RDKafkaErrorCode::BrokerTransportFailure),
+            consumption(RDKafkaErrorCode::AllBrokersDown),
+            KafkaError::PartitionEOF(0),
+            KafkaError::MessageConsumptionFatal(RDKafkaErrorCode::BadCompression),
+        ] {
+            assert_eq!(undecodable(&other), None, "{other:?}");
         }
     }
 }

@@ -14,8 +14,16 @@ fn base(settings: &KafkaSettings) -> ClientConfig {
             settings.security_protocol.as_librdkafka(),
         );
     let tls = &settings.tls;
-    if let Some(p) = &tls.ca_location {
-        c.set("ssl.ca.location", p.display().to_string());
+    match &tls.ca_location {
+        Some(p) => {
+            c.set("ssl.ca.location", p.display().to_string());
+        }
+        // OpenSSL is built into the binary (rdkafka's `ssl-vendored`), and its default CA path
+        // is that build's directory (/usr/local/ssl), not the system's: `probe` makes librdkafka
+        // look for the system's CA bundle in the usual places (/etc/ssl/certs/... and others).
+        None => {
+            c.set("ssl.ca.location", "probe");
+        }
     }
     if let Some(p) = &tls.certificate_location {
         c.set("ssl.certificate.location", p.display().to_string());
@@ -35,7 +43,8 @@ fn base(settings: &KafkaSettings) -> ClientConfig {
     c
 }
 
-/// Consumer properties the delivery guarantees depend on, with why an override is refused.
+/// Consumer properties the delivery guarantees depend on (or that have a setting of their own),
+/// with why an override is refused.
 pub const GUARDED_CONSUMER: &[(&str, &str)] = &[
     (
         "enable.auto.offset.store",
@@ -60,7 +69,8 @@ pub const GUARDED_CONSUMER: &[(&str, &str)] = &[
     ),
 ];
 
-/// Producer properties the delivery guarantees depend on, with why an override is refused.
+/// Producer properties the delivery guarantees depend on (or that have a setting of their own),
+/// with why an override is refused.
 pub const GUARDED_PRODUCER: &[(&str, &str)] = &[
     (
         "enable.idempotence",
@@ -73,6 +83,11 @@ pub const GUARDED_PRODUCER: &[(&str, &str)] = &[
     (
         "request.required.acks",
         "an alias of acks; acks=all is what makes an acknowledged write durable",
+    ),
+    ("compression.type", "set kafka.compression instead"),
+    (
+        "compression.codec",
+        "an alias of compression.type; set kafka.compression instead",
     ),
 ];
 
@@ -149,7 +164,8 @@ pub fn producer_config(settings: &KafkaSettings) -> ClientConfig {
 /// operator's properties still win and the guarded ones are still forced last.
 pub fn producer_config_with(settings: &KafkaSettings, defaults: &[(&str, String)]) -> ClientConfig {
     let mut c = base(settings);
-    c.set("linger.ms", "5");
+    c.set("linger.ms", "5")
+        .set("compression.type", settings.compression.as_librdkafka());
     for (k, v) in defaults {
         c.set(*k, v);
     }
@@ -256,6 +272,88 @@ mod tests {
         assert_eq!(p.get("acks"), Some("all"));
         assert_eq!(p.get("security.protocol"), Some("plaintext"));
         assert_eq!(p.get("sasl.username"), None);
+    }
+
+    #[test]
+    fn output_compression_is_a_setting_and_every_codec_is_built_in() {
+        assert_eq!(
+            producer_config(&KafkaSettings::default()).get("compression.type"),
+            Some("lz4")
+        );
+        for codec in crate::config::Compression::ALL {
+            let s = KafkaSettings {
+                bootstrap_servers: "127.0.0.1:1".into(),
+                compression: codec,
+                ..Default::default()
+            };
+            let c = producer_config(&s);
+            assert_eq!(c.get("compression.type"), Some(codec.as_librdkafka()));
+            // librdkafka refuses a codec it was built without ("libzstd not available at build
+            // time"); a consumer of such a build cannot decompress that codec either.
+            let created: Result<rdkafka::producer::BaseProducer, _> = c.create();
+            assert!(created.is_ok(), "{codec:?}: {:?}", created.err());
+        }
+        let mut s = KafkaSettings::default();
+        s.producer
+            .0
+            .insert("compression.type".into(), "gzip".into());
+        s.producer
+            .0
+            .insert("compression.codec".into(), "gzip".into());
+        let problems = guarded_overrides(&s);
+        assert_eq!(problems.len(), 2, "{problems:#?}");
+        assert!(problems
+            .iter()
+            .all(|p| p.contains("set kafka.compression instead")));
+    }
+
+    #[test]
+    fn the_system_ca_bundle_is_probed_unless_one_is_given() {
+        let c = producer_config(&KafkaSettings::default());
+        assert_eq!(c.get("ssl.ca.location"), Some("probe"));
+        let mut s = KafkaSettings::default();
+        s.tls.ca_location = Some("/etc/kafka/ca.pem".into());
+        let c = consumer_config(&s, "g", Duration::from_secs(5), Duration::from_secs(5));
+        assert_eq!(c.get("ssl.ca.location"), Some("/etc/kafka/ca.pem"));
+
+        /// Keeps librdkafka's log lines.
+        struct Logs(std::sync::Mutex<Vec<String>>);
+        impl rdkafka::ClientContext for Logs {
+            fn log(&self, _: rdkafka::config::RDKafkaLogLevel, _: &str, message: &str) {
+                self.0.lock().unwrap().push(message.to_string());
+            }
+        }
+        impl rdkafka::producer::ProducerContext for Logs {
+            type DeliveryOpaque = ();
+            fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, _: ()) {}
+        }
+        let s = KafkaSettings {
+            bootstrap_servers: "127.0.0.1:1".into(),
+            security_protocol: SecurityProtocol::Ssl,
+            ..Default::default()
+        };
+        let mut c = producer_config(&s);
+        c.set("debug", "security")
+            .set_log_level(rdkafka::config::RDKafkaLogLevel::Debug);
+        let producer: rdkafka::producer::BaseProducer<Logs> = c
+            .create_with_context(Logs(Default::default()))
+            .expect("a TLS client");
+        // librdkafka's log lines reach the context through the client's queue: serve it.
+        producer.poll(Duration::from_millis(200));
+        let logs = rdkafka::producer::Producer::context(&producer)
+            .0
+            .lock()
+            .unwrap()
+            .clone();
+        // Debian's bundle (ca-certificates); other systems have theirs in other probed places.
+        let debian = "/etc/ssl/certs/ca-certificates.crt";
+        if std::path::Path::new(debian).exists() {
+            assert!(
+                logs.iter()
+                    .any(|l| l.contains("CA certificate location") && l.contains(debian)),
+                "the system CA bundle was not found: {logs:#?}"
+            );
+        }
     }
 
     #[test]

@@ -382,6 +382,23 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// An answer as received: its status and whole body. The clients get theirs from
+    /// [`HttpClient::execute`]; this builds one directly (the fuzz targets do).
+    pub fn new(
+        provider: Provider,
+        operation: &'static str,
+        status: StatusCode,
+        body: Bytes,
+    ) -> Self {
+        Self {
+            provider,
+            operation,
+            status,
+            retry_after: None,
+            body,
+        }
+    }
+
     /// The HTTP status code.
     pub fn status(&self) -> u16 {
         self.status.as_u16()

@@ -41,6 +41,7 @@ pub mod names {
     pub const RECORDS_PANICKED: &str = "webhook_enricher_records_panicked_total";
     pub const COMMIT_FAILURES: &str = "webhook_enricher_offset_commit_failures_total";
     pub const CONSUMPTION_STALLS: &str = "webhook_enricher_consumption_stalls_total";
+    pub const INPUT_UNDECODABLE: &str = "webhook_enricher_input_undecodable_total";
 }
 
 /// Registers the help text of every metric (shown by `/metrics`).
@@ -122,6 +123,10 @@ pub fn describe_metrics() {
     describe_counter!(
         names::CONSUMPTION_STALLS,
         "Times the in-flight budget stayed full for engine.pause_after and consumption paused."
+    );
+    describe_counter!(
+        names::INPUT_UNDECODABLE,
+        "Input record batches librdkafka could not decode (unsupported or corrupt compression, corrupt or oversized records), by reason; reported again on every fetch while the partition cannot advance."
     );
     receive::describe_metrics();
     describe_histogram!(
@@ -346,6 +351,24 @@ pub fn consumer_poll_error(error: &rdkafka::error::KafkaError) {
     static THROTTLE: Throttle = Throttle::new();
     if let Some(repeats) = THROTTLE.admit(&error.to_string()) {
         tracing::warn!(error = %error, repeats, "kafka consumer error");
+    }
+}
+
+/// librdkafka could not decode a record batch it fetched from an input topic (`reason`:
+/// `unsupported_compression`, `corrupt_compression`, `corrupt_record`, `record_too_large`). Its
+/// partition cannot advance past it (nothing is skipped), and librdkafka reports it again on
+/// every fetch: counted every time, logged at ERROR once, then at most every 30 s with the
+/// repeats held back.
+pub fn input_undecodable(reason: &'static str, error: &rdkafka::error::KafkaError) {
+    static THROTTLE: Throttle = Throttle::new();
+    metrics::counter!(names::INPUT_UNDECODABLE, "reason" => reason).increment(1);
+    if let Some(repeats) = THROTTLE.admit(&error.to_string()) {
+        tracing::error!(
+            reason,
+            error = %error,
+            repeats,
+            "an input record batch cannot be decoded: its partition cannot advance"
+        );
     }
 }
 

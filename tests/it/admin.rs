@@ -1,6 +1,6 @@
 //! The built binary's admin endpoints and logs: `/metrics`, `/healthz` and `/readyz` scraped
-//! from a real `run`, readiness following a provider circuit, and secrets and payload bodies
-//! absent from the logs at every level.
+//! from a real `run`, readiness following a provider circuit and input that cannot be decoded,
+//! and secrets and payload bodies absent from the logs at every level.
 
 use crate::support::{self, ChildGuard, Kafka};
 use std::time::{Duration, Instant};
@@ -320,4 +320,91 @@ async fn logs_never_contain_secrets_or_payload_bodies_at_any_level() {
     ] {
         assert!(!log.contains(needle), "{needle:?} appeared in the logs");
     }
+}
+
+/// Defect: a topic written with a codec the build lacked (zstd) was consumed by nobody, with only
+/// a WARN line per fetch. Every codec is built in now; a batch librdkafka still cannot decode (a
+/// codec Kafka does not define, a body the codec cannot decompress) stalls its partition (never
+/// skipped), and that is an ERROR log line, a metric and a readiness failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_input_batch_that_cannot_be_decoded_is_an_error_a_metric_and_unreadiness() {
+    let mut run = start("info,librdkafka=warn", |_| {}).await;
+    wait_for(&mut run, "/readyz", 200).await;
+    let input = run.config.input.topics[0].clone();
+    let producer = run.kafka.producer();
+    let good = webhooks();
+    run.kafka
+        .produce(&producer, &input, Some(0), None, good[0].as_bytes(), &[])
+        .await;
+    let bootstrap = run.kafka.bootstrap.clone();
+    let (unknown_codec, corrupt_zstd) = support::blocking(|| {
+        (
+            // Attribute bits 0-2 = 5: a codec Kafka does not define.
+            support::produce_raw_batch(&bootstrap, &input, 0, 5, b"whatever codec 5 is"),
+            // zstd, but the body is not a zstd frame.
+            support::produce_raw_batch(&bootstrap, &input, 1, 4, b"not a zstd frame at all"),
+        )
+    });
+    assert_eq!((unknown_codec, corrupt_zstd), (1, 0));
+    // Behind the bad batch: never reached.
+    run.kafka
+        .produce(&producer, &input, Some(0), None, good[1].as_bytes(), &[])
+        .await;
+
+    let body = wait_for(&mut run, "/readyz", 503).await;
+    assert!(
+        body.contains("an input record batch cannot be decoded"),
+        "{body}"
+    );
+    let undecodable = "webhook_enricher_input_undecodable_total";
+    let metrics = metrics_until(&mut run, "both undecodable batches counted", |m| {
+        series(m, undecodable, &["reason=\"unsupported_compression\""]).is_some_and(|n| n >= 1.0)
+            && series(m, undecodable, &["reason=\"corrupt_compression\""]).is_some_and(|n| n >= 1.0)
+    })
+    .await;
+    assert_eq!(
+        series(
+            &metrics,
+            "webhook_enricher_records_published_total",
+            &["provider=\"clearsale\""]
+        ),
+        Some(1.0),
+        "the record before the bad batch is processed"
+    );
+    assert_eq!(
+        series(
+            &metrics,
+            "webhook_enricher_records_published_total",
+            &["provider=\"unico\""]
+        )
+        .unwrap_or(0.0),
+        0.0,
+        "the record behind the bad batch is not reached"
+    );
+    // The partition does not advance past the bad batch, and liveness holds (a restart would
+    // not help).
+    let (status, _) = get(&format!("{}/healthz", run.base))
+        .await
+        .expect("healthz");
+    assert_eq!(status, 200);
+    let exit = terminate(&mut run).await;
+    assert_eq!(exit.code(), Some(0), "{}", run.child.tail());
+    let committed = run.kafka.committed(&run.config.kafka.group_id, &input, 2);
+    assert_eq!(support::committed_of(&committed, 0), 1, "{committed:?}");
+    assert_eq!(support::committed_of(&committed, 1), 0, "{committed:?}");
+
+    let log = std::fs::read_to_string(&run.child.log).expect("log");
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("\"level\":\"ERROR\"") && l.contains("cannot be decoded"))
+        .collect();
+    for reason in ["unsupported_compression", "corrupt_compression"] {
+        assert!(
+            errors.iter().any(|l| l.contains(reason)),
+            "no ERROR line for {reason}:\n{}",
+            run.child.tail()
+        );
+    }
+    // One line per distinct error, then at most one every 30 s: the fetch retries do not flood.
+    assert!(errors.len() <= 4, "{errors:#?}");
 }

@@ -2,6 +2,7 @@ mod admin;
 mod avro;
 mod binary;
 mod clearsale_client;
+mod codecs;
 mod demo;
 mod engine;
 mod engine_breaker;

@@ -989,3 +989,122 @@ pub fn outcome_counts(outputs: &[OutRecord], dead_letters: &[OutRecord]) -> Hash
     }
     counts
 }
+
+// ---------------------------------------------------------------------------------------------
+// Kafka at the wire level.
+
+/// A librdkafka client context that keeps its log lines (set `debug` to get the ones wanted).
+/// Clones share the lines, so a clone can read what a client wrapping its own context logged.
+#[derive(Default, Clone)]
+pub struct LogCapture(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl LogCapture {
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl rdkafka::ClientContext for LogCapture {
+    fn log(&self, _level: rdkafka::config::RDKafkaLogLevel, _fac: &str, message: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(message.to_string());
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for LogCapture {}
+
+/// CRC-32C (Castagnoli), the checksum of a Kafka record batch.
+pub fn crc32c(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for byte in bytes {
+        crc ^= u32::from(*byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0x82F6_3B78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// Writes one record batch with compression attribute `codec` (0-7; Kafka defines 0-4) and
+/// `payload` as its (compressed) records, as a Produce request (v3) straight over TCP, so the
+/// batch can be one no client would write: a codec Kafka does not define, or a body the codec
+/// cannot decompress. librdkafka's mock broker stores batches without decompressing them, as a
+/// real broker does with `compression.type=producer`. Returns the batch's base offset.
+pub fn produce_raw_batch(
+    bootstrap: &str,
+    topic: &str,
+    partition: i32,
+    codec: i16,
+    payload: &[u8],
+) -> i64 {
+    use std::io::{Read, Write};
+    fn string(out: &mut Vec<u8>, s: &str) {
+        out.extend((s.len() as i16).to_be_bytes());
+        out.extend(s.as_bytes());
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    // From the attributes on: what the CRC covers.
+    let mut covered = Vec::new();
+    covered.extend(codec.to_be_bytes()); // attributes: the compression codec in bits 0-2
+    covered.extend(0i32.to_be_bytes()); // lastOffsetDelta: one record
+    covered.extend(now.to_be_bytes()); // baseTimestamp
+    covered.extend(now.to_be_bytes()); // maxTimestamp
+    covered.extend((-1i64).to_be_bytes()); // producerId: not idempotent
+    covered.extend((-1i16).to_be_bytes()); // producerEpoch
+    covered.extend((-1i32).to_be_bytes()); // baseSequence
+    covered.extend(1i32.to_be_bytes()); // record count
+    covered.extend(payload);
+    let mut after_length = Vec::new();
+    after_length.extend(0i32.to_be_bytes()); // partitionLeaderEpoch
+    after_length.push(2); // magic: record batch v2
+    after_length.extend(crc32c(&covered).to_be_bytes());
+    after_length.extend(covered);
+    let mut batch = Vec::new();
+    batch.extend(0i64.to_be_bytes()); // baseOffset (the broker assigns it)
+    batch.extend((after_length.len() as i32).to_be_bytes());
+    batch.extend(after_length);
+
+    let mut request = Vec::new();
+    request.extend(0i16.to_be_bytes()); // api key: Produce
+    request.extend(3i16.to_be_bytes()); // api version
+    request.extend(7i32.to_be_bytes()); // correlation id
+    string(&mut request, "raw-batch-test"); // client id
+    request.extend((-1i16).to_be_bytes()); // transactional id: null
+    request.extend(1i16.to_be_bytes()); // acks
+    request.extend(10_000i32.to_be_bytes()); // timeout ms
+    request.extend(1i32.to_be_bytes()); // one topic
+    string(&mut request, topic);
+    request.extend(1i32.to_be_bytes()); // one partition
+    request.extend(partition.to_be_bytes());
+    request.extend((batch.len() as i32).to_be_bytes());
+    request.extend(batch);
+
+    let address = bootstrap.split(',').next().expect("a broker");
+    let mut stream = std::net::TcpStream::connect(address).expect("connect to the broker");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    stream
+        .write_all(&(request.len() as i32).to_be_bytes())
+        .expect("write");
+    stream.write_all(&request).expect("write");
+    let mut length = [0u8; 4];
+    stream.read_exact(&mut length).expect("response length");
+    let mut response = vec![0u8; i32::from_be_bytes(length) as usize];
+    stream.read_exact(&mut response).expect("response");
+    // correlation id, topic count, topic name, partition count, partition, error code, offset
+    let name_end = 4 + 4 + 2 + topic.len();
+    let at = name_end + 4 + 4;
+    let error = i16::from_be_bytes([response[at], response[at + 1]]);
+    assert_eq!(error, 0, "the broker refused the raw batch");
+    i64::from_be_bytes(response[at + 2..at + 10].try_into().expect("offset"))
+}

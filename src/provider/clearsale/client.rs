@@ -78,10 +78,7 @@ impl ClearSaleClient {
                 });
             }
         }
-        if !reply.is_success() {
-            return Err(reply.into_error());
-        }
-        reply.json_object()
+        analysis_from_reply(reply)
     }
 
     async fn request_analysis(
@@ -123,34 +120,54 @@ impl ClearSaleClient {
             .http
             .execute(&self.authenticate_metrics, None, request)
             .await?;
-        match reply.status() {
-            400 | 401 | 403 => {
-                return Err(ProviderError::Auth {
-                    provider: PROVIDER,
-                    status: Some(reply.status()),
-                    message: format!("{AUTHENTICATE} refused the credentials: {}", reply.detail()),
-                })
-            }
-            _ if !reply.is_success() => return Err(reply.into_error()),
-            _ => {}
-        }
-        let answer: AuthenticateResponse = reply.json()?;
-        let expires_at = parse_provider_datetime(&answer.expiration_date).map_err(|e| {
-            ProviderError::InvalidResponse {
-                provider: PROVIDER,
-                operation: AUTHENTICATE,
-                message: format!("expirationDate: {e}"),
-            }
-        })?;
-        let lifetime = (expires_at - chrono::Utc::now())
-            .to_std()
-            .unwrap_or(Duration::ZERO);
-        BearerToken::new(
-            PROVIDER,
-            AUTHENTICATE,
-            &answer.token,
-            lifetime,
-            self.token_refresh_margin,
-        )
+        token_from_reply(reply, self.token_refresh_margin)
     }
+}
+
+/// The analysis in the answer to `GET /connect/v1/integration/analysis/{analysisId}` (after the
+/// client's one retry on 401): a non-2xx answer is its [`ProviderError::Status`], a body that is
+/// not the expected JSON object is [`ProviderError::InvalidResponse`].
+pub fn analysis_from_reply(reply: Reply) -> Result<(Analysis, String), ProviderError> {
+    if !reply.is_success() {
+        return Err(reply.into_error());
+    }
+    reply.json_object()
+}
+
+/// The token in an answer to `POST /connect/v1/authenticate`, to be refreshed `refresh_margin`
+/// before its `expirationDate`. 400/401/403 mean the credentials are wrong
+/// ([`ProviderError::Auth`]).
+pub fn token_from_reply(
+    reply: Reply,
+    refresh_margin: Duration,
+) -> Result<BearerToken, ProviderError> {
+    match reply.status() {
+        400 | 401 | 403 => {
+            return Err(ProviderError::Auth {
+                provider: PROVIDER,
+                status: Some(reply.status()),
+                message: format!("{AUTHENTICATE} refused the credentials: {}", reply.detail()),
+            })
+        }
+        _ if !reply.is_success() => return Err(reply.into_error()),
+        _ => {}
+    }
+    let answer: AuthenticateResponse = reply.json()?;
+    let expires_at = parse_provider_datetime(&answer.expiration_date).map_err(|e| {
+        ProviderError::InvalidResponse {
+            provider: PROVIDER,
+            operation: AUTHENTICATE,
+            message: format!("expirationDate: {e}"),
+        }
+    })?;
+    let lifetime = (expires_at - chrono::Utc::now())
+        .to_std()
+        .unwrap_or(Duration::ZERO);
+    BearerToken::new(
+        PROVIDER,
+        AUTHENTICATE,
+        &answer.token,
+        lifetime,
+        refresh_margin,
+    )
 }

@@ -110,14 +110,7 @@ impl UnicoClient {
                 });
             }
         }
-        if reply.status() == 410 {
-            return Ok(ProcessAnswer::Gone);
-        }
-        if !reply.is_success() {
-            return Err(reply.into_error());
-        }
-        let (process, raw) = reply.json_object()?;
-        Ok(ProcessAnswer::Found { process, raw })
+        process_from_reply(reply)
     }
 
     async fn request_process(
@@ -160,29 +153,54 @@ impl UnicoClient {
             .http
             .execute(&self.token_metrics, None, request)
             .await?;
-        match reply.status() {
-            400 | 401 | 403 => {
-                return Err(ProviderError::Auth {
-                    provider: PROVIDER,
-                    status: Some(reply.status()),
-                    message: format!("{TOKEN} refused the assertion: {}", reply.detail()),
-                })
-            }
-            _ if !reply.is_success() => return Err(reply.into_error()),
-            _ => {}
-        }
-        let answer: TokenResponse = reply.json()?;
-        let lifetime = answer
-            .expires_in
-            .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs);
-        BearerToken::new(
-            PROVIDER,
-            TOKEN,
-            &answer.access_token,
-            lifetime,
-            self.token_refresh_margin,
-        )
+        token_from_reply(reply, self.token_refresh_margin)
     }
+}
+
+/// The process in the answer to `GET /processes/v1/{id}` (after the client's one retry on
+/// 401/403): `410 Gone` is [`ProcessAnswer::Gone`], another non-2xx answer its
+/// [`ProviderError::Status`], a body that is not the expected JSON object
+/// [`ProviderError::InvalidResponse`].
+pub fn process_from_reply(reply: Reply) -> Result<ProcessAnswer, ProviderError> {
+    if reply.status() == 410 {
+        return Ok(ProcessAnswer::Gone);
+    }
+    if !reply.is_success() {
+        return Err(reply.into_error());
+    }
+    let (process, raw) = reply.json_object()?;
+    Ok(ProcessAnswer::Found { process, raw })
+}
+
+/// The access token in an answer to `POST {issuer}/oauth2/token`, to be refreshed
+/// `refresh_margin` before `expires_in` runs out. 400/401/403 mean the service account, key or
+/// clock is wrong ([`ProviderError::Auth`]).
+pub fn token_from_reply(
+    reply: Reply,
+    refresh_margin: Duration,
+) -> Result<BearerToken, ProviderError> {
+    match reply.status() {
+        400 | 401 | 403 => {
+            return Err(ProviderError::Auth {
+                provider: PROVIDER,
+                status: Some(reply.status()),
+                message: format!("{TOKEN} refused the assertion: {}", reply.detail()),
+            })
+        }
+        _ if !reply.is_success() => return Err(reply.into_error()),
+        _ => {}
+    }
+    let answer: TokenResponse = reply.json()?;
+    let lifetime = answer
+        .expires_in
+        .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs);
+    BearerToken::new(
+        PROVIDER,
+        TOKEN,
+        &answer.access_token,
+        lifetime,
+        refresh_margin,
+    )
 }
 
 fn is_auth_refusal(reply: &Reply) -> bool {
