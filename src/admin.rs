@@ -1,27 +1,8 @@
 //! The admin HTTP server: `GET /metrics` (Prometheus text), `GET /healthz` (liveness) and
-//! `GET /readyz` (readiness), for Kubernetes probes and scraping.
-//!
-//! Liveness: the server answers (the runtime is responsive) and the engine's dispatcher loop has
-//! ticked within the last `liveness_stall_after` (it ticks every 250 ms; a stall means a bug).
-//!
-//! Readiness, all of:
-//! 1. librdkafka reported statistics within the last 3 statistics intervals;
-//! 2. at least one broker connection is up;
-//! 3. the consumer is a member of its group (group state `up`, join state `steady`);
-//! 4. no provider circuit has been open (or half-open) for longer than
-//!    `circuit_open_unready_after`;
-//! 5. no input record batch failed to decode at the Kafka level (unsupported or corrupt
-//!    compression, a corrupt record) within the last [`UNDECODABLE_UNREADY_FOR`]: its partition
-//!    cannot advance, and librdkafka reports it again on every fetch, so this holds for as long
-//!    as the partition is stuck;
-//! 6. the service is not shutting down.
-//!
-//! The receiver (`webhook-enricher receive`) has no consumer and no circuits: it is ready when
-//! its producer's statistics are fresh, at least one broker connection is up, and it is not
-//! shutting down ([`Health::for_producer`]); it is live while its heartbeat task ticks.
+//! `GET /readyz` (readiness), for Kubernetes probes and scraping. What the probes answer is
+//! [`crate::health`]'s (the rules are listed there).
 
-use crate::engine::breaker::CircuitBreaker;
-use crate::provider::Provider;
+use crate::health::{Health, HealthSettings, ProbeReport};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -29,12 +10,8 @@ use axum::routing::get;
 use axum::Router;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
-
-/// How long an input record batch that could not be decoded keeps the service unready.
-pub const UNDECODABLE_UNREADY_FOR: Duration = Duration::from_secs(60);
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 /// The `[admin]` settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,6 +44,16 @@ impl Default for AdminSettings {
     }
 }
 
+impl From<AdminSettings> for HealthSettings {
+    fn from(a: AdminSettings) -> Self {
+        Self {
+            circuit_open_unready_after: a.circuit_open_unready_after,
+            liveness_stall_after: a.liveness_stall_after,
+            statistics_interval: a.statistics_interval,
+        }
+    }
+}
+
 /// Errors starting the admin server.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -77,196 +64,6 @@ pub enum AdminError {
     },
     #[error("cannot install the Prometheus recorder: {0}")]
     Recorder(String),
-}
-
-#[derive(Debug, Default, Clone)]
-struct KafkaView {
-    brokers_up: usize,
-    group_state: String,
-    join_state: String,
-    at: Option<Instant>,
-}
-
-/// Which Kafka client readiness rests on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
-    /// `run`: the consumer, which must also be a settled member of its group.
-    Consumer,
-    /// `receive`: the producer, connected to the brokers.
-    Producer,
-}
-
-/// What the probes look at. Shared by the engine (which updates it) and the admin server.
-#[derive(Debug)]
-pub struct Health {
-    settings: AdminSettings,
-    role: Role,
-    started: Instant,
-    kafka: Mutex<KafkaView>,
-    /// Milliseconds since `started` of the dispatcher's last tick.
-    heartbeat_ms: AtomicU64,
-    shutting_down: AtomicBool,
-    breakers: Mutex<Vec<(Provider, Arc<CircuitBreaker>)>>,
-    lag: Arc<crate::telemetry::ConsumerLag>,
-    /// The last input record batch that could not be decoded: when, and why.
-    undecodable: Mutex<Option<(Instant, String)>>,
-}
-
-/// A probe's answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ProbeReport {
-    pub ok: bool,
-    /// Why not, one line per failed rule.
-    pub reasons: Vec<String>,
-}
-
-impl Health {
-    /// The health of `run`: readiness follows the consumer (see the module docs).
-    pub fn new(settings: AdminSettings) -> Self {
-        Self::with_role(settings, Role::Consumer)
-    }
-
-    /// The health of `receive`: readiness follows the producer's broker connections.
-    pub fn for_producer(settings: AdminSettings) -> Self {
-        Self::with_role(settings, Role::Producer)
-    }
-
-    fn with_role(settings: AdminSettings, role: Role) -> Self {
-        Self {
-            settings,
-            role,
-            started: Instant::now(),
-            kafka: Mutex::new(KafkaView::default()),
-            heartbeat_ms: AtomicU64::new(0),
-            shutting_down: AtomicBool::new(false),
-            breakers: Mutex::new(Vec::new()),
-            lag: Arc::default(),
-            undecodable: Mutex::new(None),
-        }
-    }
-
-    /// The consumer-lag gauges `/metrics` serves (the consumer updates them).
-    pub fn consumer_lag(&self) -> &Arc<crate::telemetry::ConsumerLag> {
-        &self.lag
-    }
-
-    fn kafka(&self) -> std::sync::MutexGuard<'_, KafkaView> {
-        self.kafka.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The engine's dispatcher loop (or the receiver's heartbeat task) is alive.
-    pub fn heartbeat(&self) {
-        self.heartbeat_ms
-            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-
-    /// Shutdown began: not ready any more.
-    pub fn set_shutting_down(&self) {
-        self.shutting_down.store(true, Ordering::Relaxed);
-    }
-
-    /// The engine's circuit breakers, for the readiness rule.
-    pub fn register_breaker(&self, provider: Provider, breaker: Arc<CircuitBreaker>) {
-        self.breakers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((provider, breaker));
-    }
-
-    /// librdkafka could not decode an input record batch (`error` says why; never payload).
-    pub fn input_undecodable(&self, error: String) {
-        *self.undecodable.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), error));
-    }
-
-    /// A librdkafka statistics report arrived (the consumer's for `run`, the producer's for
-    /// `receive`).
-    pub fn on_statistics(&self, stats: &rdkafka::Statistics) {
-        let brokers_up = stats
-            .brokers
-            .values()
-            .filter(|b| b.state == "UP" && b.nodeid >= 0)
-            .count();
-        let (group_state, join_state) = match &stats.cgrp {
-            Some(g) => (g.state.clone(), g.join_state.clone()),
-            None => (String::new(), String::new()),
-        };
-        *self.kafka() = KafkaView {
-            brokers_up,
-            group_state,
-            join_state,
-            at: Some(Instant::now()),
-        };
-    }
-
-    /// Liveness.
-    pub fn liveness(&self) -> ProbeReport {
-        let last = Duration::from_millis(self.heartbeat_ms.load(Ordering::Relaxed));
-        let since = self.started.elapsed().saturating_sub(last);
-        let mut reasons = Vec::new();
-        if since > self.settings.liveness_stall_after {
-            let what = match self.role {
-                Role::Consumer => "engine loop",
-                Role::Producer => "receiver heartbeat",
-            };
-            reasons.push(format!("{what} has not ticked for {}s", since.as_secs()));
-        }
-        ProbeReport {
-            ok: reasons.is_empty(),
-            reasons,
-        }
-    }
-
-    /// Readiness (see the module docs for the rules).
-    pub fn readiness(&self) -> ProbeReport {
-        let mut reasons = Vec::new();
-        let kafka = self.kafka().clone();
-        match kafka.at {
-            None => reasons.push("no Kafka statistics yet".to_string()),
-            Some(at) if at.elapsed() > self.settings.statistics_interval * 3 => reasons.push(
-                format!("Kafka statistics are {}s old", at.elapsed().as_secs()),
-            ),
-            Some(_) => {
-                if kafka.brokers_up == 0 {
-                    reasons.push("no broker connection is up".into());
-                }
-                if self.role == Role::Consumer
-                    && (kafka.group_state != "up" || kafka.join_state != "steady")
-                {
-                    reasons.push(format!(
-                        "not a settled member of the consumer group (state {:?}, join state {:?})",
-                        kafka.group_state, kafka.join_state
-                    ));
-                }
-            }
-        }
-        for (provider, breaker) in self
-            .breakers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            if let Some(open) = breaker.not_closed_for() {
-                if open > self.settings.circuit_open_unready_after {
-                    reasons.push(format!("{provider} circuit open for {}s", open.as_secs()));
-                }
-            }
-        }
-        if let Some((at, error)) = &*self.undecodable.lock().unwrap_or_else(|e| e.into_inner()) {
-            if at.elapsed() < UNDECODABLE_UNREADY_FOR {
-                reasons.push(format!(
-                    "an input record batch cannot be decoded ({error}, {}s ago): its partition cannot advance",
-                    at.elapsed().as_secs()
-                ));
-            }
-        }
-        if self.shutting_down.load(Ordering::Relaxed) {
-            reasons.push("shutting down".into());
-        }
-        ProbeReport {
-            ok: reasons.is_empty(),
-            reasons,
-        }
-    }
 }
 
 /// The process-wide Prometheus recorder (installed once; later calls return the same handle).
@@ -350,7 +147,7 @@ async fn metrics_handler(State(state): State<AdminState>) -> impl IntoResponse {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        state.prometheus.render() + &state.health.lag.render(),
+        state.prometheus.render() + &state.health.consumer_lag().render(),
     )
 }
 
@@ -374,47 +171,6 @@ fn probe(report: ProbeReport) -> impl IntoResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::breaker::BreakerSettings;
-
-    fn stats(json: &str) -> rdkafka::Statistics {
-        serde_json::from_str(json).unwrap()
-    }
-
-    const READY: &str = r#"{"name":"c","client_id":"c","type":"consumer","ts":1,"time":1,"age":1,"replyq":0,"msg_cnt":0,"msg_size":0,"msg_max":0,"msg_size_max":0,"simple_cnt":0,"metadata_cache_cnt":0,"tx":0,"tx_bytes":0,"rx":0,"rx_bytes":0,"txmsgs":0,"txmsg_bytes":0,"rxmsgs":0,"rxmsg_bytes":0,
-      "brokers":{},"topics":{},"cgrp":{"state":"up","stateage":1,"join_state":"steady","rebalance_age":1,"rebalance_cnt":1,"rebalance_reason":"","assignment_size":2}}"#;
-
-    #[test]
-    fn not_ready_until_statistics_arrive_and_the_group_is_joined() {
-        let h = Health::new(AdminSettings::default());
-        let r = h.readiness();
-        assert!(!r.ok);
-        assert!(r.reasons[0].contains("no Kafka statistics"));
-        h.on_statistics(&stats(READY));
-        let r = h.readiness();
-        assert!(!r.ok, "no broker up yet");
-        assert!(r.reasons.iter().any(|x| x.contains("broker")));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_circuit_stuck_open_makes_it_unready() {
-        let settings = AdminSettings {
-            circuit_open_unready_after: Duration::from_secs(10),
-            ..Default::default()
-        };
-        let h = Health::new(settings);
-        let b = Arc::new(CircuitBreaker::new(BreakerSettings::default()));
-        h.register_breaker(Provider::Unico, b.clone());
-        b.acquire().await.failed_systemically();
-        assert!(!h.readiness().reasons.iter().any(|r| r.contains("circuit")));
-        tokio::time::advance(Duration::from_secs(11)).await;
-        assert!(h
-            .readiness()
-            .reasons
-            .iter()
-            .any(|r| r.contains("unico circuit open")));
-        b.acquire().await.succeeded();
-        assert!(!h.readiness().reasons.iter().any(|r| r.contains("circuit")));
-    }
 
     /// Defect: the Prometheus upkeep task was detached and outlived the admin server.
     #[tokio::test]
@@ -446,64 +202,22 @@ mod tests {
     }
 
     #[test]
-    fn the_receiver_is_ready_without_a_consumer_group() {
-        const PRODUCER_UP: &str = r#"{"name":"p","client_id":"p","type":"producer","ts":1,"time":1,"age":1,"replyq":0,"msg_cnt":0,"msg_size":0,"msg_max":0,"msg_size_max":0,"simple_cnt":0,"metadata_cache_cnt":0,"tx":0,"tx_bytes":0,"rx":0,"rx_bytes":0,"txmsgs":0,"txmsg_bytes":0,"rxmsgs":0,"rxmsg_bytes":0,
-          "brokers":{"b:9092/1":{"name":"b:9092/1","nodeid":1,"nodename":"b:9092","source":"configured","state":"UP","stateage":1,"outbuf_cnt":0,"outbuf_msg_cnt":0,"waitresp_cnt":0,"waitresp_msg_cnt":0,"tx":0,"txbytes":0,"txerrs":0,"txretries":0,"txidle":0,"req_timeouts":0,"rx":0,"rxbytes":0,"rxerrs":0,"rxcorriderrs":0,"rxpartial":0,"rxidle":0,"zbuf_grow":0,"buf_grow":0,"wakeups":0,"connects":1,"disconnects":0,"req":{},"toppars":{}}},"topics":{}}"#;
-        let h = Health::for_producer(AdminSettings::default());
-        assert!(!h.readiness().ok);
-        h.on_statistics(&stats(PRODUCER_UP));
+    fn the_probe_thresholds_are_the_admin_settings() {
+        let a = AdminSettings {
+            circuit_open_unready_after: Duration::from_secs(7),
+            liveness_stall_after: Duration::from_secs(8),
+            statistics_interval: Duration::from_secs(9),
+            ..Default::default()
+        };
         assert_eq!(
-            h.readiness(),
-            ProbeReport {
-                ok: true,
-                reasons: vec![]
+            HealthSettings::from(a),
+            HealthSettings {
+                circuit_open_unready_after: Duration::from_secs(7),
+                liveness_stall_after: Duration::from_secs(8),
+                statistics_interval: Duration::from_secs(9),
             }
         );
-        // The engine with the same statistics is not ready: it has no group.
-        let engine = Health::new(AdminSettings::default());
-        engine.on_statistics(&stats(PRODUCER_UP));
-        assert!(engine
-            .readiness()
-            .reasons
-            .iter()
-            .any(|r| r.contains("consumer group")));
-        h.set_shutting_down();
-        assert!(!h.readiness().ok);
-    }
-
-    #[test]
-    fn an_undecodable_input_batch_unreadies_while_it_recurs() {
-        let h = Health::new(AdminSettings::default());
-        h.input_undecodable("Message consumption error: NotImplemented".into());
-        let reasons = h.readiness().reasons;
-        assert!(
-            reasons
-                .iter()
-                .any(|r| r.contains("cannot be decoded (Message consumption error: NotImplemented")),
-            "{reasons:?}"
-        );
-        // Older than the window: no longer a reason.
-        *h.undecodable.lock().unwrap() = Instant::now()
-            .checked_sub(UNDECODABLE_UNREADY_FOR)
-            .map(|at| (at, "old".to_string()));
-        assert!(!h
-            .readiness()
-            .reasons
-            .iter()
-            .any(|r| r.contains("cannot be decoded")));
-    }
-
-    #[test]
-    fn liveness_follows_the_heartbeat_and_shutdown_unreadies() {
-        let h = Health::new(AdminSettings {
-            liveness_stall_after: Duration::from_millis(50),
-            ..Default::default()
-        });
-        std::thread::sleep(Duration::from_millis(60));
-        assert!(!h.liveness().ok);
-        h.heartbeat();
-        assert!(h.liveness().ok);
-        h.set_shutting_down();
-        assert!(h.readiness().reasons.iter().any(|r| r == "shutting down"));
+        let d = HealthSettings::from(AdminSettings::default());
+        assert_eq!(d, HealthSettings::default());
     }
 }

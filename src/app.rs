@@ -2,12 +2,12 @@
 //! command line, sets up logging and the shutdown signal, and calls in here, so tests drive the
 //! same code in-process.
 
-use crate::admin::Health;
 use crate::avro::{EncoderInitError, RecordEncoder};
 use crate::config::Config;
 use crate::engine::stats::{EngineStats, StatsSnapshot};
 use crate::engine::{EngineError, EngineParts};
 use crate::enrich::Enricher;
+use crate::health::Health;
 use crate::provider::clearsale::ClearSaleClient;
 use crate::provider::unico::UnicoClient;
 use crate::provider::ProviderError;
@@ -96,7 +96,7 @@ pub async fn run(
         group = %config.kafka.group_id,
         "webhook-enricher starting"
     );
-    let result = crate::engine::run(config, parts, shutdown).await;
+    let result = crate::engine::run(&config.engine_run_settings(), parts, shutdown).await;
     if let Some(admin) = admin {
         admin.abort();
     }
@@ -130,7 +130,8 @@ pub async fn receive(
         topic = %config.receive.topic,
         "webhook receiver starting"
     );
-    let result = crate::receive::serve(config, listener, health, shutdown).await;
+    let result =
+        crate::receive::serve(&config.receive_serve_settings(), listener, health, shutdown).await;
     drop(admin);
     Ok(result?)
 }

@@ -6,13 +6,17 @@
 
 use crate::enrich::EnrichSettings;
 use crate::event::DecoderSettings;
+pub use crate::kafka::{
+    Compression, KafkaSettings, LibrdkafkaProperties, SaslMechanism, SaslSettings,
+    SecurityProtocol, TlsSettings,
+};
+pub use crate::output::OutputSettings;
 use crate::provider::settings::{ClearSaleSettings, UnicoSettings};
-use crate::provider::Provider;
 use crate::retry::BackoffPolicy;
 use crate::secret::Secret;
 use figment::providers::{Format, Toml, Yaml};
 use figment::Figment;
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -55,228 +59,6 @@ pub enum Role {
     Receive,
 }
 
-/// The `[kafka]` section: connection and security, shared by the consumer and the producer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct KafkaSettings {
-    /// `host:port[,host:port...]`.
-    pub bootstrap_servers: String,
-    /// Consumer group of `run`.
-    pub group_id: String,
-    /// Client id reported to the brokers.
-    pub client_id: String,
-    /// `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl`.
-    pub security_protocol: SecurityProtocol,
-    /// SASL mechanism and credentials (for `sasl_*`).
-    pub sasl: SaslSettings,
-    /// TLS files (for `ssl` and `sasl_ssl`).
-    pub tls: TlsSettings,
-    /// Compression of the records the service writes (output and dead-letter topics). Input is
-    /// read whatever its codec.
-    pub compression: Compression,
-    /// Raw librdkafka properties for the consumer (applied last; see the librdkafka docs).
-    pub consumer: LibrdkafkaProperties,
-    /// Raw librdkafka properties for the producer (applied last).
-    pub producer: LibrdkafkaProperties,
-}
-
-impl Default for KafkaSettings {
-    fn default() -> Self {
-        Self {
-            bootstrap_servers: "localhost:9092".into(),
-            group_id: "webhook-enricher".into(),
-            client_id: "webhook-enricher".into(),
-            security_protocol: SecurityProtocol::Plaintext,
-            sasl: SaslSettings::default(),
-            tls: TlsSettings::default(),
-            compression: Compression::default(),
-            consumer: LibrdkafkaProperties::default(),
-            producer: LibrdkafkaProperties::default(),
-        }
-    }
-}
-
-/// librdkafka `security.protocol`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SecurityProtocol {
-    Plaintext,
-    Ssl,
-    SaslPlaintext,
-    SaslSsl,
-}
-
-impl SecurityProtocol {
-    /// The librdkafka value.
-    pub fn as_librdkafka(self) -> &'static str {
-        match self {
-            SecurityProtocol::Plaintext => "plaintext",
-            SecurityProtocol::Ssl => "ssl",
-            SecurityProtocol::SaslPlaintext => "sasl_plaintext",
-            SecurityProtocol::SaslSsl => "sasl_ssl",
-        }
-    }
-
-    fn uses_sasl(self) -> bool {
-        matches!(
-            self,
-            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
-        )
-    }
-}
-
-/// The producer's `compression.type`: every codec is built into librdkafka here, so input
-/// written with any of them is read too.
-///
-/// The default is `lz4`: the cheapest in CPU per byte (the service is CPU-bound, see the
-/// benchmarks in the README), and a codec every Kafka client decodes (librdkafka always builds
-/// it in, unlike zstd, which is a build option there: a librdkafka built without it cannot read
-/// zstd records at all). `zstd` compresses further for more CPU; choose it when every reader of
-/// the output topics supports it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Compression {
-    None,
-    Gzip,
-    Snappy,
-    #[default]
-    Lz4,
-    Zstd,
-}
-
-impl Compression {
-    /// Every codec.
-    pub const ALL: [Compression; 5] = [
-        Compression::None,
-        Compression::Gzip,
-        Compression::Snappy,
-        Compression::Lz4,
-        Compression::Zstd,
-    ];
-
-    /// The librdkafka value.
-    pub fn as_librdkafka(self) -> &'static str {
-        match self {
-            Compression::None => "none",
-            Compression::Gzip => "gzip",
-            Compression::Snappy => "snappy",
-            Compression::Lz4 => "lz4",
-            Compression::Zstd => "zstd",
-        }
-    }
-}
-
-/// SASL settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct SaslSettings {
-    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
-    pub mechanism: SaslMechanism,
-    pub username: String,
-    pub password: Secret,
-}
-
-impl Default for SaslSettings {
-    fn default() -> Self {
-        Self {
-            mechanism: SaslMechanism::ScramSha512,
-            username: String::new(),
-            password: Secret::default(),
-        }
-    }
-}
-
-/// A SASL mechanism librdkafka supports without Kerberos.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum SaslMechanism {
-    #[serde(rename = "PLAIN")]
-    Plain,
-    #[serde(rename = "SCRAM-SHA-256")]
-    ScramSha256,
-    #[serde(rename = "SCRAM-SHA-512")]
-    ScramSha512,
-}
-
-impl SaslMechanism {
-    /// The librdkafka value.
-    pub fn as_librdkafka(self) -> &'static str {
-        match self {
-            SaslMechanism::Plain => "PLAIN",
-            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
-            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
-        }
-    }
-}
-
-/// TLS settings (PEM files).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct TlsSettings {
-    /// CA bundle; the system store when empty.
-    pub ca_location: Option<PathBuf>,
-    /// Client certificate for mutual TLS.
-    pub certificate_location: Option<PathBuf>,
-    /// Client key for mutual TLS.
-    pub key_location: Option<PathBuf>,
-    /// Password of the client key.
-    pub key_password: Secret,
-}
-
-/// The `[output]` section: where records go.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct OutputSettings {
-    /// Topic for enriched ClearSale records.
-    pub clearsale_topic: String,
-    /// Topic for enriched Unico records.
-    pub unico_topic: String,
-    /// Optional per-module topics for ClearSale, by webhook `type` (lowercase), e.g.
-    /// `{ mfa = "clearsale.mfa.enriched" }`; other types go to `clearsale_topic`.
-    pub clearsale_module_topics: BTreeMap<String, String>,
-    /// The dead-letter topic.
-    pub dead_letter_topic: String,
-    /// The wire format of output values and the Schema Registry.
-    pub encoding: crate::avro::EncodingSettings,
-}
-
-impl Default for OutputSettings {
-    fn default() -> Self {
-        Self {
-            clearsale_topic: "clearsale.analysis.enriched".into(),
-            unico_topic: "unico.process.enriched".into(),
-            clearsale_module_topics: BTreeMap::new(),
-            dead_letter_topic: "webhooks.dead-letter".into(),
-            encoding: crate::avro::EncodingSettings::default(),
-        }
-    }
-}
-
-impl OutputSettings {
-    /// The output topic of an enriched event.
-    pub fn topic_for(&self, provider: Provider, clearsale_type: Option<&str>) -> &str {
-        match provider {
-            Provider::Unico => &self.unico_topic,
-            Provider::ClearSale => clearsale_type
-                .and_then(|t| {
-                    self.clearsale_module_topics
-                        .get(&t.trim().to_ascii_lowercase())
-                })
-                .unwrap_or(&self.clearsale_topic),
-        }
-    }
-
-    /// Every topic a record may be published to (for schema registration at startup).
-    pub fn all_record_topics(&self) -> Vec<String> {
-        let mut topics: Vec<String> = [self.clearsale_topic.clone(), self.unico_topic.clone()]
-            .into_iter()
-            .chain(self.clearsale_module_topics.values().cloned())
-            .collect();
-        topics.sort();
-        topics.dedup();
-        topics
-    }
-}
-
 /// Where to read configuration from.
 #[derive(Debug, Clone, Default)]
 pub struct ConfigSources {
@@ -303,6 +85,27 @@ impl ConfigSources {
 const CLI_ENV: [&str; 3] = ["config", "log_format", "log_level"];
 
 impl Config {
+    /// What the engine (`run`) reads from this configuration.
+    pub fn engine_run_settings(&self) -> crate::engine::RunSettings {
+        crate::engine::RunSettings {
+            kafka: self.kafka.clone(),
+            input: self.input.clone(),
+            output: self.output.clone(),
+            engine: self.engine.clone(),
+            statistics_interval: self.admin.statistics_interval,
+        }
+    }
+
+    /// What the receiver (`receive`) reads from this configuration.
+    pub fn receive_serve_settings(&self) -> crate::receive::ServeSettings {
+        crate::receive::ServeSettings {
+            kafka: self.kafka.clone(),
+            input: self.input.clone(),
+            receive: self.receive.clone(),
+            statistics_interval: self.admin.statistics_interval,
+        }
+    }
+
     /// Loads, merges and validates the configuration for `run`; every problem is reported at
     /// once.
     pub fn load(sources: &ConfigSources) -> Result<Config, ConfigError> {
@@ -415,7 +218,7 @@ impl Config {
         if k.bootstrap_servers.trim().is_empty() {
             p.push("kafka.bootstrap_servers must not be empty".into());
         }
-        p.extend(crate::engine::kafka_config::guarded_overrides(k));
+        p.extend(crate::kafka::client_config::guarded_overrides(k));
         if k.security_protocol.uses_sasl()
             && (k.sasl.username.is_empty() || k.sasl.password.is_empty())
         {
@@ -657,54 +460,10 @@ fn parse_toml(value: &str) -> Option<figment::value::Value> {
         .map(|w| w.v)
 }
 
-/// Raw librdkafka properties passed through unchanged. They may hold credentials
-/// (`sasl.password`, `ssl.key.password`...), so `Debug` and serialization print the values of
-/// sensitive-looking keys as `[redacted]`.
-#[derive(Clone, Default, PartialEq, Deserialize)]
-#[serde(transparent)]
-pub struct LibrdkafkaProperties(pub BTreeMap<String, String>);
-
-impl LibrdkafkaProperties {
-    /// True when a property name looks like it holds a credential.
-    pub fn is_sensitive(key: &str) -> bool {
-        let k = key.to_ascii_lowercase();
-        ["password", "secret", "key", "token", "jaas", "credential"]
-            .iter()
-            .any(|w| k.contains(w))
-    }
-
-    fn redacted(&self) -> BTreeMap<&str, &str> {
-        self.0
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str(),
-                    if Self::is_sensitive(k) {
-                        "[redacted]"
-                    } else {
-                        v.as_str()
-                    },
-                )
-            })
-            .collect()
-    }
-}
-
-impl std::fmt::Debug for LibrdkafkaProperties {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_map().entries(self.redacted()).finish()
-    }
-}
-
-impl Serialize for LibrdkafkaProperties {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.redacted().serialize(serializer)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::provider::Provider;
     use std::io::Write;
 
     const VALID: &str = r#"

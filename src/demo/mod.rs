@@ -409,7 +409,7 @@ async fn run_pipeline(
 
     let started = Instant::now();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let engine_config = config.clone();
+    let engine_config = config.engine_run_settings();
     let mut engine = tokio::spawn(async move {
         crate::engine::run(&engine_config, parts, async {
             let _ = stopped.await;

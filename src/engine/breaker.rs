@@ -311,6 +311,12 @@ impl CircuitBreaker {
     }
 }
 
+impl crate::health::Circuit for CircuitBreaker {
+    fn not_closed_for(&self) -> Option<Duration> {
+        CircuitBreaker::not_closed_for(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,7 +19,7 @@
 //! - **The total is full**: the record just polled is held here, and the thread sleeps until the
 //!   dispatcher frees room, without polling. librdkafka keeps prefetching meanwhile, within its
 //!   own queue limits (`queued.max.messages.kbytes`, `queued.min.messages`, see
-//!   `kafka_config.rs`), so when room frees up the next records are already local.
+//!   `kafka/client_config.rs`), so when room frees up the next records are already local.
 //! - **The total stays full for `engine.pause_after`** (a provider outage, not a backlog): every
 //!   partition is paused and the thread polls again, to serve rebalances and stay in the group.
 //!   Fetching resumes once the in-flight count falls below three quarters of the limit.
@@ -146,7 +146,7 @@ struct AssignmentChanges {
 
 struct EngineContext {
     events: mpsc::UnboundedSender<FromConsumer>,
-    health: Arc<crate::admin::Health>,
+    health: Arc<crate::health::Health>,
     /// The assignment epoch of each assigned partition.
     epochs: Mutex<HashMap<TopicPartition, u64>>,
     next_epoch: AtomicU64,
@@ -192,7 +192,7 @@ impl ConsumerContext for EngineContext {
     /// librdkafka for the rebalance protocol: that question goes to the group's queue, which is
     /// no longer served once the consumer is closing, so the default hung forever when a
     /// revocation arrived while the consumer closed (seen in the tests: the consumer thread never
-    /// ended). The assignment strategy is forced to eager (`kafka_config.rs`).
+    /// ended). The assignment strategy is forced to eager (`kafka/client_config.rs`).
     fn rebalance(
         &self,
         base_consumer: &BaseConsumer<Self>,
@@ -361,7 +361,7 @@ pub fn start(
     topics: &[String],
     flow: Arc<FlowControl>,
     settings: PollSettings,
-    health: Arc<crate::admin::Health>,
+    health: Arc<crate::health::Health>,
 ) -> Result<ConsumerHandle, ConsumerError> {
     let (events_tx, events) = mpsc::unbounded_channel();
     let context = EngineContext {

@@ -18,7 +18,6 @@ pub mod dispatcher;
 pub mod flow;
 pub mod input;
 pub mod job;
-pub mod kafka_config;
 pub mod offsets;
 pub mod producer;
 pub mod scheduler;
@@ -26,10 +25,9 @@ pub mod settings;
 pub mod stats;
 pub mod worker;
 
-pub use settings::EngineSettings;
+pub use settings::{EngineSettings, RunSettings};
 
 use crate::avro::RecordEncoder;
-use crate::config::Config;
 use crate::enrich::Enricher;
 use crate::provider::Provider;
 use crate::telemetry::RecordEvents;
@@ -71,7 +69,7 @@ pub struct EngineParts {
     pub encoder: Arc<RecordEncoder>,
     pub stats: Arc<EngineStats>,
     /// Probe state, updated by the engine.
-    pub health: Arc<crate::admin::Health>,
+    pub health: Arc<crate::health::Health>,
 }
 
 /// How often the runner checks deadlines, beats the heartbeat and updates the gauges.
@@ -84,13 +82,13 @@ const DONE_BATCH: usize = 1024;
 ///
 /// Dropping the returned future cancels every record task it started.
 pub async fn run(
-    config: &Config,
+    config: &RunSettings,
     parts: EngineParts,
     shutdown: impl Future<Output = ()>,
 ) -> Result<StatsSnapshot, EngineError> {
     let settings = &config.engine;
     let producer: rdkafka::producer::FutureProducer<producer::ProducerLog> =
-        kafka_config::producer_config(&config.kafka)
+        crate::kafka::client_config::producer_config(&config.kafka)
             .create_with_context(producer::ProducerLog)
             .map_err(EngineError::Producer)?;
     let producer = producer::OutputProducer::new(producer);
@@ -103,11 +101,11 @@ pub async fn run(
         settings.provider_share,
         enabled > 1,
     ));
-    let consumer_config = kafka_config::consumer_config(
+    let consumer_config = crate::kafka::client_config::consumer_config(
         &config.kafka,
         &config.kafka.group_id,
         settings.commit_interval,
-        config.admin.statistics_interval,
+        config.statistics_interval,
     );
     let handle = consumer::start(
         consumer_config,
@@ -235,7 +233,7 @@ struct Runner {
     done_tx: mpsc::UnboundedSender<Done>,
     tokens: HashMap<TopicPartition, PartitionTokens>,
     root: CancellationToken,
-    health: Arc<crate::admin::Health>,
+    health: Arc<crate::health::Health>,
     events: Arc<RecordEvents>,
 }
 

@@ -1,8 +1,28 @@
 //! The `[engine]` settings.
 
 use super::{breaker, dedupe};
+use crate::event::DecoderSettings;
+use crate::kafka::KafkaSettings;
+use crate::output::OutputSettings;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
+
+/// Everything [`run`](super::run) reads from the configuration: the engine takes its own
+/// settings, not the whole configuration (`Config::engine_run_settings` builds them), so the
+/// engine does not depend on the configuration module.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSettings {
+    /// Connection, security and raw properties of the consumer and the producer.
+    pub kafka: KafkaSettings,
+    /// The input topics and the webhook decoder.
+    pub input: DecoderSettings,
+    /// Where records and dead letters go.
+    pub output: OutputSettings,
+    /// The `[engine]` section.
+    pub engine: EngineSettings,
+    /// librdkafka statistics interval (readiness and lag gauges).
+    pub statistics_interval: Duration,
+}
 
 /// The `[engine]` settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

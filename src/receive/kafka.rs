@@ -1,5 +1,5 @@
 //! The raw-topic writer: one idempotent `acks=all` producer (the engine's configuration rules,
-//! [`crate::engine::kafka_config`]), one write per accepted request, awaited until Kafka
+//! [`crate::kafka::client_config`]), one write per accepted request, awaited until Kafka
 //! acknowledges it or the write deadline passes.
 //!
 //! The deadline is also the producer's `message.timeout.ms` (unless `kafka.producer` overrides
@@ -10,8 +10,9 @@
 //! without an acknowledgement.
 
 use super::raw::RawRecord;
-use crate::admin::Health;
-use crate::config::{Config, KafkaSettings};
+use super::ServeSettings;
+use crate::health::Health;
+use crate::kafka::KafkaSettings;
 use crate::telemetry::receive::WriteOutcome;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -88,17 +89,12 @@ pub struct RawWriter {
 }
 
 /// The producer properties the receiver sets before the `kafka.producer` passthrough.
-pub fn producer_defaults(config: &Config) -> Vec<(&'static str, String)> {
+pub fn producer_defaults(config: &ServeSettings) -> Vec<(&'static str, String)> {
     let r = &config.receive;
     vec![
         (
             "statistics.interval.ms",
-            config
-                .admin
-                .statistics_interval
-                .as_millis()
-                .max(100)
-                .to_string(),
+            config.statistics_interval.as_millis().max(100).to_string(),
         ),
         (
             "message.timeout.ms",
@@ -111,13 +107,13 @@ impl RawWriter {
     /// Creates the producer (it connects in the background; readiness follows it). `fatal` is
     /// cancelled when the producer raises a fatal error.
     pub fn new(
-        config: &Config,
+        config: &ServeSettings,
         health: Arc<Health>,
         fatal: CancellationToken,
     ) -> Result<Self, KafkaError> {
         let kafka: &KafkaSettings = &config.kafka;
         let producer: FutureProducer<ReceiverKafka> =
-            crate::engine::kafka_config::producer_config_with(kafka, &producer_defaults(config))
+            crate::kafka::client_config::producer_config_with(kafka, &producer_defaults(config))
                 .create_with_context(ReceiverKafka { health })?;
         Ok(Self {
             producer,
@@ -204,9 +200,9 @@ mod tests {
 
     #[test]
     fn the_write_deadline_is_the_message_timeout_and_the_guarantees_hold() {
-        let mut config = Config::default();
+        let mut config = crate::config::Config::default().receive_serve_settings();
         config.receive.write_timeout = Duration::from_millis(2500);
-        let c = crate::engine::kafka_config::producer_config_with(
+        let c = crate::kafka::client_config::producer_config_with(
             &config.kafka,
             &producer_defaults(&config),
         );

@@ -15,10 +15,9 @@ pub mod raw;
 pub mod server;
 pub mod settings;
 
-pub use settings::ReceiveSettings;
+pub use settings::{ReceiveSettings, ServeSettings};
 
-use crate::admin::Health;
-use crate::config::Config;
+use crate::health::Health;
 use crate::provider::Provider;
 use crate::telemetry::receive::{ReceiveSummary, ReceiverEvents};
 use settings::AuthMode;
@@ -61,7 +60,7 @@ const HEARTBEAT: Duration = Duration::from_millis(250);
 /// the listener closes, requests in flight finish (each answered by its write's outcome) within
 /// `receive.drain_timeout`, and queued writes are flushed.
 pub async fn serve(
-    config: &Config,
+    config: &ServeSettings,
     listener: TcpListener,
     health: Arc<Health>,
     shutdown: impl Future<Output = ()>,

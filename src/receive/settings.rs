@@ -1,6 +1,8 @@
 //! The `[receive]` settings: where the receiver listens, what it writes where, its limits, and
 //! one endpoint per provider with its path, allowlist and authentication.
 
+use crate::event::DecoderSettings;
+use crate::kafka::KafkaSettings;
 use crate::provider::Provider;
 use crate::secret::Secret;
 use ipnet::IpNet;
@@ -8,6 +10,20 @@ use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+
+/// Everything [`serve`](super::serve) reads from the configuration (`Config::receive_serve_settings`
+/// builds them): the receiver takes its own settings, not the whole configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServeSettings {
+    /// Connection, security and raw properties of the producer.
+    pub kafka: KafkaSettings,
+    /// The webhook decoder (payload limit, headers) the receiver checks bodies with.
+    pub input: DecoderSettings,
+    /// The `[receive]` section.
+    pub receive: ReceiveSettings,
+    /// librdkafka statistics interval (readiness).
+    pub statistics_interval: Duration,
+}
 
 /// The `[receive]` section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -9,7 +9,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use std::time::{Duration, Instant};
 use webhook_enricher::config::{Compression, KafkaSettings};
-use webhook_enricher::engine::kafka_config;
+use webhook_enricher::kafka::client_config as kafka_config;
 use webhook_enricher::simulator::SimulatorConfig;
 
 const INPUT_CODECS: [&str; 4] = ["gzip", "snappy", "lz4", "zstd"];

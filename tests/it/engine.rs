@@ -37,7 +37,7 @@ async fn publishes_both_providers_dedupes_and_dead_letters() {
         .await
         .unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let cfg = config.clone();
+    let cfg = config.engine_run_settings();
     let engine = tokio::spawn(async move {
         webhook_enricher::engine::run(&cfg, parts, async {
             let _ = stopped.await;

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
-use webhook_enricher::admin::Health;
 use webhook_enricher::config::{Config, Role};
+use webhook_enricher::health::Health;
 use webhook_enricher::provider::Provider;
 use webhook_enricher::receive::settings::{AuthMode, AuthSettings};
 use webhook_enricher::receive::ReceiveError;
@@ -74,7 +74,7 @@ impl Receiver {
         let addr = listener.local_addr().expect("addr");
         let health = Arc::new(Health::for_producer(config.admin.clone()));
         let (stop, stopped) = oneshot::channel::<()>();
-        let (config, h) = (config.clone(), health.clone());
+        let (config, h) = (config.receive_serve_settings(), health.clone());
         let task = tokio::spawn(async move {
             webhook_enricher::receive::serve(&config, listener, h, async {
                 let _ = stopped.await;

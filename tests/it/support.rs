@@ -314,7 +314,7 @@ impl RunningEngine {
             .await
             .expect("engine parts");
         let (stop, stopped) = oneshot::channel::<()>();
-        let config = config.clone();
+        let config = config.engine_run_settings();
         let task = tokio::spawn(async move {
             webhook_enricher::engine::run(&config, parts, async {
                 let _ = stopped.await;

@@ -1,7 +1,7 @@
 //! librdkafka client configuration from the `[kafka]` settings: connection, TLS, SASL, the
 //! at-least-once consumer properties and the idempotent producer, then the raw passthrough.
 
-use crate::config::KafkaSettings;
+use super::KafkaSettings;
 use rdkafka::ClientConfig;
 use std::time::Duration;
 
@@ -179,7 +179,7 @@ pub fn producer_config_with(settings: &KafkaSettings, defaults: &[(&str, String)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{SaslMechanism, SecurityProtocol};
+    use crate::kafka::{SaslMechanism, SecurityProtocol};
 
     #[test]
     fn consumer_stores_offsets_only_when_told_and_applies_security_and_passthrough() {
@@ -280,7 +280,7 @@ mod tests {
             producer_config(&KafkaSettings::default()).get("compression.type"),
             Some("lz4")
         );
-        for codec in crate::config::Compression::ALL {
+        for codec in crate::kafka::Compression::ALL {
             let s = KafkaSettings {
                 bootstrap_servers: "127.0.0.1:1".into(),
                 compression: codec,
