@@ -5,6 +5,10 @@
 //! from the providers' APIs, the normalized record is built and encoded to Avro, and the Kafka
 //! engine publishes it. [`receive`] is the HTTP endpoint the providers call, which puts their
 //! webhooks on the raw topic. See `docs/DESIGN.md`.
+//!
+//! `simulator` (the providers' stand-in) and `demo` are tools around the service, behind the
+//! `simulator` and `demo` cargo features (on by default); the production image is built without
+//! them, and no other module uses them.
 
 #![forbid(unsafe_code)]
 
@@ -13,6 +17,7 @@ pub mod app;
 pub mod avro;
 pub mod config;
 pub mod datetime;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod engine;
 pub mod enrich;
@@ -29,5 +34,6 @@ pub mod registry;
 pub mod retry;
 pub mod secret;
 pub mod shutdown;
+#[cfg(feature = "simulator")]
 pub mod simulator;
 pub mod telemetry;

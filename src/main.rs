@@ -1,10 +1,15 @@
 //! The `webhook-enricher` binary: parse the command line, set up logging and the shutdown
 //! signal, and call the library.
+//!
+//! `simulate` and `demo` exist only in a binary built with the `simulator` / `demo` cargo
+//! features (the default); the production image is built without them, and asked for either it
+//! says which feature it lacks (`parse_cli`).
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use webhook_enricher::config::{Config, ConfigSources, Role};
+#[cfg(feature = "demo")]
 use webhook_enricher::demo::{self, DemoOptions, OutputFormat};
 use webhook_enricher::logging::{self, LogFormat};
 
@@ -45,6 +50,7 @@ enum Command {
         role: Role,
     },
     /// Serve the provider simulator (both providers' auth and result endpoints).
+    #[cfg(feature = "simulator")]
     Simulate {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -62,6 +68,7 @@ enum Command {
     /// only, without the per-record events the demo prints itself, unless --log-level says
     /// otherwise (`--log-level info` shows everything). Needs no configuration: --config and
     /// --set are ignored.
+    #[cfg(feature = "demo")]
     Demo {
         /// How to print the results.
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
@@ -81,8 +88,51 @@ const EXIT_CONFIG: i32 = 2;
 /// Exit status when the service stopped on an error.
 const EXIT_FAILURE: i32 = 1;
 
+/// The subcommands of the cargo features a binary may be built without: the command, the feature
+/// it needs, and whether this binary has it.
+const FEATURE_SUBCOMMANDS: [(&str, &str, bool); 2] = [
+    ("demo", "demo", cfg!(feature = "demo")),
+    ("simulate", "simulator", cfg!(feature = "simulator")),
+];
+
+/// Parses the command line, or exits with clap's usage error (status 2). A subcommand this build
+/// left out (the production image has neither `demo` nor `simulate`) gets a note saying which
+/// cargo feature it needs, rather than only clap's "unrecognized subcommand".
+fn parse_cli() -> Cli {
+    Cli::try_parse().unwrap_or_else(|error| {
+        if let Some(note) = left_out_subcommand(&error) {
+            // Printing to stderr can only fail if stderr is gone; the exit status still says it.
+            let _ = error.print();
+            eprintln!("{note}");
+            std::process::exit(error.exit_code());
+        }
+        error.exit()
+    })
+}
+
+/// The note for a parse error on a subcommand whose cargo feature this binary was built without.
+fn left_out_subcommand(error: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if error.kind() != ErrorKind::InvalidSubcommand {
+        return None;
+    }
+    let Some(ContextValue::String(name)) = error.get(ContextKind::InvalidSubcommand) else {
+        return None;
+    };
+    let (_, feature, built_in) = FEATURE_SUBCOMMANDS
+        .iter()
+        .find(|(command, _, _)| command == name)?;
+    (!built_in).then(|| {
+        format!(
+            "note: this webhook-enricher was built without the `{feature}` cargo feature (as the \
+             production image is), so it has no `{name}` command; build with the default features \
+             (`cargo build`) to get it"
+        )
+    })
+}
+
 fn main() {
-    let cli = Cli::parse();
+    let cli = parse_cli();
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -146,6 +196,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             print!("{}", config.to_redacted_toml()?);
             Ok(())
         }
+        #[cfg(feature = "simulator")]
         Command::Simulate {
             listen,
             simulator_config,
@@ -174,6 +225,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             .await?;
             Ok(())
         }
+        #[cfg(feature = "demo")]
         Command::Demo {
             format,
             count,
@@ -196,5 +248,54 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             demo::run(&options, &mut std::io::stdout()).await?;
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_and_simulate_commands_exist_exactly_with_their_features() {
+        for (command, args, built_in) in [
+            (
+                "demo",
+                &["webhook-enricher", "demo", "--count", "18"][..],
+                cfg!(feature = "demo"),
+            ),
+            (
+                "simulate",
+                &["webhook-enricher", "simulate"][..],
+                cfg!(feature = "simulator"),
+            ),
+        ] {
+            match Cli::try_parse_from(args) {
+                Ok(_) => assert!(built_in, "{command} parsed without its feature"),
+                Err(error) => {
+                    assert!(!built_in, "{command}: {error}");
+                    let note = left_out_subcommand(&error).expect("a note");
+                    assert!(note.contains("cargo feature"), "{note}");
+                    assert!(note.contains(command), "{note}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn other_usage_errors_get_no_feature_note() {
+        let error = Cli::try_parse_from(["webhook-enricher", "nonsense"])
+            .err()
+            .expect("an unknown subcommand is an error");
+        assert_eq!(left_out_subcommand(&error), None);
+        let error = Cli::try_parse_from(["webhook-enricher", "run", "--bogus"])
+            .err()
+            .expect("an unknown flag is an error");
+        assert_eq!(left_out_subcommand(&error), None);
+    }
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
     }
 }
