@@ -1,6 +1,10 @@
 # syntax=docker/dockerfile:1
 #
 # webhook-enricher image: a Rust builder stage and a slim Debian runtime holding only the binary.
+# The production binary: built with --no-default-features, so it holds the service (`run`,
+# `receive`, `check-config`) without the demo and the provider simulator (the `demo` and
+# `simulator` cargo features, on by default for `cargo run -- demo` and the tests; README
+# "Cargo features"). `docker run ... demo` exits 2 with a note saying so.
 #
 #   docker build -t webhook-enricher:0.1.0 .
 #   docker run --rm webhook-enricher:0.1.0 --help
@@ -18,19 +22,20 @@ FROM ${RUST_IMAGE} AS builder
 WORKDIR /build
 
 # Dependency layer: build the locked dependencies against placeholder sources, so a change to
-# src/ does not rebuild librdkafka and the rest.
+# src/ does not rebuild librdkafka and the rest (with the same features as the real build below,
+# or cargo would build them again).
 COPY Cargo.toml Cargo.lock ./
 RUN mkdir src \
  && echo 'fn main() {}' > src/main.rs \
  && touch src/lib.rs \
- && cargo build --release --locked --bin webhook-enricher \
+ && cargo build --release --locked --no-default-features --bin webhook-enricher \
  && rm -rf src
 
 COPY avro ./avro
 COPY src ./src
 # COPY may keep modification times older than the placeholder build: touch so cargo rebuilds the crate.
 RUN touch src/main.rs src/lib.rs \
- && cargo build --release --locked --bin webhook-enricher \
+ && cargo build --release --locked --no-default-features --bin webhook-enricher \
  && cp target/release/webhook-enricher /usr/local/bin/webhook-enricher
 
 FROM ${RUNTIME_IMAGE} AS runtime
