@@ -1,6 +1,7 @@
 //! The two providers: their API clients, response models, and the one place where a failure is
 //! classified as permanent, transient or systemic.
 
+pub mod auth;
 pub mod clearsale;
 pub mod gate;
 pub mod http;

@@ -7,7 +7,8 @@
 
 use super::model::{Analysis, AuthenticateRequest, AuthenticateResponse};
 use crate::datetime::parse_provider_datetime;
-use crate::provider::http::{self, BaseUrl, BearerToken, HttpClient, Reply, TokenCache};
+use crate::provider::auth::{BearerToken, TokenCache};
+use crate::provider::http::{self, BaseUrl, HttpClient, Reply};
 use crate::provider::settings::ClearSaleSettings;
 use crate::provider::{Provider, ProviderError};
 use crate::secret::Secret;

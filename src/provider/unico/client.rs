@@ -6,7 +6,8 @@
 
 use super::assertion::AssertionSigner;
 use super::model::{Process, TokenResponse};
-use crate::provider::http::{self, BaseUrl, BearerToken, HttpClient, Reply, TokenCache};
+use crate::provider::auth::{BearerToken, TokenCache};
+use crate::provider::http::{self, BaseUrl, HttpClient, Reply};
 use crate::provider::settings::UnicoSettings;
 use crate::provider::{Provider, ProviderError};
 use crate::telemetry::RequestMetrics;
