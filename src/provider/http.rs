@@ -242,6 +242,11 @@ impl HttpClient {
         })
     }
 
+    /// The provider this client calls.
+    pub fn provider(&self) -> Provider {
+        self.provider
+    }
+
     /// Sends `request` through the gate and reads the whole answer, whatever its status, within
     /// the request timeout.
     ///

@@ -1,5 +1,6 @@
-//! The two providers: their API clients, response models, and the one place where a failure is
-//! classified as permanent, transient or systemic.
+//! The two providers: their API clients (which share one authorised-request flow, [`auth`]),
+//! response models, and the one place where a failure is classified as permanent, transient or
+//! systemic.
 
 pub mod auth;
 pub mod clearsale;

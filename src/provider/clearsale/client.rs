@@ -2,19 +2,23 @@
 //! refreshed ahead of `expirationDate`, single flight) and
 //! `GET /connect/v1/integration/analysis/{analysisId}`.
 //!
+//! The token cache, the send and the one refresh and retry after a 401 are the shared
+//! authorised-request flow ([`Authorised`]); this module keeps what is ClearSale's own: how a token
+//! is obtained (`Credentials`), the URLs, and the parsing of the answers.
+//!
 //! One call is one attempt: retries with backoff live in the caller. The only repeat made here is
 //! the one retry after a 401 with a refreshed token.
 
 use super::model::{Analysis, AuthenticateRequest, AuthenticateResponse};
 use crate::datetime::parse_provider_datetime;
-use crate::provider::auth::{BearerToken, TokenCache};
+use crate::provider::auth::{Authorised, BearerToken, Refusal, TokenSource};
 use crate::provider::http::{self, BaseUrl, HttpClient, Reply};
 use crate::provider::settings::ClearSaleSettings;
 use crate::provider::{Provider, ProviderError};
 use crate::secret::Secret;
 use crate::telemetry::RequestMetrics;
 use ::http::header::AUTHORIZATION;
-use std::sync::Arc;
+use ::http::Uri;
 use std::time::Duration;
 
 const PROVIDER: Provider = Provider::ClearSale;
@@ -22,33 +26,48 @@ const PROVIDER: Provider = Provider::ClearSale;
 const AUTHENTICATE: &str = "authenticate";
 /// Operation name of the analysis read (metrics, logs, errors).
 const GET_ANALYSIS: &str = "get_analysis";
+/// The API refuses an expired or unknown token with 401 (a 403 is an ordinary answer).
+const REFUSAL: Refusal = Refusal {
+    statuses: &[401],
+    hint: "",
+};
 
 /// A ClearSale Connect API client. Share it behind an `Arc`; it holds one connection pool, one
 /// request gate and one token for all callers. `Debug` never shows the password or the token.
 #[derive(Debug)]
 pub struct ClearSaleClient {
-    http: HttpClient,
+    api: Authorised<Credentials>,
     base_url: BaseUrl,
+    get_analysis_metrics: RequestMetrics,
+}
+
+/// Where ClearSale's tokens come from: `POST /connect/v1/authenticate` with the API user and
+/// password. `Debug` never shows the password.
+#[derive(Debug)]
+struct Credentials {
+    authenticate_url: Uri,
     user: String,
     password: Secret,
     token_refresh_margin: Duration,
-    token: TokenCache,
     authenticate_metrics: RequestMetrics,
-    get_analysis_metrics: RequestMetrics,
 }
 
 impl ClearSaleClient {
     /// Builds the client. An invalid `base_url` or HTTP setting is [`ProviderError::Config`].
     /// No request is made until the first call.
     pub fn new(settings: &ClearSaleSettings) -> Result<Self, ProviderError> {
-        Ok(Self {
-            http: HttpClient::new(PROVIDER, &settings.http, &settings.limits)?,
-            base_url: BaseUrl::parse(PROVIDER, "clearsale.base_url", &settings.base_url)?,
+        let http = HttpClient::new(PROVIDER, &settings.http, &settings.limits)?;
+        let base_url = BaseUrl::parse(PROVIDER, "clearsale.base_url", &settings.base_url)?;
+        let credentials = Credentials {
+            authenticate_url: base_url.uri("/connect/v1/authenticate"),
             user: settings.user.clone(),
             password: settings.password.clone(),
             token_refresh_margin: settings.token_refresh_margin,
-            token: TokenCache::new(PROVIDER),
             authenticate_metrics: RequestMetrics::new(PROVIDER, AUTHENTICATE),
+        };
+        Ok(Self {
+            api: Authorised::new(http, credentials, REFUSAL),
+            base_url,
             get_analysis_metrics: RequestMetrics::new(PROVIDER, GET_ANALYSIS),
         })
     }
@@ -63,62 +82,35 @@ impl ClearSaleClient {
         &self,
         analysis_id: uuid::Uuid,
     ) -> Result<(Analysis, String), ProviderError> {
-        let token = self.token(None).await?;
-        let mut reply = self.request_analysis(analysis_id, &token).await?;
-        if reply.status() == 401 {
-            let token = self.token(Some(&token)).await?;
-            reply = self.request_analysis(analysis_id, &token).await?;
-            if reply.status() == 401 {
-                return Err(ProviderError::Auth {
-                    provider: PROVIDER,
-                    status: Some(401),
-                    message: format!(
-                        "{GET_ANALYSIS} still answers 401 with a fresh token: {}",
-                        reply.detail()
-                    ),
-                });
-            }
-        }
+        let reply = self
+            .api
+            .send(&self.get_analysis_metrics, Some(analysis_id), |token| {
+                let uri = self.base_url.uri(&format!(
+                    "/connect/v1/integration/analysis/{}",
+                    analysis_id.as_hyphenated()
+                ));
+                http::get(uri, &[(AUTHORIZATION, token)])
+            })
+            .await?;
         analysis_from_reply(reply)
     }
+}
 
-    async fn request_analysis(
-        &self,
-        analysis_id: uuid::Uuid,
-        token: &BearerToken,
-    ) -> Result<Reply, ProviderError> {
-        let uri = self.base_url.uri(&format!(
-            "/connect/v1/integration/analysis/{}",
-            analysis_id.as_hyphenated()
-        ));
-        let request = http::get(uri, &[(AUTHORIZATION, token.header())]);
-        self.http
-            .execute(&self.get_analysis_metrics, Some(analysis_id), request)
-            .await
-    }
-
-    /// The current token, or a new one (single flight); `rejected` is a token the API refused.
-    async fn token(
-        &self,
-        rejected: Option<&Arc<BearerToken>>,
-    ) -> Result<Arc<BearerToken>, ProviderError> {
-        self.token.get(rejected, || self.authenticate()).await
-    }
-
+impl TokenSource for Credentials {
     /// One `POST /connect/v1/authenticate`. 400/401/403 mean the credentials are wrong
     /// ([`ProviderError::Auth`]); other failures are the usual transient errors.
-    async fn authenticate(&self) -> Result<BearerToken, ProviderError> {
+    async fn fetch_token(&self, client: &HttpClient) -> Result<BearerToken, ProviderError> {
         let body = AuthenticateRequest {
             user: &self.user,
             password: self.password.expose(),
         };
-        let request = http::post_json(self.base_url.uri("/connect/v1/authenticate"), &body)
-            .map_err(|e| ProviderError::Config {
+        let request = http::post_json(self.authenticate_url.clone(), &body).map_err(|e| {
+            ProviderError::Config {
                 provider: PROVIDER,
                 message: format!("{AUTHENTICATE}: cannot encode the request: {e}"),
-            })?;
-        let reply = self
-            .http
+            }
+        })?;
+        let reply = client
             .execute(&self.authenticate_metrics, None, request)
             .await?;
         token_from_reply(reply, self.token_refresh_margin)

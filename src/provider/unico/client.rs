@@ -1,19 +1,23 @@
 //! The Unico IDUnico client: an access token from the OAuth2 JWT-bearer grant (cached until
 //! `expires_in` minus the refresh margin, single flight) and `GET /processes/v1/{processId}`.
 //!
+//! The token cache, the send and the one refresh and retry after a 401/403 are the shared
+//! authorised-request flow ([`Authorised`]); this module keeps what is Unico's own: how a token
+//! is obtained (`ServiceAccount`, with the signed assertion of `assertion.rs`), the URLs and
+//! the `APIKEY` header, and the parsing of the answers.
+//!
 //! One call is one attempt: retries with backoff live in the caller. The only repeat made here is
 //! the one retry after a 401/403 with a refreshed token.
 
 use super::assertion::AssertionSigner;
 use super::model::{Process, TokenResponse};
-use crate::provider::auth::{BearerToken, TokenCache};
+use crate::provider::auth::{Authorised, BearerToken, Refusal, TokenSource};
 use crate::provider::http::{self, BaseUrl, HttpClient, Reply};
 use crate::provider::settings::UnicoSettings;
 use crate::provider::{Provider, ProviderError};
 use crate::telemetry::RequestMetrics;
 use ::http::header::{HeaderName, HeaderValue, AUTHORIZATION};
 use ::http::Uri;
-use std::sync::Arc;
 use std::time::Duration;
 
 const PROVIDER: Provider = Provider::Unico;
@@ -27,6 +31,11 @@ const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 const APIKEY: HeaderName = HeaderName::from_static("apikey");
 /// `expires_in` when the token answer leaves it out.
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+/// The API refuses the token, or the API key, with 401 or 403.
+const REFUSAL: Refusal = Refusal {
+    statuses: &[401, 403],
+    hint: " (token or API key invalid)",
+};
 
 /// Unico's answer for one process.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,16 +55,21 @@ pub enum ProcessAnswer {
 /// private key or the token.
 #[derive(Debug)]
 pub struct UnicoClient {
-    http: HttpClient,
+    api: Authorised<ServiceAccount>,
     base_url: BaseUrl,
-    token_url: Uri,
     /// The `APIKEY` header value, marked sensitive.
     api_key: HeaderValue,
+    get_process_metrics: RequestMetrics,
+}
+
+/// Where Unico's access tokens come from: `POST {issuer}/oauth2/token` with an assertion signed
+/// by the service account's key. `Debug` never shows the key.
+#[derive(Debug)]
+struct ServiceAccount {
+    token_url: Uri,
     signer: AssertionSigner,
     token_refresh_margin: Duration,
-    token: TokenCache,
     token_metrics: RequestMetrics,
-    get_process_metrics: RequestMetrics,
 }
 
 impl UnicoClient {
@@ -71,15 +85,18 @@ impl UnicoClient {
             }
         })?;
         api_key.set_sensitive(true);
-        Ok(Self {
-            http: HttpClient::new(PROVIDER, &settings.http, &settings.limits)?,
-            base_url: BaseUrl::parse(PROVIDER, "unico.base_url", &settings.base_url)?,
+        let http = HttpClient::new(PROVIDER, &settings.http, &settings.limits)?;
+        let base_url = BaseUrl::parse(PROVIDER, "unico.base_url", &settings.base_url)?;
+        let account = ServiceAccount {
             token_url: issuer.uri("/oauth2/token"),
-            api_key,
             signer: AssertionSigner::new(settings)?,
             token_refresh_margin: settings.token_refresh_margin,
-            token: TokenCache::new(PROVIDER),
             token_metrics: RequestMetrics::new(PROVIDER, TOKEN),
+        };
+        Ok(Self {
+            api: Authorised::new(http, account, REFUSAL),
+            base_url,
+            api_key,
             get_process_metrics: RequestMetrics::new(PROVIDER, GET_PROCESS),
         })
     }
@@ -94,66 +111,31 @@ impl UnicoClient {
         &self,
         process_id: uuid::Uuid,
     ) -> Result<ProcessAnswer, ProviderError> {
-        let token = self.token(None).await?;
-        let mut reply = self.request_process(process_id, &token).await?;
-        if is_auth_refusal(&reply) {
-            let token = self.token(Some(&token)).await?;
-            reply = self.request_process(process_id, &token).await?;
-            if is_auth_refusal(&reply) {
-                return Err(ProviderError::Auth {
-                    provider: PROVIDER,
-                    status: Some(reply.status()),
-                    message: format!(
-                        "{GET_PROCESS} still answers {} with a fresh token (token or API key invalid): {}",
-                        reply.status(),
-                        reply.detail()
-                    ),
-                });
-            }
-        }
+        let reply = self
+            .api
+            .send(&self.get_process_metrics, Some(process_id), |token| {
+                let uri = self
+                    .base_url
+                    .uri(&format!("/processes/v1/{}", process_id.as_hyphenated()));
+                http::get(uri, &[(AUTHORIZATION, token), (APIKEY, &self.api_key)])
+            })
+            .await?;
         process_from_reply(reply)
     }
+}
 
-    async fn request_process(
-        &self,
-        process_id: uuid::Uuid,
-        token: &BearerToken,
-    ) -> Result<Reply, ProviderError> {
-        let uri = self
-            .base_url
-            .uri(&format!("/processes/v1/{}", process_id.as_hyphenated()));
-        let request = http::get(
-            uri,
-            &[(AUTHORIZATION, token.header()), (APIKEY, &self.api_key)],
-        );
-        self.http
-            .execute(&self.get_process_metrics, Some(process_id), request)
-            .await
-    }
-
-    /// The current access token, or a new one (single flight); `rejected` is a token the API
-    /// refused.
-    async fn token(
-        &self,
-        rejected: Option<&Arc<BearerToken>>,
-    ) -> Result<Arc<BearerToken>, ProviderError> {
-        self.token.get(rejected, || self.request_token()).await
-    }
-
+impl TokenSource for ServiceAccount {
     /// One `POST {issuer}/oauth2/token` with a freshly signed assertion. 400/401/403 mean the
     /// service account, key or clock is wrong ([`ProviderError::Auth`]); other failures are the
     /// usual transient errors.
-    async fn request_token(&self) -> Result<BearerToken, ProviderError> {
+    async fn fetch_token(&self, client: &HttpClient) -> Result<BearerToken, ProviderError> {
         let assertion = self.signer.sign()?;
         let form = [
             ("grant_type", JWT_BEARER_GRANT),
             ("assertion", assertion.as_str()),
         ];
         let request = http::post_form(self.token_url.clone(), &form);
-        let reply = self
-            .http
-            .execute(&self.token_metrics, None, request)
-            .await?;
+        let reply = client.execute(&self.token_metrics, None, request).await?;
         token_from_reply(reply, self.token_refresh_margin)
     }
 }
@@ -202,8 +184,4 @@ pub fn token_from_reply(
         lifetime,
         refresh_margin,
     )
-}
-
-fn is_auth_refusal(reply: &Reply) -> bool {
-    matches!(reply.status(), 401 | 403)
 }
