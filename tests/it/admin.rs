@@ -357,10 +357,24 @@ async fn an_input_batch_that_cannot_be_decoded_is_an_error_a_metric_and_unreadin
         "{body}"
     );
     let undecodable = "webhook_enricher_input_undecodable_total";
-    let metrics = metrics_until(&mut run, "both undecodable batches counted", |m| {
-        series(m, undecodable, &["reason=\"unsupported_compression\""]).is_some_and(|n| n >= 1.0)
-            && series(m, undecodable, &["reason=\"corrupt_compression\""]).is_some_and(|n| n >= 1.0)
-    })
+    // Wait for the record before the bad batch too: it may still be in flight when the
+    // undecodable batches are first counted (seen on a loaded machine).
+    let metrics = metrics_until(
+        &mut run,
+        "both undecodable batches counted and the record before them published",
+        |m| {
+            series(m, undecodable, &["reason=\"unsupported_compression\""])
+                .is_some_and(|n| n >= 1.0)
+                && series(m, undecodable, &["reason=\"corrupt_compression\""])
+                    .is_some_and(|n| n >= 1.0)
+                && series(
+                    m,
+                    "webhook_enricher_records_published_total",
+                    &["provider=\"clearsale\""],
+                )
+                .is_some_and(|n| n >= 1.0)
+        },
+    )
     .await;
     assert_eq!(
         series(
