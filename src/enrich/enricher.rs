@@ -1,10 +1,11 @@
+use super::decision::{provider_disabled, Attempt, Budget, Decision, Tally};
 use super::settings::EnrichSettings;
 use crate::event::{Trigger, WebhookEvent};
 use crate::failure::ErrorClass;
 use crate::provider::clearsale::model::is_pending_status;
 use crate::provider::clearsale::ClearSaleClient;
 use crate::provider::unico::{ProcessAnswer, UnicoClient};
-use crate::provider::{classify, FailureClass, Fetched, NotFoundGrace, Provider, ProviderError};
+use crate::provider::{Fetched, Provider, ProviderError};
 use crate::telemetry;
 use rand::Rng;
 use std::sync::Arc;
@@ -35,16 +36,6 @@ pub enum EnrichOutcome {
     /// The cancellation token fired while the enrichment was waiting (a backoff, a pending
     /// poll): it stopped with no request in flight.
     Cancelled,
-}
-
-/// How many attempts an enrichment may make.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Budget {
-    /// The whole retry, not-found and pending budgets of the settings.
-    Full,
-    /// One attempt: the half-open probe of a circuit breaker. Any answer other than a systemic
-    /// failure ends it.
-    Probe,
 }
 
 /// A permanent failure, with what the dead-letter headers need.
@@ -101,127 +92,75 @@ impl Enricher {
 
     /// Enriches one event within `budget`. When `cancel` fires during a wait between attempts
     /// the enrichment ends as [`EnrichOutcome::Cancelled`]; a request in flight is let finish.
+    ///
+    /// This loop only carries out what [`Tally::decide`] decides after each attempt: it sleeps
+    /// (unless cancelled), reports retries, and turns the final decision into the outcome.
     pub async fn enrich_within(
         &self,
         event: &WebhookEvent,
         budget: Budget,
         cancel: &CancellationToken,
     ) -> EnrichOutcome {
-        if !self.has_provider(event.provider) {
-            return EnrichOutcome::Failed(EnrichFailure {
-                class: ErrorClass::UnsupportedEvent,
-                reason: format!("provider {} is disabled in this deployment", event.provider),
-                http_status: None,
-                attempts: 0,
-            });
-        }
+        let enabled = self.has_provider(event.provider);
         let start = Instant::now();
-        let mut attempts = 0u32;
-        let mut retries = 0u32;
-        let mut not_found = 0u32;
-        let mut pending_polls = 0u32;
-        let probe = budget == Budget::Probe;
+        let mut tally = Tally::default();
         loop {
-            if cancel.is_cancelled() {
-                return EnrichOutcome::Cancelled;
-            }
-            attempts += 1;
-            let error = match self.fetch_once(event).await {
-                Ok(fetched) => {
-                    if !is_still_pending(event, &fetched) {
-                        return EnrichOutcome::Fetched { fetched, attempts };
-                    }
-                    if probe {
-                        return EnrichOutcome::Reachable { attempts };
-                    }
-                    let waited = start.elapsed();
-                    match self
-                        .settings
-                        .pending
-                        .next_delay(pending_polls, jitter(), None, waited)
-                    {
-                        Some(delay) => {
-                            pending_polls += 1;
-                            telemetry::provider_retry(event.provider, "pending", delay);
-                            if !sleep_unless_cancelled(delay, cancel).await {
-                                return EnrichOutcome::Cancelled;
-                            }
-                            continue;
-                        }
-                        None => {
-                            return EnrichOutcome::Fetched {
-                                fetched: mark_still_pending(fetched),
-                                attempts,
-                            };
-                        }
-                    }
-                }
-                Err(error) => error,
-            };
-
-            let is_404 = error.http_status() == Some(404);
-            if is_404 {
-                not_found += 1;
-            }
-            let grace = if not_found < self.settings.not_found.attempts {
-                NotFoundGrace::Open
+            let decision = if !enabled {
+                provider_disabled(event.provider)
             } else {
-                NotFoundGrace::Exhausted
+                if cancel.is_cancelled() {
+                    return EnrichOutcome::Cancelled;
+                }
+                let attempt = match self.fetch_once(event).await {
+                    Ok(answer) => Attempt::Answered {
+                        still_pending: is_still_pending(event, &answer),
+                        answer,
+                    },
+                    Err(error) => Attempt::Failed(error),
+                };
+                tally.decide(attempt, budget, start.elapsed(), &self.settings, jitter)
             };
-            match classify(&error, grace) {
-                FailureClass::Permanent => {
-                    return EnrichOutcome::Failed(permanent(&error, attempts))
-                }
-                FailureClass::Systemic => {
-                    return EnrichOutcome::Systemic {
-                        provider: event.provider,
-                        reason: error.to_string(),
-                        attempts,
-                        retries_exhausted: false,
-                    }
-                }
-                FailureClass::Transient { .. } if probe => {
-                    return if is_404 {
-                        // The provider answered: it is up; the record's 404 grace goes on.
-                        EnrichOutcome::Reachable { attempts }
-                    } else {
-                        EnrichOutcome::Systemic {
-                            provider: event.provider,
-                            reason: format!("probe failed: {error}"),
-                            attempts,
-                            retries_exhausted: false,
-                        }
-                    };
-                }
-                FailureClass::Transient { retry_after } => {
-                    let delay = if is_404 {
-                        Some(self.settings.not_found.delay)
-                    } else {
-                        self.settings.retry.next_delay(
-                            retries,
-                            jitter(),
-                            retry_after,
-                            start.elapsed(),
-                        )
-                    };
-                    let Some(delay) = delay else {
-                        return EnrichOutcome::Systemic {
-                            provider: event.provider,
-                            reason: format!(
-                                "provider failing consistently: {attempts} attempts over {:?}, last: {error}",
-                                start.elapsed()
-                            ),
-                            attempts,
-                            retries_exhausted: true,
-                        };
-                    };
-                    retries += u32::from(!is_404);
-                    telemetry::provider_retry(event.provider, retry_reason(&error), delay);
+            let attempts = tally.attempts;
+            return match decision {
+                Decision::Retry { delay, reason } => {
+                    telemetry::provider_retry(event.provider, reason.as_str(), delay);
                     if !sleep_unless_cancelled(delay, cancel).await {
                         return EnrichOutcome::Cancelled;
                     }
+                    continue;
                 }
-            }
+                Decision::Publish {
+                    answer,
+                    still_pending,
+                } => EnrichOutcome::Fetched {
+                    fetched: if still_pending {
+                        mark_still_pending(answer)
+                    } else {
+                        answer
+                    },
+                    attempts,
+                },
+                Decision::Reachable => EnrichOutcome::Reachable { attempts },
+                Decision::DeadLetter {
+                    class,
+                    reason,
+                    http_status,
+                } => EnrichOutcome::Failed(EnrichFailure {
+                    class,
+                    reason,
+                    http_status,
+                    attempts,
+                }),
+                Decision::Pause {
+                    reason,
+                    retries_exhausted,
+                } => EnrichOutcome::Systemic {
+                    provider: event.provider,
+                    reason,
+                    attempts,
+                    retries_exhausted,
+                },
+            };
         }
     }
 
@@ -287,31 +226,6 @@ fn mark_still_pending(fetched: Fetched) -> Fetched {
             still_pending: true,
         },
         other => other,
-    }
-}
-
-fn permanent(error: &ProviderError, attempts: u32) -> EnrichFailure {
-    let class = match error {
-        ProviderError::Status { status: 404, .. } => ErrorClass::NotFound,
-        ProviderError::InvalidResponse { .. } => ErrorClass::InvalidResponse,
-        _ => ErrorClass::ProviderRejected,
-    };
-    EnrichFailure {
-        class,
-        reason: error.to_string(),
-        http_status: error.http_status(),
-        attempts,
-    }
-}
-
-fn retry_reason(error: &ProviderError) -> &'static str {
-    match error {
-        ProviderError::Status { status: 404, .. } => "not_found",
-        ProviderError::Status { status: 429, .. } => "rate_limited",
-        ProviderError::Status { .. } => "status",
-        ProviderError::Timeout { .. } => "timeout",
-        ProviderError::Connect { .. } => "connect",
-        _ => "other",
     }
 }
 
