@@ -10,6 +10,7 @@ use super::input::InputRecord;
 use super::job::Job;
 use super::producer::{OutputProducer, ProduceError};
 use crate::avro::RecordEncoder;
+use crate::enrich::decision::{self, AfterSystemic};
 use crate::enrich::{Budget, EnrichOutcome, Enricher};
 use crate::event::{Decoded, WebhookEvent};
 use crate::failure::ErrorClass;
@@ -126,11 +127,9 @@ pub async fn process(ctx: &WorkerContext, job: &Job, drain: &CancellationToken) 
     }
 
     let breaker = ctx.breakers.get(event.provider);
-    // Poison-record detection: a record is dead-lettered as `retries_exhausted` only when its
-    // retry budget ran out in a *later* round, after the provider answered other records since
-    // this record's previous systemic failure. The first round never dead-letters: a record
-    // caught at the start of an outage must wait like the others.
-    let mut successes_since_last_failure: Option<u64> = None;
+    // The circuit's success count when this record last paused, for the poison-record rule of
+    // `decision::after_systemic` (`None` before its first pause).
+    let mut successes_at_last_pause: Option<u64> = None;
     loop {
         let permit = tokio::select! {
             biased;
@@ -172,7 +171,7 @@ pub async fn process(ctx: &WorkerContext, job: &Job, drain: &CancellationToken) 
                     .into();
             }
             EnrichOutcome::Failed(failure) => {
-                if permit.is_probe() || failure.attempts > 0 {
+                if decision::permanent_failure_reached_provider(budget, failure.attempts) {
                     permit.succeeded();
                 }
                 let reason = DeadLetterReason {
@@ -191,24 +190,30 @@ pub async fn process(ctx: &WorkerContext, job: &Job, drain: &CancellationToken) 
                 attempts,
                 retries_exhausted,
             } => {
-                let healthy_for_others =
-                    successes_since_last_failure.is_some_and(|before| breaker.successes() > before);
-                if retries_exhausted && healthy_for_others {
-                    let reason = DeadLetterReason {
-                        class: ErrorClass::RetriesExhausted,
-                        stage: Stage::Enrich,
-                        message: reason,
-                        attempts,
-                        http_status: None,
-                        provider: Some(provider),
-                    };
-                    return dead_letter(ctx, record, reason).await.into();
+                match decision::after_systemic(
+                    retries_exhausted,
+                    successes_at_last_pause,
+                    breaker.successes(),
+                ) {
+                    AfterSystemic::DeadLetterRetriesExhausted => {
+                        let reason = DeadLetterReason {
+                            class: ErrorClass::RetriesExhausted,
+                            stage: Stage::Enrich,
+                            message: reason,
+                            attempts,
+                            http_status: None,
+                            provider: Some(provider),
+                        };
+                        return dead_letter(ctx, record, reason).await.into();
+                    }
+                    AfterSystemic::Pause => {
+                        if let Some(period) = permit.failed_systemically() {
+                            ctx.events.circuit_opened(provider, period, &reason);
+                        }
+                        ctx.events.paused(provider, source(record), &reason);
+                        successes_at_last_pause = Some(breaker.successes());
+                    }
                 }
-                if let Some(period) = permit.failed_systemically() {
-                    ctx.events.circuit_opened(provider, period, &reason);
-                }
-                ctx.events.paused(provider, source(record), &reason);
-                successes_since_last_failure = Some(breaker.successes());
             }
         }
     }
