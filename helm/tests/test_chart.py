@@ -870,6 +870,7 @@ def test_dockerfile_matches_the_chart(chart):
     assert re.search(rf"^EXPOSE {defaults['receiver']['port']}$", dockerfile, re.M)
     assert 'ENTRYPOINT ["/usr/local/bin/webhook-enricher"]' in dockerfile
     assert 'CMD ["run"]' in dockerfile
-    assert "cargo build --release --locked --bin webhook-enricher" in dockerfile
+    # The production build: no demo, no simulator (see .ci/run).
+    assert "cargo build --release --locked --no-default-features --bin webhook-enricher" in dockerfile
     rendered = render(chart)
     assert container(rendered.enricher("Deployment")["spec"]["template"]["spec"])["image"] == f"webhook-enricher:{chart.metadata['appVersion']}"
