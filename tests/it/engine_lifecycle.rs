@@ -161,3 +161,49 @@ async fn a_second_engine_joining_the_group_loses_nothing() {
     }
     assert_eq!(kafka.committed(group, &input, 4), all);
 }
+
+/// Defect (issue 12, §1.8): record tasks outlived their owner. Dropping the `engine::run` future
+/// (a caller's timeout, an aborted task) left them running: they kept waiting for the provider
+/// and then published. Now every record task is cancelled with the engine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_engine_future_cancels_its_record_tasks() {
+    let input = support::unique("dropped");
+    let kafka = Kafka::new(&[(&input, 1)]);
+    let mut sim_config = SimulatorConfig::default();
+    // Every result answer takes 2 s: the records are in flight when the engine is dropped.
+    sim_config.latency.base = Duration::from_secs(2);
+    let sim = support::start_simulator(sim_config).await;
+    let config = support::config(&kafka, &sim, &input);
+    let producer = kafka.producer();
+    let inputs: Vec<String> = (0..20).map(|_| clearsale(&new_id(), "mfa", DATE)).collect();
+    kafka.produce_spread(&producer, &input, 1, &inputs).await;
+
+    let stats = std::sync::Arc::new(webhook_enricher::engine::stats::EngineStats::default());
+    let parts = webhook_enricher::app::build_parts(&config, stats.clone())
+        .await
+        .expect("engine parts");
+    let settings = config.engine_run_settings();
+    let engine = tokio::spawn(async move {
+        webhook_enricher::engine::run(&settings, parts, std::future::pending::<()>()).await
+    });
+    assert!(
+        support::eventually(Duration::from_secs(30), || stats.snapshot().consumed == 20).await,
+        "{:?}",
+        stats.snapshot()
+    );
+    // Past the token request (answered at once), well before the first result (2 s).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        stats.snapshot().published,
+        0,
+        "answered too early to test anything"
+    );
+    engine.abort();
+    assert!(engine.await.is_err_and(|e| e.is_cancelled()));
+    // The provider answers 2 s after each request: a task that survived its engine would
+    // publish then.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = stats.snapshot();
+    assert_eq!(after.published, 0, "{after:?}");
+    assert_eq!(after.dead_lettered_total(), 0, "{after:?}");
+}
