@@ -21,6 +21,26 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// A token endpoint's answer, checked the same way for both providers: 400/401/403 mean the
+/// credentials (or the signed assertion) were refused, [`ProviderError::Auth`] with `refused`
+/// saying what; another non-2xx answer is its [`ProviderError::Status`]; a 2xx answer is handed
+/// back for the provider's own parser.
+pub fn token_answer(
+    reply: Reply,
+    provider: Provider,
+    refused: &str,
+) -> Result<Reply, ProviderError> {
+    match reply.status() {
+        400 | 401 | 403 => Err(ProviderError::Auth {
+            provider,
+            status: Some(reply.status()),
+            message: format!("{refused}: {}", reply.detail()),
+        }),
+        _ if !reply.is_success() => Err(reply.into_error()),
+        _ => Ok(reply),
+    }
+}
+
 /// How a provider hands out tokens: one token request, made through the provider's own HTTP
 /// client (its pool and request gate). Caching, single flight and refresh are [`Authorised`]'s.
 pub trait TokenSource {
@@ -283,6 +303,50 @@ mod tests {
     use std::collections::VecDeque;
     use wiremock::matchers::{header, method, path};
     use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    #[test]
+    fn a_token_endpoint_refusal_is_auth_other_failures_are_status() {
+        let answer = |status: u16, body: &'static str| {
+            Reply::new(
+                Provider::Unico,
+                "token",
+                ::http::StatusCode::from_u16(status).unwrap(),
+                bytes::Bytes::from_static(body.as_bytes()),
+            )
+        };
+        for status in [400, 401, 403] {
+            match token_answer(
+                answer(status, r#"{"error":"invalid_grant"}"#),
+                Provider::Unico,
+                "POST /oauth2/token refused the assertion",
+            ) {
+                Err(ProviderError::Auth {
+                    provider: Provider::Unico,
+                    status: Some(s),
+                    message,
+                }) => {
+                    assert_eq!(s, status);
+                    assert!(
+                        message.starts_with("POST /oauth2/token refused the assertion: "),
+                        "{message}"
+                    );
+                }
+                other => panic!("{status}: {:?}", other.err()),
+            }
+        }
+        assert!(matches!(
+            token_answer(answer(503, ""), Provider::Unico, "refused"),
+            Err(ProviderError::Status { status: 503, .. })
+        ));
+        assert!(matches!(
+            token_answer(answer(429, ""), Provider::Unico, "refused"),
+            Err(ProviderError::Status { status: 429, .. })
+        ));
+        match token_answer(answer(200, "{}"), Provider::Unico, "refused") {
+            Ok(reply) => assert_eq!(reply.status(), 200),
+            Err(e) => panic!("{e:?}"),
+        }
+    }
 
     fn token(lifetime: Duration) -> BearerToken {
         BearerToken::new(

@@ -11,7 +11,7 @@
 
 use super::model::{Analysis, AuthenticateRequest, AuthenticateResponse};
 use crate::datetime::parse_provider_datetime;
-use crate::provider::auth::{Authorised, BearerToken, Refusal, TokenSource};
+use crate::provider::auth::{token_answer, Authorised, BearerToken, Refusal, TokenSource};
 use crate::provider::http::{self, BaseUrl, HttpClient, Reply};
 use crate::provider::settings::ClearSaleSettings;
 use crate::provider::{Provider, ProviderError};
@@ -134,17 +134,11 @@ pub fn token_from_reply(
     reply: Reply,
     refresh_margin: Duration,
 ) -> Result<BearerToken, ProviderError> {
-    match reply.status() {
-        400 | 401 | 403 => {
-            return Err(ProviderError::Auth {
-                provider: PROVIDER,
-                status: Some(reply.status()),
-                message: format!("{AUTHENTICATE} refused the credentials: {}", reply.detail()),
-            })
-        }
-        _ if !reply.is_success() => return Err(reply.into_error()),
-        _ => {}
-    }
+    let reply = token_answer(
+        reply,
+        PROVIDER,
+        &format!("{AUTHENTICATE} refused the credentials"),
+    )?;
     let answer: AuthenticateResponse = reply.json()?;
     let expires_at = parse_provider_datetime(&answer.expiration_date).map_err(|e| {
         ProviderError::InvalidResponse {

@@ -11,7 +11,7 @@
 
 use super::assertion::AssertionSigner;
 use super::model::{Process, TokenResponse};
-use crate::provider::auth::{Authorised, BearerToken, Refusal, TokenSource};
+use crate::provider::auth::{token_answer, Authorised, BearerToken, Refusal, TokenSource};
 use crate::provider::http::{self, BaseUrl, HttpClient, Reply};
 use crate::provider::settings::UnicoSettings;
 use crate::provider::{Provider, ProviderError};
@@ -162,17 +162,7 @@ pub fn token_from_reply(
     reply: Reply,
     refresh_margin: Duration,
 ) -> Result<BearerToken, ProviderError> {
-    match reply.status() {
-        400 | 401 | 403 => {
-            return Err(ProviderError::Auth {
-                provider: PROVIDER,
-                status: Some(reply.status()),
-                message: format!("{TOKEN} refused the assertion: {}", reply.detail()),
-            })
-        }
-        _ if !reply.is_success() => return Err(reply.into_error()),
-        _ => {}
-    }
+    let reply = token_answer(reply, PROVIDER, &format!("{TOKEN} refused the assertion"))?;
     let answer: TokenResponse = reply.json()?;
     let lifetime = answer
         .expires_in
