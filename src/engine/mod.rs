@@ -438,3 +438,93 @@ impl Drop for Completion {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::{Health, HealthSettings};
+    use flow::{Admission, Lane};
+
+    /// A runner with no provider, no partition and a producer that connects to nothing (creating
+    /// it does not connect), over `flow`.
+    fn runner(flow: Arc<FlowControl>) -> (Runner, mpsc::UnboundedReceiver<Done>) {
+        let producer: rdkafka::producer::FutureProducer<producer::ProducerLog> =
+            rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", "127.0.0.1:1")
+                .create_with_context(producer::ProducerLog)
+                .expect("a producer");
+        let events = Arc::new(RecordEvents::new(Arc::new(EngineStats::default())));
+        let ctx = Arc::new(WorkerContext {
+            enricher: Enricher::new(None, None, Default::default()),
+            breakers: worker::Breakers::new(Default::default()),
+            dedupe: dedupe::Dedupe::new(Default::default()),
+            encoder: Arc::new(RecordEncoder::single_object().expect("the embedded schema")),
+            output: Default::default(),
+            producer: producer::OutputProducer::new(producer),
+            events: events.clone(),
+        });
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        // The consumer thread's command channel: nobody reads it.
+        let (commands, _) = std_mpsc::channel();
+        let runner = Runner {
+            ctx,
+            dispatcher: Dispatcher::new(Duration::from_secs(5)),
+            flow,
+            commands,
+            done_tx,
+            tokens: HashMap::new(),
+            root: CancellationToken::new(),
+            health: Arc::new(Health::new(HealthSettings::default())),
+            events,
+        };
+        (runner, done_rx)
+    }
+
+    /// The consumer thread ends during the shutdown drain while a record is still in flight: the
+    /// loop stops listening to the closed channel and waits, idle, for the drain's deadline.
+    ///
+    /// The loop runs on a runtime with paused time, whose clock jumps to the next timer only
+    /// when every task waits. A loop that polls the closed channel again and again never waits,
+    /// so the clock never reaches the deadline and `run_loop` never returns: the test thread
+    /// notices it after a real-time timeout.
+    #[test]
+    fn a_consumer_gone_during_the_drain_does_not_spin_the_loop() {
+        let (result_tx, result_rx) = std_mpsc::channel();
+        // Not joined: a spinning loop never ends.
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .start_paused(true)
+                .build()
+                .expect("a runtime");
+            let result = rt.block_on(async {
+                let flow = Arc::new(FlowControl::new(1, 1.0, false));
+                // One record in flight that never finishes: the drain lasts until its deadline.
+                assert_eq!(flow.try_admit(Lane::Other), Admission::Admitted);
+                let (mut runner, done_rx) = runner(flow);
+                let (events_tx, events_rx) = mpsc::unbounded_channel::<FromConsumer>();
+                // The consumer thread dies 1 s into the 5 s drain (a channel closed from the
+                // start would be read before the shutdown, as the fatal error it is then).
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    drop(events_tx);
+                });
+                // Shutdown is requested at once; the runner keeps the completion channel open.
+                runner
+                    .run_loop(events_rx, done_rx, async {}, Duration::from_secs(5))
+                    .await
+            });
+            let _ = result_tx.send(result);
+        });
+        match result_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(result) => assert!(
+                result.is_ok(),
+                "the drain ends at its deadline, not with an error: {result:?}"
+            ),
+            Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                panic!("the drain loop spins on a closed consumer channel")
+            }
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => panic!("the runtime thread panicked"),
+        }
+    }
+}
