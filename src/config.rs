@@ -265,6 +265,20 @@ impl Config {
                 p.push(format!("{name} {topic:?} is also an input topic"));
             }
         }
+        let iso = &self.engine.isolation;
+        if iso.enabled != crate::engine::settings::Toggle::Off {
+            for provider in crate::provider::Provider::ALL {
+                let wait = iso.wait_topic(provider);
+                let clash = self.input.topics.iter().any(|t| t == wait)
+                    || self.output.all_record_topics().iter().any(|t| t == wait)
+                    || *wait == o.dead_letter_topic;
+                if clash {
+                    p.push(format!(
+                        "engine.isolation: wait topic {wait:?} is also an input, output or dead-letter topic"
+                    ));
+                }
+            }
+        }
         p.extend(
             self.output
                 .encoding

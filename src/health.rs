@@ -11,7 +11,9 @@
 //! 2. at least one broker connection is up;
 //! 3. the consumer is a member of its group (group state `up`, join state `steady`);
 //! 4. no provider circuit has been open (or half-open) for longer than
-//!    `circuit_open_unready_after`;
+//!    `circuit_open_unready_after`, unless that provider's records are diverted to its wait
+//!    topic (provider isolation): then the outage costs nothing but the provider's own delay,
+//!    and the report only notes it;
 //! 5. no input record batch failed to decode at the Kafka level (unsupported or corrupt
 //!    compression, a corrupt record) within the last [`UNDECODABLE_UNREADY_FOR`]: its partition
 //!    cannot advance, and librdkafka reports it again on every fetch, so this holds for as long
@@ -90,6 +92,8 @@ pub struct Health {
     lag: Arc<crate::telemetry::ConsumerLag>,
     /// The last input record batch that could not be decoded: when, and why.
     undecodable: Mutex<Option<(Instant, String)>>,
+    /// Per provider: how many of this instance's lanes are diverted to its wait topic.
+    diverted_lanes: Mutex<[usize; Provider::ALL.len()]>,
 }
 
 /// A probe's answer.
@@ -98,6 +102,9 @@ pub struct ProbeReport {
     pub ok: bool,
     /// Why not, one line per failed rule.
     pub reasons: Vec<String>,
+    /// What an operator may want to know that needs no action (a diverted provider).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 impl Health {
@@ -124,6 +131,7 @@ impl Health {
             breakers: Mutex::new(Vec::new()),
             lag: Arc::default(),
             undecodable: Mutex::new(None),
+            diverted_lanes: Mutex::new([0; Provider::ALL.len()]),
         }
     }
 
@@ -195,12 +203,34 @@ impl Health {
         ProbeReport {
             ok: reasons.is_empty(),
             reasons,
+            notes: Vec::new(),
         }
+    }
+
+    /// The engine's provider lanes: how many of this instance's lanes of `provider` are
+    /// diverted to its wait topic.
+    pub fn set_diverted_lanes(&self, provider: Provider, lanes: usize) {
+        self.diverted_lanes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())[provider.index()] = lanes;
     }
 
     /// Readiness (see the module docs for the rules).
     pub fn readiness(&self) -> ProbeReport {
         let mut reasons = Vec::new();
+        let mut notes = Vec::new();
+        let diverted = *self
+            .diverted_lanes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for provider in Provider::ALL {
+            let n = diverted[provider.index()];
+            if n > 0 {
+                notes.push(format!(
+                    "{provider}: {n} lane(s) diverted to its wait topic; the other provider and the input keep flowing, its records are processed when it recovers (nothing to do)"
+                ));
+            }
+        }
         let kafka = self.kafka().clone();
         match kafka.at {
             None => reasons.push("no Kafka statistics yet".to_string()),
@@ -229,7 +259,12 @@ impl Health {
         {
             if let Some(open) = breaker.not_closed_for() {
                 if open > self.settings.circuit_open_unready_after {
-                    reasons.push(format!("{provider} circuit open for {}s", open.as_secs()));
+                    let line = format!("{provider} circuit open for {}s", open.as_secs());
+                    if diverted[provider.index()] > 0 {
+                        notes.push(line);
+                    } else {
+                        reasons.push(line);
+                    }
                 }
             }
         }
@@ -247,6 +282,7 @@ impl Health {
         ProbeReport {
             ok: reasons.is_empty(),
             reasons,
+            notes,
         }
     }
 }
@@ -305,6 +341,32 @@ mod tests {
     }
 
     #[test]
+    fn a_diverted_provider_with_a_long_outage_stays_ready_with_a_note() {
+        let h = Health::new(HealthSettings {
+            circuit_open_unready_after: Duration::from_secs(10),
+            ..Default::default()
+        });
+        let c = Arc::new(FakeCircuit::default());
+        h.register_breaker(Provider::ClearSale, c.clone());
+        *c.0.lock().unwrap() = Some(Duration::from_secs(600));
+        h.set_diverted_lanes(Provider::ClearSale, 3);
+        let r = h.readiness();
+        assert!(!r.reasons.iter().any(|r| r.contains("circuit")), "{r:?}");
+        assert!(r
+            .notes
+            .iter()
+            .any(|n| n.contains("clearsale circuit open for 600s")));
+        assert!(r.notes.iter().any(|n| n.contains("nothing to do")));
+        h.set_diverted_lanes(Provider::ClearSale, 0);
+        let r = h.readiness();
+        assert!(r
+            .reasons
+            .iter()
+            .any(|r| r.contains("clearsale circuit open")));
+        assert!(r.notes.is_empty());
+    }
+
+    #[test]
     fn the_receiver_is_ready_without_a_consumer_group() {
         const PRODUCER_UP: &str = r#"{"name":"p","client_id":"p","type":"producer","ts":1,"time":1,"age":1,"replyq":0,"msg_cnt":0,"msg_size":0,"msg_max":0,"msg_size_max":0,"simple_cnt":0,"metadata_cache_cnt":0,"tx":0,"tx_bytes":0,"rx":0,"rx_bytes":0,"txmsgs":0,"txmsg_bytes":0,"rxmsgs":0,"rxmsg_bytes":0,
           "brokers":{"b:9092/1":{"name":"b:9092/1","nodeid":1,"nodename":"b:9092","source":"configured","state":"UP","stateage":1,"outbuf_cnt":0,"outbuf_msg_cnt":0,"waitresp_cnt":0,"waitresp_msg_cnt":0,"tx":0,"txbytes":0,"txerrs":0,"txretries":0,"txidle":0,"req_timeouts":0,"rx":0,"rxbytes":0,"rxerrs":0,"rxcorriderrs":0,"rxpartial":0,"rxidle":0,"zbuf_grow":0,"buf_grow":0,"wakeups":0,"connects":1,"disconnects":0,"req":{},"toppars":{}}},"topics":{}}"#;
@@ -315,7 +377,8 @@ mod tests {
             h.readiness(),
             ProbeReport {
                 ok: true,
-                reasons: vec![]
+                reasons: vec![],
+                notes: vec![]
             }
         );
         // The engine with the same statistics is not ready: it has no group.

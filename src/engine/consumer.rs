@@ -11,6 +11,14 @@
 //! - to the thread: offsets to store (each tagged with the partition's assignment epoch, so a
 //!   store from before a rebalance never lands on a later assignment) and the final close.
 //!
+//! With provider isolation the thread also owns one consumer per provider's wait topic. They
+//! never join a group: the rebalance callbacks assign them the wait partitions with the numbers
+//! of the input partitions assigned (from the wait group's committed offsets), include those
+//! partitions in revocations (drained, stored and committed in the callback like the input's),
+//! and unassign them with the input. Each turn of the loop takes what they have locally, within
+//! the provider's catch-up lane, and reports the end of a wait partition (librdkafka's partition
+//! EOF) after the records read before it (see `lanes.rs`).
+//!
 //! # Flow control
 //!
 //! Fetching never stops and restarts once per batch of completions:
@@ -45,6 +53,7 @@ use super::input::InputRecord;
 use super::job::Job;
 use super::offsets::TopicPartition;
 use crate::event::DecoderSettings;
+use crate::provider::Provider;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
@@ -82,6 +91,12 @@ pub enum FromConsumer {
     Revoking(Revoking),
     /// Records, in poll order, each already counted in the budget.
     Jobs(Vec<Job>),
+    /// A wait partition was read to its end (provider isolation); `last` is the last offset
+    /// read from it in this assignment. Sent after the records read before it.
+    WaitEnd {
+        tp: TopicPartition,
+        last: Option<i64>,
+    },
     /// The consumer cannot go on.
     Fatal(String),
 }
@@ -129,6 +144,12 @@ pub struct PollSettings {
     pub decoder: DecoderSettings,
 }
 
+/// The wait topics to read back (provider isolation) and their consumer's configuration.
+pub struct WaitSettings {
+    pub topics: Vec<(Provider, String)>,
+    pub config: ClientConfig,
+}
+
 /// The engine's side of the consumer thread.
 pub struct ConsumerHandle {
     pub commands: std_mpsc::Sender<ToConsumer>,
@@ -144,8 +165,55 @@ struct AssignmentChanges {
     changed: bool,
 }
 
+/// A provider's wait-topic consumer: assigned the wait partitions with the numbers of the input
+/// partitions this instance owns, by the engine consumer's rebalance callbacks.
+struct WaitConsumer {
+    provider: Provider,
+    topic: Arc<str>,
+    consumer: BaseConsumer<WaitContext>,
+}
+
+struct WaitContext {
+    health: Arc<crate::health::Health>,
+    topic: String,
+    /// The partitions assigned now (lag gauges only for them).
+    assigned: Mutex<HashSet<i32>>,
+}
+
+impl ClientContext for WaitContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        crate::telemetry::librdkafka_log(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        crate::telemetry::librdkafka_error(&error, reason);
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        // The wait topic's lag, as `webhook_enricher_consumer_lag{topic=<wait topic>}`.
+        let assigned = lock(&self.assigned);
+        let lag = self.health.consumer_lag();
+        if let Some(t) = statistics.topics.get(&self.topic) {
+            for (partition, p) in &t.partitions {
+                if assigned.contains(partition) && p.hi_offset >= 0 {
+                    lag.update(
+                        &self.topic,
+                        *partition,
+                        p.consumer_lag,
+                        p.consumer_lag_stored,
+                    );
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for WaitContext {}
+
 struct EngineContext {
     events: mpsc::UnboundedSender<FromConsumer>,
+    /// The wait-topic consumers (empty without provider isolation).
+    wait: Vec<WaitConsumer>,
     health: Arc<crate::health::Health>,
     /// The assignment epoch of each assigned partition.
     epochs: Mutex<HashMap<TopicPartition, u64>>,
@@ -222,7 +290,17 @@ impl ConsumerContext for EngineContext {
         let Rebalance::Revoke(tpl) = rebalance else {
             return;
         };
-        let partitions = partitions_of(tpl);
+        let mut partitions = partitions_of(tpl);
+        // The wait partitions follow the input partitions with their numbers.
+        let numbers: HashSet<i32> = partitions.iter().map(|tp| tp.partition).collect();
+        for w in &self.wait {
+            let mut owned = lock(&w.consumer.context().assigned);
+            for p in &numbers {
+                if owned.remove(p) {
+                    partitions.push(TopicPartition::new(w.topic.clone(), *p));
+                }
+            }
+        }
         lock(&self.changes)
             .revoked
             .extend(partitions.iter().cloned());
@@ -242,7 +320,7 @@ impl ConsumerContext for EngineContext {
             // The engine owns the drain deadline and always answers by it; the channel closes
             // if the engine is gone.
             match sent.ok().map(|()| answer.recv()) {
-                Some(Ok(offsets)) => store(consumer, &offsets),
+                Some(Ok(offsets)) => self.store_routed(consumer, &offsets),
                 _ => tracing::warn!(
                     revocation = id,
                     "the engine did not answer the revocation; committing what is stored"
@@ -250,6 +328,16 @@ impl ConsumerContext for EngineContext {
             }
         }
         let _ = commit(consumer, "revocation");
+        for w in &self.wait {
+            let _ = commit(&w.consumer, "revocation");
+            let owned: Vec<i32> = lock(&w.consumer.context().assigned)
+                .iter()
+                .copied()
+                .collect();
+            if let Err(e) = w.consumer.assign(&wait_list(&w.topic, &owned)) {
+                tracing::warn!(topic = %w.topic, error = %e, "cannot unassign wait partitions");
+            }
+        }
         let mut epochs = lock(&self.epochs);
         for tp in &partitions {
             epochs.remove(tp);
@@ -263,8 +351,27 @@ impl ConsumerContext for EngineContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
+                let mut partitions = partitions_of(tpl);
+                // Each wait topic's partitions with the numbers of the input partitions, read
+                // from the wait group's committed offsets.
+                let numbers: HashSet<i32> = partitions.iter().map(|tp| tp.partition).collect();
+                for w in &self.wait {
+                    let owned: Vec<i32> = {
+                        let mut owned = lock(&w.consumer.context().assigned);
+                        owned.extend(numbers.iter().copied());
+                        owned.iter().copied().collect()
+                    };
+                    if let Err(e) = w.consumer.assign(&wait_list(&w.topic, &owned)) {
+                        tracing::error!(topic = %w.topic, error = %e, "cannot assign wait partitions");
+                    }
+                    partitions.extend(
+                        numbers
+                            .iter()
+                            .map(|p| TopicPartition::new(w.topic.clone(), *p)),
+                    );
+                }
                 let mut epochs = lock(&self.epochs);
-                let assigned: Vec<(TopicPartition, u64)> = partitions_of(tpl)
+                let assigned: Vec<(TopicPartition, u64)> = partitions
                     .into_iter()
                     .map(|tp| {
                         let epoch = self.next_epoch.fetch_add(1, Ordering::SeqCst) + 1;
@@ -283,6 +390,44 @@ impl ConsumerContext for EngineContext {
     }
 }
 
+impl EngineContext {
+    /// The wait consumer of a wait topic.
+    fn wait_consumer(&self, topic: &str) -> Option<&WaitConsumer> {
+        self.wait.iter().find(|w| &*w.topic == topic)
+    }
+
+    /// Stores offsets with the consumer that reads their topic.
+    fn store_routed(&self, main: &BaseConsumer<EngineContext>, offsets: &[(TopicPartition, i64)]) {
+        if self.wait.is_empty() {
+            return store(main, offsets);
+        }
+        let (wait, input): (Vec<_>, Vec<_>) = offsets
+            .iter()
+            .cloned()
+            .partition(|(tp, _)| self.wait_consumer(&tp.topic).is_some());
+        store(main, &input);
+        for w in &self.wait {
+            let mine: Vec<(TopicPartition, i64)> = wait
+                .iter()
+                .filter(|(tp, _)| *tp.topic == *w.topic)
+                .cloned()
+                .collect();
+            store(&w.consumer, &mine);
+        }
+    }
+}
+
+/// A wait topic's partitions, to be read from the wait group's committed offsets.
+fn wait_list(topic: &str, partitions: &[i32]) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::with_capacity(partitions.len());
+    for p in partitions {
+        if let Err(e) = tpl.add_partition_offset(topic, *p, Offset::Stored) {
+            tracing::warn!(topic, partition = p, error = %e, "cannot build the wait partition list");
+        }
+    }
+    tpl
+}
+
 fn partitions_of(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
     tpl.elements()
         .iter()
@@ -291,7 +436,7 @@ fn partitions_of(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
 }
 
 /// Stores next-offsets of partitions assigned now (the caller checked the epochs).
-fn store(consumer: &BaseConsumer<EngineContext>, offsets: &[(TopicPartition, i64)]) {
+fn store<C: ConsumerContext>(consumer: &BaseConsumer<C>, offsets: &[(TopicPartition, i64)]) {
     if offsets.is_empty() {
         return;
     }
@@ -318,10 +463,13 @@ fn store_current(consumer: &BaseConsumer<EngineContext>, offsets: &[StoreOffset]
             .map(|o| (o.tp.clone(), o.next))
             .collect()
     };
-    store(consumer, &current);
+    consumer.context().store_routed(consumer, &current);
 }
 
-fn commit(consumer: &BaseConsumer<EngineContext>, when: &'static str) -> Result<(), String> {
+fn commit<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    when: &'static str,
+) -> Result<(), String> {
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) => Ok(()),
         Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => Ok(()),
@@ -362,10 +510,30 @@ pub fn start(
     flow: Arc<FlowControl>,
     settings: PollSettings,
     health: Arc<crate::health::Health>,
+    wait: Option<WaitSettings>,
 ) -> Result<ConsumerHandle, ConsumerError> {
     let (events_tx, events) = mpsc::unbounded_channel();
+    let mut wait_consumers = Vec::new();
+    if let Some(w) = wait {
+        for (provider, topic) in w.topics {
+            let consumer: BaseConsumer<WaitContext> = w
+                .config
+                .create_with_context(WaitContext {
+                    health: health.clone(),
+                    topic: topic.clone(),
+                    assigned: Mutex::new(HashSet::new()),
+                })
+                .map_err(ConsumerError::Create)?;
+            wait_consumers.push(WaitConsumer {
+                provider,
+                topic: Arc::from(topic.as_str()),
+                consumer,
+            });
+        }
+    }
     let context = EngineContext {
         events: events_tx,
+        wait: wait_consumers,
         health,
         epochs: Mutex::new(HashMap::new()),
         next_epoch: AtomicU64::new(0),
@@ -399,6 +567,8 @@ pub fn start(
         paused: HashSet::new(),
         full_since: None,
         stalled: false,
+        wait_held: Provider::ALL.map(|_| None),
+        wait_last: HashMap::new(),
     };
     let thread = std::thread::Builder::new()
         .name("kafka-consumer".into())
@@ -435,6 +605,10 @@ struct PollLoop {
     full_since: Option<Instant>,
     /// The total stayed full for `pause_after`: every partition is paused.
     stalled: bool,
+    /// Per provider, a wait-topic record read while its catch-up lane was full.
+    wait_held: [Option<Job>; Provider::ALL.len()],
+    /// The last offset read from each wait partition in its assignment.
+    wait_last: HashMap<TopicPartition, i64>,
 }
 
 /// The records of one partition waiting for their lane, oldest first.
@@ -458,6 +632,7 @@ impl PollLoop {
             let stopping = self.flow.is_stopping();
             let mut batch = Vec::new();
             if !stopping {
+                self.poll_wait();
                 self.admit_waiting(&mut batch);
             }
             let full = self.held.is_some()
@@ -510,7 +685,13 @@ impl PollLoop {
                 Ok(ToConsumer::Store(offsets)) => store_current(&self.consumer, &offsets),
                 Ok(ToConsumer::Close { offsets, done }) => {
                     store_current(&self.consumer, &offsets);
-                    let committed = commit(&self.consumer, "shutdown");
+                    let mut committed = commit(&self.consumer, "shutdown");
+                    for w in &self.consumer.context().wait {
+                        let wait_committed = commit(&w.consumer, "shutdown");
+                        if committed.is_ok() {
+                            committed = wait_committed;
+                        }
+                    }
                     self.close();
                     let _ = done.send(committed);
                     return Step::Exit;
@@ -518,6 +699,9 @@ impl PollLoop {
                 Err(std_mpsc::TryRecvError::Empty) => return Step::Continue,
                 Err(std_mpsc::TryRecvError::Disconnected) => {
                     let _ = commit(&self.consumer, "shutdown");
+                    for w in &self.consumer.context().wait {
+                        let _ = commit(&w.consumer, "shutdown");
+                    }
                     self.close();
                     return Step::Exit;
                 }
@@ -550,6 +734,15 @@ impl PollLoop {
             }
             self.parked.retain(|tp, _| !revoked.contains(tp));
             self.parked_count = self.parked.values().map(|p| p.jobs.len()).sum();
+            for held in &mut self.wait_held {
+                if held
+                    .as_ref()
+                    .is_some_and(|j| revoked.contains(&j.record.topic_partition()))
+                {
+                    *held = None;
+                }
+            }
+            self.wait_last.retain(|tp, _| !revoked.contains(tp));
         }
         if !changes.changed {
             return false;
@@ -563,9 +756,66 @@ impl PollLoop {
         true
     }
 
+    /// Reads the wait topics back (provider isolation), within each provider's catch-up lane:
+    /// a record that does not fit is held and that wait consumer is not polled until it does
+    /// (librdkafka keeps the next ones local). The end of a wait partition is reported after
+    /// the records read before it.
+    fn poll_wait(&mut self) {
+        let context = self.consumer.context();
+        if context.wait.is_empty() {
+            return;
+        }
+        let mut batch = Vec::new();
+        for w in &context.wait {
+            let slot = w.provider.index();
+            if let Some(job) = self.wait_held[slot].take() {
+                match self.flow.try_admit(job.lane) {
+                    Admission::Admitted => batch.push(job),
+                    _ => {
+                        self.wait_held[slot] = Some(job);
+                        continue;
+                    }
+                }
+            }
+            for _ in 0..MAX_BATCH {
+                let Some(message) = w.consumer.poll(Duration::ZERO) else {
+                    break;
+                };
+                let message = match message {
+                    Ok(m) => m,
+                    Err(KafkaError::PartitionEOF(partition)) => {
+                        let tp = TopicPartition::new(w.topic.clone(), partition);
+                        let last = self.wait_last.get(&tp).copied();
+                        send_jobs(context, &self.flow, std::mem::take(&mut batch));
+                        let _ = context.events.send(FromConsumer::WaitEnd { tp, last });
+                        continue;
+                    }
+                    Err(e) => {
+                        crate::telemetry::consumer_poll_error(&e);
+                        break;
+                    }
+                };
+                let record = InputRecord::from_message(&message, w.topic.clone());
+                drop(message);
+                self.wait_last
+                    .insert(record.topic_partition(), record.offset);
+                let job = Job::from_wait(record, w.provider, &self.settings.decoder);
+                match self.flow.try_admit(job.lane) {
+                    Admission::Admitted => batch.push(job),
+                    _ => {
+                        self.wait_held[slot] = Some(job);
+                        break;
+                    }
+                }
+            }
+        }
+        send_jobs(context, &self.flow, batch);
+    }
+
     /// Hands over the held record and the parked ones whose lane has room, in order.
     fn admit_waiting(&mut self, batch: &mut Vec<Job>) {
-        if let Some(job) = self.held.take() {
+        if let Some(mut job) = self.held.take() {
+            job.lane = self.flow.charge(job.lane_for_input());
             match self.flow.try_admit(job.lane) {
                 Admission::Admitted => batch.push(job),
                 Admission::LaneFull => self.park(job),
@@ -577,7 +827,8 @@ impl PollLoop {
         }
         let mut emptied = Vec::new();
         'partitions: for (tp, parked) in self.parked.iter_mut() {
-            while let Some(job) = parked.jobs.front() {
+            while let Some(job) = parked.jobs.front_mut() {
+                job.lane = self.flow.charge(job.lane_for_input());
                 match self.flow.try_admit(job.lane) {
                     Admission::Admitted => {
                         if let Some(job) = parked.jobs.pop_front() {
@@ -688,7 +939,8 @@ impl PollLoop {
                 // Never handed over, so never committed: the next owner reads it again.
                 continue;
             }
-            let job = Job::new(record, &self.settings.decoder);
+            let mut job = Job::new(record, &self.settings.decoder);
+            job.lane = self.flow.charge(job.lane);
             // A partition's records reach the engine in offset order: behind a parked record,
             // the next ones of its partition wait too (its pause normally stops them coming).
             let tp = job.record.topic_partition();
@@ -717,23 +969,22 @@ impl PollLoop {
     }
 
     fn send(&self, batch: Vec<Job>) {
-        if batch.is_empty() {
-            return;
-        }
-        let mut lanes = super::flow::LaneCounts::default();
-        for job in &batch {
-            lanes.add(job.lane, 1);
-        }
-        if self
-            .consumer
-            .context()
-            .events
-            .send(FromConsumer::Jobs(batch))
-            .is_err()
-        {
-            // The engine is gone; give the places back so nothing waits on them.
-            self.flow.release(&lanes);
-        }
+        send_jobs(self.consumer.context(), &self.flow, batch);
+    }
+}
+
+/// Hands a batch of admitted records to the engine.
+fn send_jobs(context: &EngineContext, flow: &FlowControl, batch: Vec<Job>) {
+    if batch.is_empty() {
+        return;
+    }
+    let mut lanes = super::flow::LaneCounts::default();
+    for job in &batch {
+        lanes.add(job.lane, 1);
+    }
+    if context.events.send(FromConsumer::Jobs(batch)).is_err() {
+        // The engine is gone; give the places back so nothing waits on them.
+        flow.release(&lanes);
     }
 }
 

@@ -19,11 +19,13 @@
 use super::consumer::{Revoking, StoreOffset};
 use super::flow::{Lane, LaneCounts};
 use super::job::{Job, OrderKey};
+use super::lanes::{Change, LaneId, Lanes, Route};
 use super::offsets::{OffsetTracker, TopicPartition};
 use super::producer::ProduceError;
 use super::scheduler::KeyScheduler;
 use super::worker::Final;
-use std::collections::{HashMap, HashSet};
+use crate::provider::Provider;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +38,8 @@ pub enum Mode {
     Process,
     /// A task processing this record panicked: dead-letter it, so its key and offset move on.
     DeadLetterPanicked,
+    /// The record's provider lane is diverted: write it to the provider's wait topic.
+    Divert,
 }
 
 /// A task to start.
@@ -69,7 +73,30 @@ pub struct Done {
     pub offset: i64,
     pub key: OrderKey,
     pub lane: Lane,
+    /// What the task was started for.
+    pub mode: Mode,
+    /// The provider lane of an input record that calls a provider.
+    pub input_lane: Option<LaneId>,
+    /// The provider lane of a record read back from a wait topic.
+    pub wait_lane: Option<LaneId>,
     pub outcome: Outcome,
+}
+
+impl Done {
+    /// The report of a task started for `job`.
+    pub fn of(job: &Job, epoch: u64, mode: Mode, outcome: Outcome) -> Self {
+        Self {
+            tp: job.record.topic_partition(),
+            epoch,
+            offset: job.record.offset,
+            key: job.key.clone(),
+            lane: job.lane,
+            mode,
+            input_lane: job.input_lane(),
+            wait_lane: job.wait_lane(),
+            outcome,
+        }
+    }
 }
 
 /// What the runner must do after an event.
@@ -92,6 +119,8 @@ pub struct Effects {
     pub abandoned_records: usize,
     /// Records dropped before starting (their partition was revoked, or a repeated offset).
     pub dropped_records: usize,
+    /// Provider lanes that changed mode.
+    pub lane_changes: Vec<Change>,
 }
 
 /// A revocation answer: the committable offsets of the revoked partitions.
@@ -128,6 +157,18 @@ pub struct Dispatcher {
     fatal: Option<ProduceError>,
     /// A fatal error was seen: nothing more starts.
     failed: bool,
+    /// Provider isolation (`None`: disabled).
+    isolation: Option<Isolation>,
+}
+
+/// The provider lanes, their wait topics and the records they hold.
+#[derive(Debug)]
+struct Isolation {
+    lanes: Lanes,
+    wait_topics: Vec<(Arc<str>, Provider)>,
+    /// Records of lanes that hold (unknown or returning), not yet given to the scheduler, so
+    /// they take no key: a record read back from the wait topic must be able to run first.
+    held: HashMap<LaneId, VecDeque<Arc<Job>>>,
 }
 
 impl Dispatcher {
@@ -140,19 +181,43 @@ impl Dispatcher {
             revoke_drain_timeout,
             fatal: None,
             failed: false,
+            isolation: None,
         }
+    }
+
+    /// With provider isolation: `lanes` for the enabled providers, whose wait topics are these.
+    pub fn with_isolation(mut self, lanes: Lanes, wait_topics: Vec<(Arc<str>, Provider)>) -> Self {
+        self.isolation = Some(Isolation {
+            lanes,
+            wait_topics,
+            held: HashMap::new(),
+        });
+        self
+    }
+
+    /// The provider lanes, when isolation is on.
+    pub fn lanes(&self) -> Option<&Lanes> {
+        self.isolation.as_ref().map(|i| &i.lanes)
+    }
+
+    /// Records held by lanes that are unknown or returning.
+    pub fn held(&self) -> usize {
+        self.isolation
+            .as_ref()
+            .map_or(0, |i| i.held.values().map(VecDeque::len).sum())
     }
 
     /// Records arrived (in poll order). Each starts now or waits behind its key.
     pub fn on_jobs(&mut self, jobs: Vec<Job>, fx: &mut Effects) {
+        let now = Instant::now();
         for job in jobs {
             let tp = job.record.topic_partition();
-            let Some(partition) = self.partitions.get_mut(&tp) else {
+            if !self.partitions.contains_key(&tp) {
                 // Not (or no longer) ours: the owner reads it.
                 fx.released.add(job.lane, 1);
                 fx.dropped_records += 1;
                 continue;
-            };
+            }
             if !self.tracker.begin(&tp, job.record.offset) {
                 // A repeat of an offset already handed over (a seek back).
                 fx.released.add(job.lane, 1);
@@ -160,15 +225,129 @@ impl Dispatcher {
                 continue;
             }
             let job = Arc::new(job);
-            if let Some(job) = self.scheduler.submit(job.key.clone(), job) {
-                partition.running += 1;
-                fx.start.push(Start {
-                    job,
-                    epoch: partition.epoch,
-                    mode: Mode::Process,
-                });
+            if let Some(iso) = &mut self.isolation {
+                if let Some(lane) = job.input_lane() {
+                    if iso.lanes.mode(lane).is_some_and(|m| m.holds()) {
+                        iso.held.entry(lane).or_default().push_back(job);
+                        continue;
+                    }
+                }
+                if let Some(lane) = job.wait_lane() {
+                    let mut changes = Vec::new();
+                    iso.lanes.wait_read(lane, now, &mut changes);
+                    self.submit(job, fx);
+                    self.apply_lane_changes(changes, fx);
+                    continue;
+                }
+            }
+            self.submit(job, fx);
+        }
+    }
+
+    /// Gives a record to the scheduler: it starts now, or waits behind its key.
+    fn submit(&mut self, job: Arc<Job>, fx: &mut Effects) {
+        if let Some(job) = self.scheduler.submit(job.key.clone(), job) {
+            self.start(job, fx);
+        }
+    }
+
+    /// Starts a record the scheduler released (its partition is assigned, its key free).
+    fn start(&mut self, job: Arc<Job>, fx: &mut Effects) {
+        let tp = job.record.topic_partition();
+        let Some(partition) = self.partitions.get_mut(&tp) else {
+            return;
+        };
+        partition.running += 1;
+        let mut mode = Mode::Process;
+        if let (Some(iso), Some(lane)) = (&mut self.isolation, job.input_lane()) {
+            if iso.lanes.route(lane) == Route::Divert {
+                iso.lanes.divert_started(lane);
+                mode = Mode::Divert;
             }
         }
+        fx.start.push(Start {
+            job,
+            epoch: partition.epoch,
+            mode,
+        });
+    }
+
+    /// Acts on lane changes: a lane that stops holding gives its held records to the scheduler,
+    /// in order (they start direct, or diverted, by the lane's new mode).
+    fn apply_lane_changes(&mut self, changes: Vec<Change>, fx: &mut Effects) {
+        let mut pending = changes;
+        while !pending.is_empty() {
+            let mut released = Vec::new();
+            for change in &pending {
+                if change.from.holds() && !change.to.holds() {
+                    if let Some(iso) = &mut self.isolation {
+                        if let Some(held) = iso.held.remove(&change.lane) {
+                            released.extend(held);
+                        }
+                    }
+                }
+            }
+            fx.lane_changes.append(&mut pending);
+            for job in released {
+                if self.failed {
+                    fx.released.add(job.lane, 1);
+                    fx.dropped_records += 1;
+                } else {
+                    self.submit(job, fx);
+                }
+            }
+        }
+    }
+
+    /// A provider became blocked (its circuit is not closed, or its share stayed full) or
+    /// unblocked: its lanes divert, or may start returning.
+    pub fn set_blocked(
+        &mut self,
+        provider: Provider,
+        blocked: bool,
+        now: Instant,
+        fx: &mut Effects,
+    ) {
+        let Some(iso) = &mut self.isolation else {
+            return;
+        };
+        if iso.lanes.is_blocked(provider) == blocked {
+            return;
+        }
+        let mut changes = Vec::new();
+        iso.lanes.set_blocked(provider, blocked, now, &mut changes);
+        self.apply_lane_changes(changes, fx);
+    }
+
+    /// A wait partition was read to its end; `last` is the last offset read from it.
+    pub fn on_wait_end(
+        &mut self,
+        tp: &TopicPartition,
+        last: Option<i64>,
+        now: Instant,
+        fx: &mut Effects,
+    ) {
+        let Some(iso) = &mut self.isolation else {
+            return;
+        };
+        let Some(provider) = iso
+            .wait_topics
+            .iter()
+            .find(|(t, _)| **t == *tp.topic)
+            .map(|(_, p)| *p)
+        else {
+            return;
+        };
+        let mut changes = Vec::new();
+        iso.lanes
+            .wait_end((provider, tp.partition), last, now, &mut changes);
+        self.apply_lane_changes(changes, fx);
+    }
+
+    fn is_wait_topic(&self, topic: &str) -> bool {
+        self.isolation
+            .as_ref()
+            .is_some_and(|i| i.wait_topics.iter().any(|(t, _)| &**t == topic))
     }
 
     /// A task ended.
@@ -177,6 +356,25 @@ impl Dispatcher {
             .partitions
             .get_mut(&done.tp)
             .filter(|p| p.epoch == done.epoch);
+        let mut changes = Vec::new();
+        if let Some(iso) = &mut self.isolation {
+            let diverted_at = match &done.outcome {
+                Outcome::Finished(Final::Diverted { offset }) => Some(*offset),
+                _ => None,
+            };
+            if let Some(lane) = done.input_lane {
+                if done.mode == Mode::Divert {
+                    iso.lanes.divert_ended(lane, diverted_at, now, &mut changes);
+                } else if let Some(offset) = diverted_at {
+                    iso.lanes.diverted(lane, offset, now, &mut changes);
+                }
+            }
+            if let Some(lane) = done.wait_lane {
+                if !matches!(done.outcome, Outcome::Panicked(_)) {
+                    iso.lanes.wait_finished(lane, now, &mut changes);
+                }
+            }
+        }
         match done.outcome {
             Outcome::Panicked(job) if current.is_some() && !self.failed => {
                 // The key stays busy and the record in flight: a new task dead-letters it.
@@ -185,6 +383,7 @@ impl Dispatcher {
                     epoch: done.epoch,
                     mode: Mode::DeadLetterPanicked,
                 });
+                self.apply_lane_changes(changes, fx);
                 return;
             }
             outcome => {
@@ -212,17 +411,12 @@ impl Dispatcher {
                 }
             }
         }
+        // Lane changes first: the key's next record starts by the lane's new mode.
+        self.apply_lane_changes(changes, fx);
         if let Some(next) = self.scheduler.complete(&done.key) {
             let tp = next.record.topic_partition();
-            match self.partitions.get_mut(&tp) {
-                Some(partition) if !self.failed => {
-                    partition.running += 1;
-                    fx.start.push(Start {
-                        job: next,
-                        epoch: partition.epoch,
-                        mode: Mode::Process,
-                    });
-                }
+            match self.partitions.get(&tp) {
+                Some(_) if !self.failed => self.start(next, fx),
                 _ => {
                     fx.released.add(next.lane, 1);
                     fx.dropped_records += 1;
@@ -247,12 +441,25 @@ impl Dispatcher {
         }
     }
 
-    /// Partitions were assigned with these epochs.
-    pub fn on_assigned(&mut self, partitions: Vec<(TopicPartition, u64)>) {
+    /// Partitions were assigned with these epochs (input partitions, and with isolation the
+    /// wait partitions with the same numbers).
+    pub fn on_assigned(
+        &mut self,
+        partitions: Vec<(TopicPartition, u64)>,
+        now: Instant,
+        fx: &mut Effects,
+    ) {
+        let mut changes = Vec::new();
         for (tp, epoch) in partitions {
+            if !self.is_wait_topic(&tp.topic) {
+                if let Some(iso) = &mut self.isolation {
+                    iso.lanes.assign(tp.partition, now, &mut changes);
+                }
+            }
             self.tracker.assign(tp.clone());
             self.partitions.insert(tp, Partition { epoch, running: 0 });
         }
+        self.apply_lane_changes(changes, fx);
     }
 
     /// A revocation began: queued records of the revoked partitions are dropped (never started,
@@ -267,6 +474,28 @@ impl Dispatcher {
             fx.released.add(job.lane, 1);
             fx.dropped_records += 1;
         }
+        let wait_partitions: Vec<i32> = revoking
+            .partitions
+            .iter()
+            .filter(|tp| self.is_wait_topic(&tp.topic))
+            .map(|tp| tp.partition)
+            .collect();
+        if let Some(iso) = &mut self.isolation {
+            for held in iso.held.values_mut() {
+                held.retain(|job| {
+                    let gone = revoked.contains(&job.record.topic_partition());
+                    if gone {
+                        fx.released.add(job.lane, 1);
+                        fx.dropped_records += 1;
+                    }
+                    !gone
+                });
+            }
+            iso.held.retain(|_, h| !h.is_empty());
+            for p in wait_partitions {
+                iso.lanes.revoke(p);
+            }
+        }
         fx.drain.extend(revoking.partitions.iter().cloned());
         self.revocations.push(PendingRevocation {
             id: revoking.id,
@@ -277,8 +506,14 @@ impl Dispatcher {
         self.check_revocations(now, fx);
     }
 
-    /// Time passed: answers revocations whose deadline came.
+    /// Time passed: answers revocations whose deadline came; lanes that held records too long
+    /// divert them.
     pub fn on_tick(&mut self, now: Instant, fx: &mut Effects) {
+        if let Some(iso) = &mut self.isolation {
+            let mut changes = Vec::new();
+            iso.lanes.tick(now, &mut changes);
+            self.apply_lane_changes(changes, fx);
+        }
         self.check_revocations(now, fx);
     }
 
@@ -387,14 +622,7 @@ mod tests {
     }
 
     fn done(start: &Start, outcome: Outcome) -> Done {
-        Done {
-            tp: start.job.record.topic_partition(),
-            epoch: start.epoch,
-            offset: start.job.record.offset,
-            key: start.job.key.clone(),
-            lane: start.job.lane,
-            outcome,
-        }
+        Done::of(&start.job, start.epoch, start.mode, outcome)
     }
 
     fn finished(start: &Start) -> Done {
@@ -403,7 +631,11 @@ mod tests {
 
     fn assigned(partitions: &[i32]) -> Dispatcher {
         let mut d = Dispatcher::new(Duration::from_secs(10));
-        d.on_assigned(partitions.iter().map(|p| (tp(*p), T0)).collect());
+        d.on_assigned(
+            partitions.iter().map(|p| (tp(*p), T0)).collect(),
+            Instant::now(),
+            &mut Effects::default(),
+        );
         d
     }
 
@@ -499,7 +731,11 @@ mod tests {
         let now = Instant::now();
         d.on_revoking(r, now, &mut Effects::default());
         d.on_tick(now + Duration::from_secs(11), &mut Effects::default());
-        d.on_assigned(vec![(tp(0), T0 + 1)]);
+        d.on_assigned(
+            vec![(tp(0), T0 + 1)],
+            Instant::now(),
+            &mut Effects::default(),
+        );
         let mut fx = Effects::default();
         d.on_jobs(vec![job(0, 0, 1)], &mut fx);
         assert!(
@@ -643,5 +879,191 @@ mod tests {
         assert!(d.take_fatal().is_some());
         assert!(d.take_fatal().is_none());
         assert!(d.committable().is_empty());
+    }
+
+    // Provider isolation.
+
+    const WAIT: &str = "wait.cs";
+
+    fn isolated(partitions: &[i32]) -> (Dispatcher, Instant) {
+        let now = Instant::now();
+        let mut d = Dispatcher::new(Duration::from_secs(10)).with_isolation(
+            Lanes::new(vec![Provider::ClearSale], Duration::from_secs(5)),
+            vec![(Arc::from(WAIT), Provider::ClearSale)],
+        );
+        let mut assigned: Vec<(TopicPartition, u64)> =
+            partitions.iter().map(|p| (tp(*p), T0)).collect();
+        assigned.extend(
+            partitions
+                .iter()
+                .map(|p| (TopicPartition::new(WAIT, *p), T0)),
+        );
+        d.on_assigned(assigned, now, &mut Effects::default());
+        (d, now)
+    }
+
+    /// A ClearSale record read back from the wait topic, diverted from input offset `source`.
+    fn wait_job(partition: i32, offset: i64, source: i64, subject: u128) -> Job {
+        let mut j = job(partition, source, subject);
+        let origin = crate::engine::wait::Origin {
+            topic: Arc::from("in"),
+            partition,
+            offset: source,
+            timestamp_ms: None,
+            first_seen: None,
+            attempts: 0,
+        };
+        let mut record = j.record.clone();
+        record.topic = Arc::from(WAIT);
+        record.offset = offset;
+        record.headers = crate::engine::wait::headers(
+            &origin,
+            crate::engine::wait::Reason::CircuitOpen,
+            chrono::Utc::now(),
+        )
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), Some(v.into_bytes())))
+        .collect();
+        j = Job::from_wait(record, Provider::ClearSale, &DecoderSettings::default());
+        j
+    }
+
+    fn diverted(start: &Start, offset: i64) -> Done {
+        done(start, Outcome::Finished(Final::Diverted { offset }))
+    }
+
+    fn modes(fx: &Effects) -> Vec<(i64, Mode)> {
+        fx.start
+            .iter()
+            .map(|s| (s.job.record.offset, s.mode))
+            .collect()
+    }
+
+    #[test]
+    fn an_unknown_lane_holds_its_records_until_its_wait_partition_is_read() {
+        let (mut d, now) = isolated(&[0]);
+        let mut fx = Effects::default();
+        d.on_jobs(vec![job(0, 0, 1), job(0, 1, 2), job(0, 2, 1)], &mut fx);
+        assert!(
+            fx.start.is_empty(),
+            "held: the wait partition may hold their keys"
+        );
+        assert_eq!(d.held(), 3);
+        let mut fx = Effects::default();
+        d.on_wait_end(&TopicPartition::new(WAIT, 0), None, now, &mut fx);
+        assert_eq!(d.held(), 0);
+        assert_eq!(
+            modes(&fx),
+            vec![(0, Mode::Process), (1, Mode::Process)],
+            "empty wait partition: direct, in order, offset 2 behind offset 0"
+        );
+        assert_eq!(fx.lane_changes.len(), 1);
+    }
+
+    #[test]
+    fn a_diverted_lane_diverts_and_wait_records_do_not_hold_the_input_back() {
+        let (mut d, now) = isolated(&[0]);
+        let mut fx = Effects::default();
+        // An earlier owner left a record of subject 1 in the wait partition.
+        d.on_jobs(vec![wait_job(0, 0, 0, 1)], &mut fx);
+        assert_eq!(modes(&fx), vec![(0, Mode::Process)], "read back at once");
+        let w = fx.start.remove(0);
+        assert_eq!(
+            d.lanes().unwrap().mode((Provider::ClearSale, 0)),
+            Some(super::super::lanes::Mode::Diverted)
+        );
+        // A new record of the same subject goes behind it in the wait partition, without
+        // waiting for it to be processed.
+        let mut fx = Effects::default();
+        d.on_jobs(vec![job(0, 5, 1)], &mut fx);
+        assert_eq!(modes(&fx), vec![(5, Mode::Divert)]);
+        let i = fx.start.remove(0);
+        let mut fx = Effects::default();
+        d.on_done(diverted(&i, 1), now, &mut fx);
+        assert_eq!(
+            stored(&fx, 0),
+            Some(6),
+            "a divert is final for the input offset"
+        );
+        // Read back to the end and processed: the lane returns.
+        let mut fx = Effects::default();
+        d.on_jobs(vec![wait_job(0, 1, 5, 1)], &mut fx);
+        assert!(
+            fx.start.is_empty(),
+            "behind the first wait record of its subject"
+        );
+        d.on_wait_end(&TopicPartition::new(WAIT, 0), Some(1), now, &mut fx);
+        let mut fx = Effects::default();
+        d.on_done(finished(&w), now, &mut fx);
+        assert_eq!(
+            modes(&fx),
+            vec![(1, Mode::Process)],
+            "the wait records keep their order"
+        );
+        let w2 = fx.start.remove(0);
+        let mut fx = Effects::default();
+        d.on_jobs(vec![job(0, 6, 1)], &mut fx);
+        assert!(
+            fx.start.is_empty(),
+            "returning: held until the wait records are done"
+        );
+        let mut fx = Effects::default();
+        d.on_done(finished(&w2), now, &mut fx);
+        assert_eq!(
+            modes(&fx),
+            vec![(6, Mode::Process)],
+            "direct again, after them"
+        );
+    }
+
+    #[test]
+    fn a_direct_record_that_diverts_itself_diverts_the_next_of_its_key() {
+        let (mut d, now) = isolated(&[0]);
+        d.on_wait_end(
+            &TopicPartition::new(WAIT, 0),
+            None,
+            now,
+            &mut Effects::default(),
+        );
+        let mut fx = Effects::default();
+        d.on_jobs(vec![job(0, 0, 1), job(0, 1, 1)], &mut fx);
+        assert_eq!(modes(&fx), vec![(0, Mode::Process)]);
+        let first = fx.start.remove(0);
+        // Its circuit opened while it waited: it wrote itself to the wait topic.
+        let mut fx = Effects::default();
+        d.on_done(diverted(&first, 0), now, &mut fx);
+        assert_eq!(
+            modes(&fx),
+            vec![(1, Mode::Divert)],
+            "it follows into the wait topic"
+        );
+    }
+
+    #[test]
+    fn blocking_a_provider_diverts_its_lane_and_releases_held_records_as_diverts() {
+        let (mut d, now) = isolated(&[0]);
+        let mut fx = Effects::default();
+        d.on_jobs(vec![job(0, 0, 1), job(0, 1, 2)], &mut fx);
+        assert_eq!(d.held(), 2);
+        let mut fx = Effects::default();
+        d.set_blocked(Provider::ClearSale, true, now, &mut fx);
+        assert_eq!(modes(&fx), vec![(0, Mode::Divert), (1, Mode::Divert)]);
+    }
+
+    #[test]
+    fn a_revocation_drops_held_records_and_the_lanes() {
+        let (mut d, now) = isolated(&[0]);
+        let mut fx = Effects::default();
+        d.on_jobs(vec![job(0, 0, 1)], &mut fx);
+        let (r, _answer) = revoking(1, &[0]);
+        let mut r = r;
+        r.partitions.push(TopicPartition::new(WAIT, 0));
+        let mut fx = Effects::default();
+        d.on_revoking(r, now, &mut fx);
+        assert_eq!(fx.dropped_records, 1);
+        assert_eq!(fx.released.total(), 1);
+        assert_eq!(d.held(), 0);
+        assert_eq!(d.lanes().unwrap().mode((Provider::ClearSale, 0)), None);
+        assert_eq!(fx.replies.len(), 1, "nothing ran: answered at once");
     }
 }

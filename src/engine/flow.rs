@@ -24,25 +24,32 @@ use std::time::Duration;
 pub enum Lane {
     /// A record that will call this provider.
     Provider(Provider),
+    /// A record read back from this provider's wait topic (catching up after a divert). Its
+    /// cap starts small and ramps up, so a recovered provider is not stampeded.
+    CatchUp(Provider),
     /// A record that calls no provider (dead-lettered at decode, or skipped).
     Other,
 }
 
-/// Number of lanes: one per provider, plus `Other`.
-pub const LANES: usize = Provider::ALL.len() + 1;
+/// Number of lanes: two per provider (direct and catching up), plus `Other`.
+pub const LANES: usize = 2 * Provider::ALL.len() + 1;
 
 impl Lane {
     fn index(self) -> usize {
         match self {
             Lane::Provider(p) => p.index(),
-            Lane::Other => Provider::ALL.len(),
+            Lane::CatchUp(p) => Provider::ALL.len() + p.index(),
+            Lane::Other => 2 * Provider::ALL.len(),
         }
     }
 
-    /// The lane's name in metrics and logs (`clearsale`, `unico`, `other`).
+    /// The lane's name in metrics and logs (`clearsale`, `unico`, `clearsale_catch_up`, ...,
+    /// `other`).
     pub fn as_str(self) -> &'static str {
         match self {
             Lane::Provider(p) => p.as_str(),
+            Lane::CatchUp(Provider::ClearSale) => "clearsale_catch_up",
+            Lane::CatchUp(Provider::Unico) => "unico_catch_up",
             Lane::Other => "other",
         }
     }
@@ -87,6 +94,11 @@ struct State {
     stopping: bool,
     /// The consumer thread sleeps in `wait_for_room` (a notify is only sent then).
     waiting: bool,
+    /// The current cap of each provider's catch-up lane (set by the engine as it ramps).
+    catch_up_caps: [usize; Provider::ALL.len()],
+    /// Per provider: its lanes are diverted, so its records from the input are only written to
+    /// the wait topic (quick) and use the `Other` lane, not the provider's share.
+    diverting: [bool; Provider::ALL.len()],
 }
 
 /// The shared budget.
@@ -112,7 +124,10 @@ impl FlowControl {
         Self {
             max_in_flight,
             lane_cap,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                catch_up_caps: [(max_in_flight / 4).clamp(1, lane_cap); Provider::ALL.len()],
+                ..State::default()
+            }),
             room: Condvar::new(),
         }
     }
@@ -132,17 +147,76 @@ impl FlowControl {
         self.lane_cap
     }
 
+    /// Marks a provider's records from the input as diverted (or not): see [`Self::admit`].
+    pub fn set_diverting(&self, provider: Provider, diverting: bool) {
+        let woke = {
+            let mut state = self.lock();
+            let slot = &mut state.diverting[provider.index()];
+            let changed = *slot != diverting;
+            *slot = diverting;
+            changed && state.waiting
+        };
+        if woke {
+            self.room.notify_all();
+        }
+    }
+
+    /// The lane a record from the input is charged to: a diverted provider's records only go
+    /// to its wait topic, which takes a moment, so they use the `Other` lane instead of the
+    /// provider's share (which its slow or stuck records may hold).
+    pub fn charge(&self, lane: Lane) -> Lane {
+        match lane {
+            Lane::Provider(p) if self.lock().diverting[p.index()] => Lane::Other,
+            lane => lane,
+        }
+    }
+
     /// Counts one more record in flight, if it fits.
     pub fn try_admit(&self, lane: Lane) -> Admission {
         let mut state = self.lock();
         if state.stopping || state.counts.total() >= self.max_in_flight {
             return Admission::Full;
         }
-        if matches!(lane, Lane::Provider(_)) && state.counts.get(lane) >= self.lane_cap {
+        if state.counts.get(lane) >= self.cap(&state, lane) {
             return Admission::LaneFull;
         }
         state.counts.add(lane, 1);
         Admission::Admitted
+    }
+
+    fn cap(&self, state: &State, lane: Lane) -> usize {
+        match lane {
+            Lane::Provider(_) => self.lane_cap,
+            Lane::CatchUp(p) => state.catch_up_caps[p.index()],
+            Lane::Other => self.max_in_flight,
+        }
+    }
+
+    /// The most records a catch-up lane may hold: a quarter of the budget (within the
+    /// provider's share). Records read back from a wait topic wait for their provider like any
+    /// other, and an outage during a catch-up must leave most of the budget to the input.
+    pub fn catch_up_max(&self) -> usize {
+        (self.max_in_flight / 4).clamp(1, self.lane_cap)
+    }
+
+    /// Sets the cap of a provider's catch-up lane (at least 1, at most [`Self::catch_up_max`]).
+    pub fn set_catch_up_cap(&self, provider: Provider, cap: usize) {
+        let cap = cap.clamp(1, self.catch_up_max());
+        let raised = {
+            let mut state = self.lock();
+            let slot = &mut state.catch_up_caps[provider.index()];
+            let raised = cap > *slot;
+            *slot = cap;
+            raised && state.waiting
+        };
+        if raised {
+            self.room.notify_all();
+        }
+    }
+
+    /// The current cap of a provider's catch-up lane.
+    pub fn catch_up_cap(&self, provider: Provider) -> usize {
+        self.lock().catch_up_caps[provider.index()]
     }
 
     /// True when a record of `lane` would be admitted now.
@@ -150,7 +224,7 @@ impl FlowControl {
         let state = self.lock();
         !state.stopping
             && state.counts.total() < self.max_in_flight
-            && (lane == Lane::Other || state.counts.get(lane) < self.lane_cap)
+            && state.counts.get(lane) < self.cap(&state, lane)
     }
 
     /// Records finished or dropped: frees their places and wakes the consumer thread.
@@ -240,6 +314,49 @@ mod tests {
         assert_eq!(f.try_admit(CS), Admission::Admitted);
         assert_eq!(f.try_admit(Lane::Other), Admission::Admitted);
         assert_eq!(f.try_admit(CS), Admission::Full);
+    }
+
+    #[test]
+    fn the_catch_up_lane_has_its_own_ramping_cap() {
+        let f = FlowControl::new(8, 0.75, true);
+        let catch_up = Lane::CatchUp(Provider::ClearSale);
+        f.set_catch_up_cap(Provider::ClearSale, 2);
+        assert_eq!(f.try_admit(catch_up), Admission::Admitted);
+        assert_eq!(f.try_admit(catch_up), Admission::Admitted);
+        assert_eq!(f.try_admit(catch_up), Admission::LaneFull);
+        assert!(f.has_room(CS), "the direct lane is separate");
+        f.set_catch_up_cap(Provider::ClearSale, 100);
+        assert_eq!(
+            f.catch_up_cap(Provider::ClearSale),
+            2,
+            "never above a quarter of the budget"
+        );
+        assert_eq!(f.try_admit(catch_up), Admission::LaneFull);
+        let mut r = LaneCounts::default();
+        r.add(catch_up, 1);
+        f.release(&r);
+        assert_eq!(f.try_admit(catch_up), Admission::Admitted);
+        f.set_catch_up_cap(Provider::ClearSale, 0);
+        assert_eq!(
+            f.catch_up_cap(Provider::ClearSale),
+            1,
+            "at least one record"
+        );
+    }
+
+    #[test]
+    fn a_diverted_providers_records_are_charged_outside_its_share() {
+        let f = FlowControl::new(8, 0.5, true);
+        for _ in 0..4 {
+            assert_eq!(f.try_admit(CS), Admission::Admitted);
+        }
+        assert_eq!(f.try_admit(f.charge(CS)), Admission::LaneFull);
+        f.set_diverting(Provider::ClearSale, true);
+        assert_eq!(f.charge(CS), Lane::Other, "only written to the wait topic");
+        assert_eq!(f.charge(UNICO), UNICO);
+        assert_eq!(f.try_admit(f.charge(CS)), Admission::Admitted);
+        f.set_diverting(Provider::ClearSale, false);
+        assert_eq!(f.charge(CS), CS);
     }
 
     #[test]

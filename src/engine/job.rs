@@ -3,6 +3,7 @@
 
 use super::flow::Lane;
 use super::input::InputRecord;
+use super::wait::Origin;
 use crate::event::{Decoded, DecoderSettings, RawEvent, Rejection};
 use crate::provider::Provider;
 use std::sync::Arc;
@@ -16,6 +17,11 @@ pub enum OrderKey {
     Subject(Provider, uuid::Uuid),
     KafkaKey(Arc<[u8]>),
     Partition(Arc<str>, i32),
+    /// A record read back from a wait topic: ordered with the other wait-topic records of its
+    /// key (in the wait partition's order), not with the input's. A record from the input that
+    /// is diverted does not wait for them: it lands behind them in the wait partition anyway,
+    /// and a lane processes the input directly only once its wait records are all done.
+    Waiting(Arc<OrderKey>),
 }
 
 impl std::fmt::Display for OrderKey {
@@ -24,6 +30,7 @@ impl std::fmt::Display for OrderKey {
             OrderKey::Subject(p, id) => write!(f, "{p}:{id}"),
             OrderKey::KafkaKey(k) => write!(f, "key:{}", String::from_utf8_lossy(k)),
             OrderKey::Partition(t, p) => write!(f, "partition:{t}:{p}"),
+            OrderKey::Waiting(k) => write!(f, "wait:{k}"),
         }
     }
 }
@@ -31,18 +38,49 @@ impl std::fmt::Display for OrderKey {
 /// A record with its decoding.
 #[derive(Debug)]
 pub struct Job {
+    /// The record as consumed (its topic, partition and offset are what is committed).
     pub record: InputRecord,
     pub decoded: Result<Decoded, Rejection>,
     pub key: OrderKey,
     pub lane: Lane,
+    /// Set for a record read back from this provider's wait topic.
+    pub wait: Option<Provider>,
+    /// For a wait-topic record, the input record it was diverted from (from its headers).
+    pub origin: Option<Origin>,
+}
+
+/// Where a record comes from, as lineage and dead letters name it.
+#[derive(Debug, Clone, Copy)]
+pub struct SourceRef<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp_ms: Option<i64>,
 }
 
 impl Job {
     /// Decodes a record and derives its ordering key and lane.
     pub fn new(record: InputRecord, settings: &DecoderSettings) -> Self {
+        Self::decode(record, None, None, settings)
+    }
+
+    /// A record read back from `provider`'s wait topic: decoded as its input record was (with
+    /// its input topic), in the provider's catch-up lane.
+    pub fn from_wait(record: InputRecord, provider: Provider, settings: &DecoderSettings) -> Self {
+        let origin = super::wait::origin(&record.headers);
+        Self::decode(record, Some(provider), origin, settings)
+    }
+
+    fn decode(
+        record: InputRecord,
+        wait: Option<Provider>,
+        origin: Option<Origin>,
+        settings: &DecoderSettings,
+    ) -> Self {
+        let topic: &str = origin.as_ref().map_or(&record.topic, |o| &o.topic);
         let decoded = crate::event::decode(
             RawEvent {
-                topic: &record.topic,
+                topic,
                 payload: record.payload.as_deref(),
                 provider_header: record.header("provider"),
             },
@@ -62,12 +100,71 @@ impl Job {
                 Lane::Other,
             ),
         };
+        let lane = match (wait, lane) {
+            (Some(p), Lane::Provider(_)) => Lane::CatchUp(p),
+            (_, lane) => lane,
+        };
+        let key = match wait {
+            Some(_) => OrderKey::Waiting(Arc::new(key)),
+            None => key,
+        };
         Self {
             record,
             decoded,
             key,
             lane,
+            wait,
+            origin,
         }
+    }
+
+    /// The input record this job stands for: its origin for a wait-topic record, else itself.
+    pub fn source(&self) -> SourceRef<'_> {
+        match &self.origin {
+            Some(o) => SourceRef {
+                topic: &o.topic,
+                partition: o.partition,
+                offset: o.offset,
+                timestamp_ms: o.timestamp_ms,
+            },
+            None => SourceRef {
+                topic: &self.record.topic,
+                partition: self.record.partition,
+                offset: self.record.offset,
+                timestamp_ms: self.record.timestamp_ms,
+            },
+        }
+    }
+
+    /// The provider this record will call, when it calls one.
+    pub fn provider(&self) -> Option<Provider> {
+        match &self.decoded {
+            Ok(Decoded::Enrich(e)) => Some(e.provider),
+            _ => None,
+        }
+    }
+
+    /// The lane (provider, input partition number) of an input record that calls a provider.
+    pub fn input_lane(&self) -> Option<(Provider, i32)> {
+        match self.wait {
+            None => self.provider().map(|p| (p, self.record.partition)),
+            Some(_) => None,
+        }
+    }
+
+    /// The lane an input record is charged to when nothing is diverted: its provider's, or
+    /// `Other` for a record that calls no provider. (A record held while its provider was
+    /// diverted may have been charged to `Other`; it is charged again when it is admitted.)
+    pub fn lane_for_input(&self) -> Lane {
+        match (self.wait, self.provider()) {
+            (None, Some(p)) => Lane::Provider(p),
+            _ => self.lane,
+        }
+    }
+
+    /// The lane of a record read back from a wait topic.
+    pub fn wait_lane(&self) -> Option<(Provider, i32)> {
+        self.wait.map(|p| (p, self.record.partition))
     }
 }
 

@@ -18,11 +18,13 @@ pub mod dispatcher;
 pub mod flow;
 pub mod input;
 pub mod job;
+pub mod lanes;
 pub mod offsets;
 pub mod producer;
 pub mod scheduler;
 pub mod settings;
 pub mod stats;
+pub mod wait;
 pub mod worker;
 
 pub use settings::{EngineSettings, RunSettings};
@@ -58,6 +60,9 @@ pub enum EngineError {
     Produce(#[from] producer::ProduceError),
     #[error("fatal consumer error: {0}")]
     ConsumerFatal(String),
+    /// Provider isolation cannot start: a wait topic is missing or has the wrong partitions.
+    #[error("{0}")]
+    WaitTopics(String),
     /// A defect of the service (a panic in the engine loop).
     #[error("internal error: {0}")]
     Internal(String),
@@ -107,6 +112,50 @@ pub async fn run(
         settings.commit_interval,
         config.statistics_interval,
     );
+    let mut isolated: Vec<Provider> = if settings.isolation.enabled == settings::Toggle::Off {
+        Vec::new()
+    } else {
+        Provider::ALL
+            .into_iter()
+            .filter(|p| parts.enricher.has_provider(*p))
+            .collect()
+    };
+    if !isolated.is_empty() {
+        let topics: Vec<(Provider, String)> = isolated
+            .iter()
+            .map(|p| (*p, settings.isolation.wait_topic(*p).to_string()))
+            .collect();
+        let auto = settings.isolation.enabled == settings::Toggle::Auto;
+        if !check_wait_topics(consumer_config.clone(), &config.input.topics, &topics, auto).await? {
+            tracing::warn!(
+                wait_topics = ?topics.iter().map(|(_, t)| t.as_str()).collect::<Vec<_>>(),
+                "provider isolation is off: no wait topic exists (engine.isolation.enabled = \"auto\"). A provider outage then pauses consumption for every provider once the in-flight limit is reached; create the wait topics to turn it on"
+            );
+            isolated.clear();
+        } else {
+            tracing::info!(providers = ?isolated, "provider isolation is on");
+        }
+    }
+    let wait = if isolated.is_empty() {
+        None
+    } else {
+        let topics: Vec<(Provider, String)> = isolated
+            .iter()
+            .map(|p| (*p, settings.isolation.wait_topic(*p).to_string()))
+            .collect();
+        Some(consumer::WaitSettings {
+            topics,
+            config: crate::kafka::client_config::wait_consumer_config(
+                &config.kafka,
+                &settings.isolation.wait_group(&config.kafka.group_id),
+                settings.commit_interval,
+                config.statistics_interval,
+            ),
+        })
+    };
+    for p in &isolated {
+        flow.set_catch_up_cap(*p, settings.isolation.catch_up_initial);
+    }
     let handle = consumer::start(
         consumer_config,
         &config.input.topics,
@@ -116,6 +165,7 @@ pub async fn run(
             decoder: config.input.clone(),
         },
         parts.health.clone(),
+        wait,
     )?;
     let breakers = worker::Breakers::new(settings.breaker);
     for provider in Provider::ALL {
@@ -124,6 +174,21 @@ pub async fn run(
             .register_breaker(provider, breakers.get(provider).clone());
     }
     let events = Arc::new(RecordEvents::new(parts.stats.clone()));
+    let diversion = (!isolated.is_empty()).then(|| worker::Diversion {
+        wait_topics: Provider::ALL.map(|p| settings.isolation.wait_topic(p).to_string()),
+        circuit_blocked: Provider::ALL.map(|_| tokio::sync::watch::channel(false).0),
+    });
+    let mut dispatcher = Dispatcher::new(settings.revoke_drain_timeout);
+    if !isolated.is_empty() {
+        let wait_topics = isolated
+            .iter()
+            .map(|p| (Arc::from(settings.isolation.wait_topic(*p)), *p))
+            .collect();
+        dispatcher = dispatcher.with_isolation(
+            lanes::Lanes::new(isolated.clone(), settings.isolation.divert_after),
+            wait_topics,
+        );
+    }
     let ctx = Arc::new(WorkerContext {
         enricher: parts.enricher,
         breakers,
@@ -132,6 +197,7 @@ pub async fn run(
         output: config.output.clone(),
         producer: producer.clone(),
         events: events.clone(),
+        diversion,
     });
     let (done_tx, done_rx) = mpsc::unbounded_channel();
     let consumer::ConsumerHandle {
@@ -144,8 +210,10 @@ pub async fn run(
     let _cancel_on_drop = root.clone().drop_guard();
     let runner = Runner {
         ctx,
-        dispatcher: Dispatcher::new(settings.revoke_drain_timeout),
+        dispatcher,
         flow: flow.clone(),
+        isolation: settings.isolation.clone(),
+        blocked: Provider::ALL.map(|_| Blocked::default()),
         commands: commands.clone(),
         done_tx,
         tokens: HashMap::new(),
@@ -225,10 +293,25 @@ struct PartitionTokens {
     abandon: CancellationToken,
 }
 
+/// Why a provider's lanes are diverted, as the runner sees it on its ticks.
+#[derive(Debug, Default, Clone, Copy)]
+struct Blocked {
+    /// The circuit is not closed.
+    circuit: bool,
+    /// Since when the provider's share of the budget has been full.
+    full_since: Option<Instant>,
+    /// The share stayed full for `divert_after`.
+    slow: bool,
+    /// When the catch-up cap was last raised.
+    ramped_at: Option<Instant>,
+}
+
 struct Runner {
     ctx: Arc<WorkerContext>,
     dispatcher: Dispatcher,
     flow: Arc<FlowControl>,
+    isolation: settings::IsolationSettings,
+    blocked: [Blocked; Provider::ALL.len()],
     commands: std_mpsc::Sender<ToConsumer>,
     done_tx: mpsc::UnboundedSender<Done>,
     tokens: HashMap<TopicPartition, PartitionTokens>,
@@ -274,7 +357,10 @@ impl Runner {
                             let abandon = self.root.child_token();
                             self.tokens.insert(tp.clone(), PartitionTokens { drain, abandon });
                         }
-                        self.dispatcher.on_assigned(partitions);
+                        self.dispatcher.on_assigned(partitions, Instant::now(), &mut fx);
+                    }
+                    Some(FromConsumer::WaitEnd { tp, last }) => {
+                        self.dispatcher.on_wait_end(&tp, last, Instant::now(), &mut fx);
                     }
                     Some(FromConsumer::Revoking(revoking)) => {
                         self.dispatcher.on_revoking(revoking, Instant::now(), &mut fx);
@@ -297,7 +383,9 @@ impl Runner {
                     drain_deadline = Some(Instant::now() + drain_timeout);
                 }
                 _ = tick.tick() => {
-                    self.dispatcher.on_tick(Instant::now(), &mut fx);
+                    let now = Instant::now();
+                    self.update_blocked(now, &mut fx);
+                    self.dispatcher.on_tick(now, &mut fx);
                     self.on_tick();
                 }
             }
@@ -345,6 +433,14 @@ impl Runner {
             }
         }
         self.events.abandoned(fx.abandoned_records, "revocation");
+        for change in &fx.lane_changes {
+            self.events.lane_changed(
+                change.lane.0,
+                change.lane.1,
+                change.from.as_str(),
+                change.to.as_str(),
+            );
+        }
         for tp in &fx.unassigned {
             self.tokens.remove(tp);
         }
@@ -372,10 +468,23 @@ impl Runner {
             }
         };
         let ctx = self.ctx.clone();
+        let divert_reason = job
+            .input_lane()
+            .map(|(p, _)| self.blocked[p.index()])
+            .map_or(wait::Reason::LaneDiverted, |b| {
+                if b.circuit {
+                    wait::Reason::CircuitOpen
+                } else if b.slow {
+                    wait::Reason::ProviderSlow
+                } else {
+                    wait::Reason::LaneDiverted
+                }
+            });
         let completion = Completion {
             done: self.done_tx.clone(),
             job: Some(job.clone()),
             epoch,
+            mode,
             outcome: None,
         };
         tokio::spawn(async move {
@@ -384,12 +493,18 @@ impl Runner {
                 biased;
                 _ = abandon.cancelled() => None,
                 p = async {
-                    match mode {
-                        Mode::Process => worker::process(&ctx, &job, &drain).await,
-                        Mode::DeadLetterPanicked => worker::dead_letter_panicked(&ctx, &job).await,
+                    match (mode, job.provider()) {
+                        (Mode::Divert, Some(provider)) => {
+                            worker::divert(&ctx, &job, provider, divert_reason, 0).await
+                        }
+                        (Mode::Process | Mode::Divert, _) => worker::process(&ctx, &job, &drain).await,
+                        (Mode::DeadLetterPanicked, _) => worker::dead_letter_panicked(&ctx, &job).await,
                     }
                 } => Some(p),
             };
+            if let (Some(provider), Some(Processed::Final(_))) = (job.wait, &processed) {
+                ctx.events.returned(provider);
+            }
             completion.outcome = Some(match processed {
                 Some(Processed::Final(f)) => Outcome::Finished(f),
                 Some(Processed::Fatal(e)) => Outcome::Fatal(e),
@@ -398,9 +513,94 @@ impl Runner {
         });
     }
 
+    /// Provider isolation: a provider is blocked while its circuit is not closed, or once its
+    /// share of the budget stayed full for `divert_after`. Also ramps each catch-up lane: it
+    /// starts at `catch_up_initial` and doubles every `catch_up_ramp_every` while the circuit
+    /// stays closed.
+    fn update_blocked(&mut self, now: Instant, fx: &mut Effects) {
+        let Some(diversion) = &self.ctx.diversion else {
+            return;
+        };
+        let providers: Vec<Provider> = self
+            .dispatcher
+            .lanes()
+            .map(|l| l.providers().to_vec())
+            .unwrap_or_default();
+        let occupancy = self.flow.occupancy();
+        for provider in providers {
+            let b = &mut self.blocked[provider.index()];
+            let circuit = self.ctx.breakers.get(provider).state() != breaker::BreakerState::Closed;
+            if occupancy.get(flow::Lane::Provider(provider)) >= self.flow.lane_cap() {
+                let since = *b.full_since.get_or_insert(now);
+                b.slow = now - since >= self.isolation.divert_after;
+            } else {
+                b.full_since = None;
+                b.slow = false;
+            }
+            b.circuit = circuit;
+            diversion.circuit_blocked[provider.index()].send_if_modified(|v| {
+                let changed = *v != circuit;
+                *v = circuit;
+                changed
+            });
+            let blocked = b.circuit || b.slow;
+            if circuit {
+                self.flow
+                    .set_catch_up_cap(provider, self.isolation.catch_up_initial);
+                b.ramped_at = None;
+            } else {
+                let at = *b.ramped_at.get_or_insert(now);
+                if now - at >= self.isolation.catch_up_ramp_every {
+                    let cap = self.flow.catch_up_cap(provider);
+                    self.flow.set_catch_up_cap(provider, cap.saturating_mul(2));
+                    b.ramped_at = Some(now);
+                }
+            }
+            self.dispatcher.set_blocked(provider, blocked, now, fx);
+        }
+        if let Some(lanes) = self.dispatcher.lanes() {
+            for provider in lanes.providers() {
+                let diverting = lanes
+                    .modes()
+                    .any(|((p, _), m)| p == *provider && m == lanes::Mode::Diverted);
+                self.flow.set_diverting(*provider, diverting);
+                self.health.set_diverted_lanes(
+                    *provider,
+                    lanes
+                        .modes()
+                        .filter(|((p, _), m)| p == provider && *m != lanes::Mode::Direct)
+                        .count(),
+                );
+            }
+            let mut counts = Vec::new();
+            for provider in lanes.providers() {
+                for mode in [
+                    lanes::Mode::Direct,
+                    lanes::Mode::Diverted,
+                    lanes::Mode::Returning,
+                    lanes::Mode::Unknown,
+                ] {
+                    let n = lanes
+                        .modes()
+                        .filter(|((p, _), m)| p == provider && *m == mode)
+                        .count();
+                    counts.push((*provider, mode.as_str(), n));
+                }
+            }
+            self.events.lanes(&counts);
+        }
+    }
+
     fn on_tick(&self) {
         self.health.heartbeat();
         self.events.in_flight(self.flow.in_flight());
+        tracing::trace!(
+            occupancy = ?self.flow.occupancy(),
+            queued = self.dispatcher.queued(),
+            held = self.dispatcher.held(),
+            lanes = ?self.dispatcher.lanes().map(|l| l.modes().collect::<Vec<_>>()),
+            "engine state"
+        );
         for provider in Provider::ALL {
             self.events
                 .circuit_state(provider, self.ctx.breakers.get(provider).state().as_gauge());
@@ -415,6 +615,7 @@ struct Completion {
     done: mpsc::UnboundedSender<Done>,
     job: Option<Arc<Job>>,
     epoch: u64,
+    mode: Mode,
     outcome: Option<Outcome>,
 }
 
@@ -428,15 +629,89 @@ impl Drop for Completion {
             None if std::thread::panicking() => Outcome::Panicked(job.clone()),
             None => Outcome::Cancelled,
         };
-        let _ = self.done.send(Done {
-            tp: job.record.topic_partition(),
-            epoch: self.epoch,
-            offset: job.record.offset,
-            key: job.key.clone(),
-            lane: job.lane,
-            outcome,
-        });
+        let _ = self
+            .done
+            .send(Done::of(&job, self.epoch, self.mode, outcome));
     }
+}
+
+/// Checks, before consuming, that every wait topic exists with as many partitions as each input
+/// topic (a wait partition is read back by the owner of the input partition with its number).
+/// Input topics that do not exist yet are not checked (the consumer waits for them).
+///
+/// `Ok(false)` when `auto` and no wait topic exists (isolation stays off); with `auto` and only
+/// some missing, or without `auto` and any missing, an error names them.
+async fn check_wait_topics(
+    config: rdkafka::ClientConfig,
+    inputs: &[String],
+    waits: &[(Provider, String)],
+    auto: bool,
+) -> Result<bool, EngineError> {
+    let inputs = inputs.to_vec();
+    let waits: Vec<String> = waits.iter().map(|(_, t)| t.clone()).collect();
+    tokio::task::spawn_blocking(move || {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let consumer: BaseConsumer = config
+            .create()
+            .map_err(|e| EngineError::WaitTopics(format!("cannot check the wait topics: {e}")))?;
+        let timeout = Duration::from_secs(10);
+        let partitions = |topic: &str| -> Result<Option<usize>, EngineError> {
+            let metadata = consumer.fetch_metadata(Some(topic), timeout).map_err(|e| {
+                EngineError::WaitTopics(format!(
+                    "cannot read the metadata of topic {topic:?} to check the wait topics: {e}"
+                ))
+            })?;
+            Ok(metadata
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+                .map(|t| t.partitions().len()))
+        };
+        let mut expected: Option<(String, usize)> = None;
+        for input in &inputs {
+            if let Some(n) = partitions(input)? {
+                match &expected {
+                    Some((first, m)) if *m != n => {
+                        return Err(EngineError::WaitTopics(format!(
+                            "engine.isolation needs every input topic to have the same number of partitions: {first:?} has {m}, {input:?} has {n}"
+                        )))
+                    }
+                    Some(_) => {}
+                    None => expected = Some((input.clone(), n)),
+                }
+            }
+        }
+        let found: Vec<Option<usize>> = waits
+            .iter()
+            .map(|w| partitions(w))
+            .collect::<Result<_, _>>()?;
+        if auto && found.iter().all(Option::is_none) {
+            return Ok(false);
+        }
+        for (wait, found) in waits.iter().zip(found) {
+            match (found, &expected) {
+                (None, Some((input, n))) => {
+                    return Err(EngineError::WaitTopics(format!(
+                        "wait topic {wait:?} does not exist: create it with {n} partitions (as many as input topic {input:?}), or set engine.isolation.enabled = false"
+                    )))
+                }
+                (None, None) => {
+                    return Err(EngineError::WaitTopics(format!(
+                        "wait topic {wait:?} does not exist: create it with as many partitions as the input topics, or set engine.isolation.enabled = false"
+                    )))
+                }
+                (Some(w), Some((input, n))) if w != *n => {
+                    return Err(EngineError::WaitTopics(format!(
+                        "wait topic {wait:?} has {w} partitions but input topic {input:?} has {n}: they must be equal (a wait partition is read back by the owner of the input partition with its number)"
+                    )))
+                }
+                _ => {}
+            }
+        }
+        Ok(true)
+    })
+    .await
+    .map_err(|e| EngineError::Internal(format!("the wait-topic check failed: {e}")))?
 }
 
 #[cfg(test)]
@@ -462,6 +737,7 @@ mod tests {
             output: Default::default(),
             producer: producer::OutputProducer::new(producer),
             events: events.clone(),
+            diversion: None,
         });
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         // The consumer thread's command channel: nobody reads it.
@@ -470,6 +746,8 @@ mod tests {
             ctx,
             dispatcher: Dispatcher::new(Duration::from_secs(5)),
             flow,
+            isolation: Default::default(),
+            blocked: Default::default(),
             commands,
             done_tx,
             tokens: HashMap::new(),

@@ -78,6 +78,18 @@ impl OutputProducer {
         payload: Option<&[u8]>,
         headers: &[(&str, Option<&[u8]>)],
     ) -> Result<Acked, ProduceError> {
+        self.send_to(topic, None, key, payload, headers).await
+    }
+
+    /// [`OutputProducer::send`] to a chosen partition (`None`: the partitioner's choice).
+    pub async fn send_to(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        headers: &[(&str, Option<&[u8]>)],
+    ) -> Result<Acked, ProduceError> {
         let mut attempt = 0u32;
         loop {
             let mut owned = OwnedHeaders::new_with_capacity(headers.len());
@@ -90,6 +102,9 @@ impl OutputProducer {
             }
             if let Some(p) = payload {
                 record = record.payload(p);
+            }
+            if let Some(p) = partition {
+                record = record.partition(p);
             }
             match self.producer.send(record, Duration::from_secs(5)).await {
                 Ok(delivery) => {

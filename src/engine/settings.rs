@@ -59,6 +59,143 @@ pub struct EngineSettings {
     pub breaker: breaker::BreakerSettings,
     /// The dedupe cache.
     pub dedupe: dedupe::DedupeSettings,
+    /// Provider isolation: diverting a blocked provider's records to its wait topic.
+    pub isolation: IsolationSettings,
+}
+
+/// On, off, or decided at start-up (`true`, `false`, `"auto"` in the configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Toggle {
+    Off,
+    On,
+    #[default]
+    Auto,
+}
+
+impl Serialize for Toggle {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Toggle::Off => s.serialize_bool(false),
+            Toggle::On => s.serialize_bool(true),
+            Toggle::Auto => s.serialize_str("auto"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Toggle {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Toggle;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("true, false or \"auto\"")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Toggle, E> {
+                Ok(if v { Toggle::On } else { Toggle::Off })
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Toggle, E> {
+                match v.trim().to_ascii_lowercase().as_str() {
+                    "true" | "on" => Ok(Toggle::On),
+                    "false" | "off" => Ok(Toggle::Off),
+                    "auto" => Ok(Toggle::Auto),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+                }
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// The `[engine.isolation]` settings: when a provider cannot be served, its records go to its
+/// wait topic instead of waiting in memory, so the other provider and the input keep flowing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct IsolationSettings {
+    /// Divert a blocked provider's records to its wait topic: `true` (the wait topics must
+    /// exist: a missing one stops the start with its name), `false` (records of a blocked
+    /// provider wait in memory and, once the in-flight limit is reached, consumption pauses for
+    /// every provider), or `"auto"` (the default: on when the wait topics exist, off with a
+    /// warning when none does).
+    pub enabled: Toggle,
+    /// ClearSale's wait topic: as many partitions as each input topic.
+    pub clearsale_wait_topic: String,
+    /// Unico's wait topic: as many partitions as each input topic.
+    pub unico_wait_topic: String,
+    /// The consumer group that reads the wait topics back (manually assigned, never joined:
+    /// only its committed offsets are used). Empty: `<kafka.group_id>.wait`.
+    pub wait_group_id: String,
+    /// A provider whose share of the in-flight budget stayed full this long is diverted (it is
+    /// slower than its arrivals). An open circuit diverts at once.
+    #[serde(with = "humantime_serde")]
+    pub divert_after: Duration,
+    /// Catching up after a divert starts with this many of the provider's records in flight...
+    pub catch_up_initial: usize,
+    /// ...and doubles it this often, up to a quarter of `max_in_flight`, while the circuit stays
+    /// closed.
+    #[serde(with = "humantime_serde")]
+    pub catch_up_ramp_every: Duration,
+}
+
+impl Default for IsolationSettings {
+    fn default() -> Self {
+        Self {
+            enabled: Toggle::Auto,
+            clearsale_wait_topic: "webhooks.wait.clearsale".into(),
+            unico_wait_topic: "webhooks.wait.unico".into(),
+            wait_group_id: String::new(),
+            divert_after: Duration::from_secs(10),
+            catch_up_initial: 8,
+            catch_up_ramp_every: Duration::from_secs(1),
+        }
+    }
+}
+
+impl IsolationSettings {
+    /// A provider's wait topic.
+    pub fn wait_topic(&self, provider: crate::provider::Provider) -> &str {
+        match provider {
+            crate::provider::Provider::ClearSale => &self.clearsale_wait_topic,
+            crate::provider::Provider::Unico => &self.unico_wait_topic,
+        }
+    }
+
+    /// The wait topics' consumer group.
+    pub fn wait_group(&self, group_id: &str) -> String {
+        if self.wait_group_id.trim().is_empty() {
+            format!("{group_id}.wait")
+        } else {
+            self.wait_group_id.clone()
+        }
+    }
+
+    fn validate(&self, p: &mut Vec<String>) {
+        if self.enabled == Toggle::Off {
+            return;
+        }
+        for (name, topic) in [
+            (
+                "engine.isolation.clearsale_wait_topic",
+                &self.clearsale_wait_topic,
+            ),
+            ("engine.isolation.unico_wait_topic", &self.unico_wait_topic),
+        ] {
+            if topic.trim().is_empty() {
+                p.push(format!("{name} must not be empty"));
+            }
+        }
+        if self.clearsale_wait_topic == self.unico_wait_topic {
+            p.push("engine.isolation: the two providers need different wait topics (a wait topic is read back by its provider's lane)".into());
+        }
+        if self.divert_after.is_zero() {
+            p.push("engine.isolation.divert_after must be positive".into());
+        }
+        if self.catch_up_initial == 0 {
+            p.push("engine.isolation.catch_up_initial must be at least 1".into());
+        }
+        if self.catch_up_ramp_every.is_zero() {
+            p.push("engine.isolation.catch_up_ramp_every must be positive".into());
+        }
+    }
 }
 
 impl Default for EngineSettings {
@@ -74,6 +211,7 @@ impl Default for EngineSettings {
             revoke_drain_timeout: Duration::from_secs(15),
             breaker: breaker::BreakerSettings::default(),
             dedupe: dedupe::DedupeSettings::default(),
+            isolation: IsolationSettings::default(),
         }
     }
 }
@@ -107,6 +245,7 @@ impl EngineSettings {
                 p.push(format!("{name} must be positive"));
             }
         }
+        self.isolation.validate(&mut p);
         p
     }
 
@@ -114,5 +253,44 @@ impl EngineSettings {
     /// termination grace period must be above it.
     pub fn shutdown_budget(&self) -> Duration {
         self.drain_timeout + self.flush_timeout + self.close_timeout
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize, Serialize)]
+    struct Holder {
+        enabled: Toggle,
+    }
+
+    #[test]
+    fn isolation_is_true_false_or_auto() {
+        let parse = |s: &str| toml::from_str::<Holder>(s).map(|h| h.enabled);
+        assert_eq!(parse("enabled = true").unwrap(), Toggle::On);
+        assert_eq!(parse("enabled = false").unwrap(), Toggle::Off);
+        assert_eq!(parse("enabled = \"auto\"").unwrap(), Toggle::Auto);
+        assert_eq!(parse("enabled = \"off\"").unwrap(), Toggle::Off);
+        assert!(parse("enabled = \"maybe\"").is_err());
+        assert_eq!(IsolationSettings::default().enabled, Toggle::Auto);
+        let back = toml::to_string(&Holder {
+            enabled: Toggle::Auto,
+        })
+        .unwrap();
+        assert_eq!(parse(&back).unwrap(), Toggle::Auto);
+    }
+
+    #[test]
+    fn isolation_settings_are_checked_unless_off() {
+        let mut s = EngineSettings::default();
+        s.isolation.unico_wait_topic = s.isolation.clearsale_wait_topic.clone();
+        s.isolation.catch_up_initial = 0;
+        let problems = s.validate();
+        assert!(problems.iter().any(|p| p.contains("different wait topics")));
+        assert!(problems.iter().any(|p| p.contains("catch_up_initial")));
+        s.isolation.enabled = Toggle::Off;
+        assert!(s.validate().is_empty());
+        assert_eq!(s.isolation.wait_group("g"), "g.wait");
     }
 }

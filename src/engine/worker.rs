@@ -6,7 +6,6 @@
 use super::breaker::CircuitBreaker;
 use super::dead_letter::{self, DeadLetterReason, Stage};
 use super::dedupe::Dedupe;
-use super::input::InputRecord;
 use super::job::Job;
 use super::producer::{OutputProducer, ProduceError};
 use crate::avro::RecordEncoder;
@@ -55,6 +54,27 @@ pub struct WorkerContext {
     pub output: OutputSettings,
     pub producer: OutputProducer,
     pub events: Arc<RecordEvents>,
+    /// Provider isolation (`engine.isolation.enabled`).
+    pub diversion: Option<Diversion>,
+}
+
+/// Where diverted records go, and the signal that makes waiting records divert themselves.
+pub struct Diversion {
+    /// Each provider's wait topic.
+    pub wait_topics: [String; Provider::ALL.len()],
+    /// Per provider: true while its circuit is not closed. A record from the input waiting for
+    /// the circuit then writes itself to the wait topic instead of holding its place in memory.
+    pub circuit_blocked: [tokio::sync::watch::Sender<bool>; Provider::ALL.len()],
+}
+
+impl Diversion {
+    /// Resolves when `provider`'s circuit is reported not closed (never, if the engine is gone).
+    async fn blocked(&self, provider: Provider) {
+        let mut rx = self.circuit_blocked[provider.index()].subscribe();
+        if rx.wait_for(|b| *b).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// A record's final outcome.
@@ -64,6 +84,11 @@ pub enum Final {
     Deduplicated,
     Skipped,
     DeadLettered(ErrorClass),
+    /// Written to the provider's wait topic, acknowledged at this offset of partition
+    /// (the input partition's number).
+    Diverted {
+        offset: i64,
+    },
 }
 
 /// How processing ended.
@@ -86,12 +111,14 @@ impl From<Result<Final, ProduceError>> for Processed {
     }
 }
 
-fn source(record: &InputRecord) -> Source<'_> {
+/// Where the record came from: for a record read back from a wait topic, its input record.
+fn source(job: &Job) -> Source<'_> {
+    let s = job.source();
     Source {
-        topic: &record.topic,
-        partition: record.partition,
-        offset: record.offset,
-        timestamp_ms: record.timestamp_ms,
+        topic: s.topic,
+        partition: s.partition,
+        offset: s.offset,
+        timestamp_ms: s.timestamp_ms,
     }
 }
 
@@ -100,7 +127,6 @@ fn source(record: &InputRecord) -> Source<'_> {
 /// enrichment attempts) then stops at once; a request in flight is let finish, and a produce is
 /// never interrupted.
 pub async fn process(ctx: &WorkerContext, job: &Job, drain: &CancellationToken) -> Processed {
-    let record = &job.record;
     let event = match &job.decoded {
         Err(rejection) => {
             let reason = DeadLetterReason {
@@ -111,18 +137,18 @@ pub async fn process(ctx: &WorkerContext, job: &Job, drain: &CancellationToken) 
                 http_status: None,
                 provider: rejection.provider,
             };
-            return dead_letter(ctx, record, reason).await.into();
+            return dead_letter(ctx, job, reason).await.into();
         }
         Ok(Decoded::Skip(skipped)) => {
             ctx.events
-                .skipped(skipped.provider, source(record), &skipped.reason);
+                .skipped(skipped.provider, source(job), &skipped.reason);
             return Processed::Final(Final::Skipped);
         }
         Ok(Decoded::Enrich(event)) => event,
     };
     if ctx.dedupe.is_duplicate(&event.event_id) {
         ctx.events
-            .deduplicated(event.provider, source(record), &event.event_id);
+            .deduplicated(event.provider, source(job), &event.event_id);
         return Processed::Final(Final::Deduplicated);
     }
 
@@ -130,10 +156,24 @@ pub async fn process(ctx: &WorkerContext, job: &Job, drain: &CancellationToken) 
     // The circuit's success count when this record last paused, for the poison-record rule of
     // `decision::after_systemic` (`None` before its first pause).
     let mut successes_at_last_pause: Option<u64> = None;
+    // Provider attempts so far (carried into the wait topic's header if the record diverts).
+    let mut attempts_so_far: u32 = 0;
+    // A record from the input may leave for the wait topic while it waits for an open circuit;
+    // one read back from the wait topic never does (it would overtake later records of its
+    // key already waiting there).
+    let diversion = ctx.diversion.as_ref().filter(|_| job.wait.is_none());
     loop {
         let permit = tokio::select! {
             biased;
             _ = drain.cancelled() => return Processed::Drained,
+            () = async {
+                match diversion {
+                    Some(d) => d.blocked(event.provider).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                return divert(ctx, job, event.provider, super::wait::Reason::CircuitOpen, attempts_so_far).await;
+            }
             permit = breaker.acquire() => permit,
         };
         // A half-open probe is one attempt: the other records of the provider wait on it.
@@ -150,11 +190,12 @@ pub async fn process(ctx: &WorkerContext, job: &Job, drain: &CancellationToken) 
             }
             EnrichOutcome::Fetched { fetched, attempts } => {
                 permit.succeeded();
+                let src = job.source();
                 let lineage = Lineage {
-                    topic: record.topic.to_string(),
-                    partition: record.partition,
-                    offset: record.offset,
-                    timestamp: record
+                    topic: src.topic.to_string(),
+                    partition: src.partition,
+                    offset: src.offset,
+                    timestamp: src
                         .timestamp_ms
                         .and_then(chrono::DateTime::from_timestamp_millis),
                 };
@@ -166,9 +207,7 @@ pub async fn process(ctx: &WorkerContext, job: &Job, drain: &CancellationToken) 
                     include_raw,
                     chrono::Utc::now(),
                 );
-                return publish(ctx, record, event, &enriched, attempts)
-                    .await
-                    .into();
+                return publish(ctx, job, event, &enriched, attempts).await.into();
             }
             EnrichOutcome::Failed(failure) => {
                 if decision::permanent_failure_reached_provider(budget, failure.attempts) {
@@ -182,7 +221,7 @@ pub async fn process(ctx: &WorkerContext, job: &Job, drain: &CancellationToken) 
                     http_status: failure.http_status,
                     provider: Some(event.provider),
                 };
-                return dead_letter(ctx, record, reason).await.into();
+                return dead_letter(ctx, job, reason).await.into();
             }
             EnrichOutcome::Systemic {
                 provider,
@@ -190,6 +229,7 @@ pub async fn process(ctx: &WorkerContext, job: &Job, drain: &CancellationToken) 
                 attempts,
                 retries_exhausted,
             } => {
+                attempts_so_far = attempts_so_far.saturating_add(attempts);
                 match decision::after_systemic(
                     retries_exhausted,
                     successes_at_last_pause,
@@ -204,13 +244,13 @@ pub async fn process(ctx: &WorkerContext, job: &Job, drain: &CancellationToken) 
                             http_status: None,
                             provider: Some(provider),
                         };
-                        return dead_letter(ctx, record, reason).await.into();
+                        return dead_letter(ctx, job, reason).await.into();
                     }
                     AfterSystemic::Pause => {
                         if let Some(period) = permit.failed_systemically() {
                             ctx.events.circuit_opened(provider, period, &reason);
                         }
-                        ctx.events.paused(provider, source(record), &reason);
+                        ctx.events.paused(provider, source(job), &reason);
                         successes_at_last_pause = Some(breaker.successes());
                     }
                 }
@@ -221,7 +261,7 @@ pub async fn process(ctx: &WorkerContext, job: &Job, drain: &CancellationToken) 
 
 async fn publish(
     ctx: &WorkerContext,
-    record: &InputRecord,
+    job: &Job,
     event: &WebhookEvent,
     enriched: &crate::record::EnrichedRecord,
     attempts: u32,
@@ -238,7 +278,7 @@ async fn publish(
                 http_status: None,
                 provider: Some(event.provider),
             };
-            return dead_letter(ctx, record, reason).await;
+            return dead_letter(ctx, job, reason).await;
         }
     };
     let mut id_buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
@@ -268,14 +308,14 @@ async fn publish(
                 http_status: None,
                 provider: Some(event.provider),
             };
-            return dead_letter(ctx, record, reason).await;
+            return dead_letter(ctx, job, reason).await;
         }
         Err(fatal) => return Err(fatal),
     }
     ctx.dedupe.mark_published(event.event_id);
     ctx.events.published(
         event.provider,
-        source(record),
+        source(job),
         &event.subject_id,
         enriched.state.symbol(),
     );
@@ -284,7 +324,7 @@ async fn publish(
 
 /// Dead-letters a record whose processing panicked (a defect), so its key and offset move on.
 pub async fn dead_letter_panicked(ctx: &WorkerContext, job: &Job) -> Processed {
-    ctx.events.panicked(source(&job.record));
+    ctx.events.panicked(source(job));
     let provider = match &job.decoded {
         Ok(Decoded::Enrich(e)) => Some(e.provider),
         Ok(Decoded::Skip(s)) => Some(s.provider),
@@ -298,7 +338,7 @@ pub async fn dead_letter_panicked(ctx: &WorkerContext, job: &Job) -> Processed {
         http_status: None,
         provider,
     };
-    dead_letter(ctx, &job.record, reason).await.into()
+    dead_letter(ctx, job, reason).await.into()
 }
 
 /// Writes the original record, unchanged, plus the reason headers, to the dead-letter topic, and
@@ -306,14 +346,16 @@ pub async fn dead_letter_panicked(ctx: &WorkerContext, job: &Job) -> Processed {
 /// cannot be written stops advancing; it never skips.
 async fn dead_letter(
     ctx: &WorkerContext,
-    record: &InputRecord,
+    job: &Job,
     reason: DeadLetterReason,
 ) -> Result<Final, ProduceError> {
+    let record = &job.record;
+    let from = job.source();
     let src = dead_letter::Source {
-        topic: &record.topic,
-        partition: record.partition,
-        offset: record.offset,
-        timestamp_ms: record.timestamp_ms,
+        topic: from.topic,
+        partition: from.partition,
+        offset: from.offset,
+        timestamp_ms: from.timestamp_ms,
     };
     let added = dead_letter::headers(&reason, &src, chrono::Utc::now());
     let mut hs: Vec<(&str, Option<&[u8]>)> = Vec::with_capacity(record.headers.len() + added.len());
@@ -334,13 +376,87 @@ async fn dead_letter(
             Ok(_) => break,
             Err(ProduceError::Refused { code, .. }) => {
                 ctx.events
-                    .dead_letter_refused(topic, source(record), &format!("{code:?}"));
+                    .dead_letter_refused(topic, source(job), &format!("{code:?}"));
                 tokio::time::sleep(std::time::Duration::from_secs(30)).await;
             }
             Err(fatal) => return Err(fatal),
         }
     }
     ctx.events
-        .dead_lettered(reason.class, source(record), &reason.message);
+        .dead_lettered(reason.class, source(job), &reason.message);
     Ok(Final::DeadLettered(reason.class))
+}
+
+/// Writes the record, unchanged, plus the wait headers, to `provider`'s wait topic, in the
+/// partition with its input partition's number, and waits for the acknowledgement. Like a dead
+/// letter, a refused write is retried until it succeeds (the partition stops advancing; it never
+/// skips). Used for a record started while its lane is diverted, and for one that diverted
+/// itself while it waited for an open circuit.
+pub async fn divert(
+    ctx: &WorkerContext,
+    job: &Job,
+    provider: Provider,
+    reason: super::wait::Reason,
+    attempts: u32,
+) -> Processed {
+    let Some(diversion) = &ctx.diversion else {
+        // Not configured: the dispatcher never asks for it. Process instead of losing it.
+        return Processed::Fatal(ProduceError::Fatal {
+            topic: String::new(),
+            code: rdkafka::types::RDKafkaErrorCode::Fail,
+            message: "a record was diverted with isolation disabled (a defect)".into(),
+        });
+    };
+    let record = &job.record;
+    let from = job.source();
+    let origin = super::wait::Origin {
+        topic: Arc::from(from.topic),
+        partition: from.partition,
+        offset: from.offset,
+        timestamp_ms: from.timestamp_ms,
+        first_seen: None,
+        attempts: attempts.saturating_add(job.origin.as_ref().map_or(0, |o| o.attempts)),
+    };
+    let first_seen = job
+        .origin
+        .as_ref()
+        .and_then(|o| o.first_seen)
+        .unwrap_or_else(chrono::Utc::now);
+    let added = super::wait::headers(&origin, reason, first_seen);
+    let mut hs: Vec<(&str, Option<&[u8]>)> = Vec::with_capacity(record.headers.len() + added.len());
+    hs.extend(
+        record
+            .headers
+            .iter()
+            .filter(|(k, _)| !super::wait::names::ALL.contains(&k.as_str()))
+            .map(|(k, v)| (k.as_str(), v.as_deref())),
+    );
+    hs.extend(added.iter().map(|(k, v)| (*k, Some(v.as_bytes()))));
+    let topic = &diversion.wait_topics[provider.index()];
+    loop {
+        match ctx
+            .producer
+            .send_to(
+                topic,
+                Some(record.partition),
+                record.key.as_deref(),
+                record.payload.as_deref(),
+                &hs,
+            )
+            .await
+        {
+            Ok(acked) => {
+                ctx.events.diverted(provider, source(job), reason.as_str());
+                return Processed::Final(Final::Diverted {
+                    offset: acked.offset,
+                });
+            }
+            Err(ProduceError::Refused { code, .. }) => {
+                ctx.events
+                    .wait_write_refused(topic, source(job), &format!("{code:?}"));
+                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+            }
+            Err(fatal) => return Processed::Fatal(fatal),
+        }
+    }
 }

@@ -154,6 +154,28 @@ pub fn consumer_config(
     c
 }
 
+/// The consumer that reads the wait topics back (provider isolation): the engine's consumer
+/// settings in the wait group, plus end-of-partition events (a lane returns to direct only once
+/// its wait partition was read to the end) and a smaller prefetch (catching up is ramped).
+/// It is assigned partitions by the engine and never joins its group.
+pub fn wait_consumer_config(
+    settings: &KafkaSettings,
+    wait_group_id: &str,
+    commit_interval: Duration,
+    statistics_interval: Duration,
+) -> ClientConfig {
+    let mut c = consumer_config(
+        settings,
+        wait_group_id,
+        commit_interval,
+        statistics_interval,
+    );
+    c.set("enable.partition.eof", "true")
+        .set("queued.max.messages.kbytes", "4096")
+        .set("queued.min.messages", "1000");
+    c
+}
+
 /// The producer: idempotent, `acks=all`, retried by librdkafka until `message.timeout.ms`.
 pub fn producer_config(settings: &KafkaSettings) -> ClientConfig {
     producer_config_with(settings, &[])

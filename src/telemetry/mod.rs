@@ -42,6 +42,11 @@ pub mod names {
     pub const COMMIT_FAILURES: &str = "webhook_enricher_offset_commit_failures_total";
     pub const CONSUMPTION_STALLS: &str = "webhook_enricher_consumption_stalls_total";
     pub const INPUT_UNDECODABLE: &str = "webhook_enricher_input_undecodable_total";
+    pub const RECORDS_DIVERTED: &str = "webhook_enricher_records_diverted_total";
+    pub const RECORDS_RETURNED: &str = "webhook_enricher_records_returned_total";
+    pub const LANES: &str = "webhook_enricher_lanes";
+    pub const LANE_CHANGES: &str = "webhook_enricher_lane_changes_total";
+    pub const WAIT_WRITE_REFUSED: &str = "webhook_enricher_wait_write_refused_total";
 }
 
 /// Registers the help text of every metric (shown by `/metrics`).
@@ -127,6 +132,26 @@ pub fn describe_metrics() {
     describe_counter!(
         names::INPUT_UNDECODABLE,
         "Input record batches librdkafka could not decode (unsupported or corrupt compression, corrupt or oversized records), by reason; reported again on every fetch while the partition cannot advance."
+    );
+    describe_counter!(
+        names::RECORDS_DIVERTED,
+        "Records written to their provider's wait topic instead of waiting in memory, by provider and reason (circuit_open, provider_slow, lane_diverted)."
+    );
+    describe_counter!(
+        names::RECORDS_RETURNED,
+        "Records read back from a wait topic that reached a final outcome, by provider."
+    );
+    describe_gauge!(
+        names::LANES,
+        "This instance's provider lanes (one per provider and assigned input partition), by provider and state (direct, diverted, returning, unknown)."
+    );
+    describe_counter!(
+        names::LANE_CHANGES,
+        "Lane state changes, by provider and the state entered."
+    );
+    describe_counter!(
+        names::WAIT_WRITE_REFUSED,
+        "Wait-topic writes the topic refused (the record's partition stops advancing until it accepts)."
     );
     receive::describe_metrics();
     describe_histogram!(
@@ -457,7 +482,14 @@ pub struct RecordEvents {
     abandoned: Counter,
     dead_letter_refused: Counter,
     panicked: Counter,
+    /// By provider, then reason (circuit_open, provider_slow, lane_diverted).
+    diverted: [[Counter; 3]; PROVIDERS],
+    returned: [Counter; PROVIDERS],
+    wait_write_refused: Counter,
 }
+
+/// The reasons of `webhook_enricher_records_diverted_total`, in counter order.
+pub const DIVERT_REASONS: [&str; 3] = ["circuit_open", "provider_slow", "lane_diverted"];
 
 fn per_provider<T>(make: impl Fn(&'static str) -> T) -> [T; PROVIDERS] {
     Provider::ALL.map(|p| make(p.as_str()))
@@ -490,6 +522,86 @@ impl RecordEvents {
             abandoned: metrics::counter!(names::RECORDS_ABANDONED),
             dead_letter_refused: metrics::counter!(names::DEAD_LETTER_REFUSED),
             panicked: metrics::counter!(names::RECORDS_PANICKED),
+            diverted: per_provider(|p| {
+                DIVERT_REASONS.map(
+                    |r| metrics::counter!(names::RECORDS_DIVERTED, "provider" => p, "reason" => r),
+                )
+            }),
+            returned: per_provider(|p| metrics::counter!(names::RECORDS_RETURNED, "provider" => p)),
+            wait_write_refused: metrics::counter!(names::WAIT_WRITE_REFUSED),
+        }
+    }
+
+    /// A record was written to its provider's wait topic (`reason` is one of
+    /// [`DIVERT_REASONS`]).
+    pub fn diverted(&self, provider: Provider, source: Source<'_>, reason: &'static str) {
+        self.stats.diverted.fetch_add(1, Ordering::Relaxed);
+        if let Some(i) = DIVERT_REASONS.iter().position(|r| *r == reason) {
+            self.diverted[provider.index()][i].increment(1);
+        }
+        tracing::debug!(
+            provider = provider.as_str(),
+            topic = source.topic,
+            partition = source.partition,
+            offset = source.offset,
+            reason,
+            "record diverted to the wait topic"
+        );
+    }
+
+    /// A record read back from a wait topic reached its final outcome.
+    pub fn returned(&self, provider: Provider) {
+        self.stats.returned.fetch_add(1, Ordering::Relaxed);
+        self.returned[provider.index()].increment(1);
+    }
+
+    /// The wait topic refused a record: its partition stops advancing until it accepts.
+    pub fn wait_write_refused(&self, topic: &str, source: Source<'_>, code: &str) {
+        self.wait_write_refused.increment(1);
+        tracing::error!(
+            topic,
+            source_topic = source.topic,
+            partition = source.partition,
+            offset = source.offset,
+            code,
+            "wait topic refuses the record; partition stalled"
+        );
+    }
+
+    /// The number of this instance's lanes in each state, per provider.
+    pub fn lanes(&self, counts: &[(Provider, &'static str, usize)]) {
+        for (provider, state, n) in counts {
+            metrics::gauge!(names::LANES, "provider" => provider.as_str(), "state" => *state)
+                .set(*n as f64);
+        }
+    }
+
+    /// A lane changed state.
+    pub fn lane_changed(
+        &self,
+        provider: Provider,
+        partition: i32,
+        from: &'static str,
+        to: &'static str,
+    ) {
+        metrics::counter!(names::LANE_CHANGES, "provider" => provider.as_str(), "state" => to)
+            .increment(1);
+        if to == "diverted" || from == "returning" {
+            tracing::info!(
+                provider = provider.as_str(),
+                partition,
+                from,
+                to,
+                "provider lane changed"
+            );
+        } else {
+            tracing::debug!(
+                provider = provider.as_str(),
+                partition,
+                from,
+                to,
+                "provider lane changed"
+            );
         }
     }
 

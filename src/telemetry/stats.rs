@@ -19,6 +19,10 @@ pub struct EngineStats {
     pub circuits_opened: AtomicU64,
     /// Records given up at a deadline (revocation or shutdown), to be read again.
     pub abandoned: AtomicU64,
+    /// Records written to a wait topic (final for their input offset; read back later).
+    pub diverted: AtomicU64,
+    /// Records read back from a wait topic that reached a final outcome.
+    pub returned: AtomicU64,
     dead_lettered: Mutex<BTreeMap<ErrorClass, u64>>,
 }
 
@@ -32,13 +36,20 @@ pub struct StatsSnapshot {
     pub systemic_pauses: u64,
     pub circuits_opened: u64,
     pub abandoned: u64,
+    pub diverted: u64,
+    pub returned: u64,
     pub dead_lettered: BTreeMap<ErrorClass, u64>,
 }
 
 impl StatsSnapshot {
-    /// Every record with a final outcome.
+    /// Every record with a final outcome (a diverted record's is its wait-topic write; the
+    /// record read back from the wait topic is consumed and finished again).
     pub fn finished(&self) -> u64 {
-        self.published + self.deduplicated + self.skipped + self.dead_lettered_total()
+        self.published
+            + self.deduplicated
+            + self.skipped
+            + self.diverted
+            + self.dead_lettered_total()
     }
 
     /// Dead letters of every class.
@@ -63,6 +74,8 @@ impl EngineStats {
             systemic_pauses: self.systemic_pauses.load(Ordering::Relaxed),
             circuits_opened: self.circuits_opened.load(Ordering::Relaxed),
             abandoned: self.abandoned.load(Ordering::Relaxed),
+            diverted: self.diverted.load(Ordering::Relaxed),
+            returned: self.returned.load(Ordering::Relaxed),
             dead_lettered: self
                 .dead_lettered
                 .lock()

@@ -7,6 +7,7 @@ mod demo;
 mod engine;
 mod engine_breaker;
 mod engine_faults;
+mod engine_isolation;
 mod engine_lifecycle;
 mod engine_order;
 mod enrich;

@@ -1,0 +1,552 @@
+//! Provider isolation (`engine.isolation`): a provider that cannot be served is diverted to its
+//! wait topic, so the other provider and the input keep flowing; after recovery the wait topic is
+//! read back, in per-key order, and the lane returns to direct. Against the mock cluster, with
+//! ClearSale behind a switchable fake and Unico on the simulator.
+
+use crate::support::{self, clearsale, new_id, unico, Kafka, OutRecord, RunningEngine};
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use webhook_enricher::config::Config;
+use webhook_enricher::engine::settings::Toggle;
+use webhook_enricher::engine::wait::names as wait_headers;
+use webhook_enricher::provider::Provider;
+use webhook_enricher::simulator::SimulatorConfig;
+use wiremock::matchers::{method, path, path_regex};
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+/// ClearSale's result endpoint: 503 (maintenance) while `down`, else an approved MFA module.
+#[derive(Clone)]
+struct Maintenance(Arc<AtomicBool>);
+
+impl Respond for Maintenance {
+    fn respond(&self, _: &Request) -> ResponseTemplate {
+        if self.0.load(Ordering::SeqCst) {
+            ResponseTemplate::new(503)
+        } else {
+            ResponseTemplate::new(200).set_body_json(json!({"mfa": {"status": "approved"}}))
+        }
+    }
+}
+
+async fn clearsale_peer(down: &Arc<AtomicBool>) -> MockServer {
+    let peer = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/connect/v1/authenticate"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "token": "t0k3n", "expirationDate": "2099-01-01T00:00:00.0000000",
+        })))
+        .mount(&peer)
+        .await;
+    Mock::given(method("GET"))
+        .and(path_regex(r"^/connect/v1/integration/analysis/.+$"))
+        .respond_with(Maintenance(down.clone()))
+        .mount(&peer)
+        .await;
+    peer
+}
+
+const PARTITIONS: i32 = 3;
+
+struct Setup {
+    kafka: Kafka,
+    config: Config,
+    input: String,
+    wait_cs: String,
+    sim: webhook_enricher::simulator::SimulatorHandle,
+    _peer: MockServer,
+}
+
+async fn setup(down: &Arc<AtomicBool>, max_in_flight: usize) -> Setup {
+    let input = support::unique("iso");
+    let wait_cs = format!("{input}.wait.clearsale");
+    let wait_unico = format!("{input}.wait.unico");
+    let kafka = Kafka::new(&[
+        (&input, PARTITIONS),
+        (&wait_cs, PARTITIONS),
+        (&wait_unico, PARTITIONS),
+    ]);
+    let sim = support::start_simulator(SimulatorConfig::default()).await;
+    let peer = clearsale_peer(down).await;
+    let mut config = support::config(&kafka, &sim, &input);
+    config.clearsale.base_url = peer.uri();
+    config.engine.max_in_flight = max_in_flight;
+    let iso = &mut config.engine.isolation;
+    iso.enabled = Toggle::On;
+    iso.clearsale_wait_topic = wait_cs.clone();
+    iso.unico_wait_topic = wait_unico;
+    iso.divert_after = Duration::from_secs(1);
+    iso.catch_up_initial = 4;
+    iso.catch_up_ramp_every = Duration::from_millis(200);
+    Setup {
+        kafka,
+        config,
+        input,
+        wait_cs,
+        sim,
+        _peer: peer,
+    }
+}
+
+/// The input offset (lineage) of each published record, by key, in output order.
+fn lineage_by_key(records: &[OutRecord]) -> HashMap<String, Vec<i64>> {
+    let schema = webhook_enricher::avro::schema().expect("schema");
+    let mut by_key: HashMap<String, Vec<(i32, i64, i64)>> = HashMap::new();
+    for r in records {
+        let decoded = webhook_enricher::avro::decode(&r.value, schema).expect("avro");
+        let record = webhook_enricher::avro::to_json(&decoded.value);
+        let offset = record["lineage"]["offset"]
+            .as_i64()
+            .expect("lineage offset");
+        by_key
+            .entry(r.key.clone().expect("key"))
+            .or_default()
+            .push((r.partition, r.offset, offset));
+    }
+    by_key
+        .into_iter()
+        .map(|(k, mut v)| {
+            v.sort();
+            (k, v.into_iter().map(|(_, _, o)| o).collect())
+        })
+        .collect()
+}
+
+/// Each key's input offsets appear in increasing order (and each once).
+fn assert_per_key_order(by_key: &HashMap<String, Vec<i64>>) {
+    for (key, offsets) in by_key {
+        assert!(
+            offsets.windows(2).all(|w| w[0] < w[1]),
+            "key {key}: records published out of input order: {offsets:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_clearsale_outage_diverts_clearsale_while_unico_and_the_input_keep_flowing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("TEST_LOG").unwrap_or_else(|_| "off".into()))
+        .with_test_writer()
+        .try_init();
+    let down = Arc::new(AtomicBool::new(true));
+    // The in-flight limit is far below what the outage holds back.
+    let s = setup(&down, 32).await;
+    let producer = s.kafka.producer();
+    // 20 analyses with 10 notifications each (different dates), interleaved with Unico.
+    let analyses: Vec<String> = (0..20).map(|_| new_id()).collect();
+    let mut cs_count = 0;
+    let mut unico_count = 0;
+    for round in 0..10u32 {
+        for a in &analyses {
+            let date = format!("2025-09-26T17:21:{:02}.0000000Z", round);
+            let payload = clearsale(a, "mfa", &date);
+            s.kafka
+                .produce(&producer, &s.input, None, Some(a), payload.as_bytes(), &[])
+                .await;
+            cs_count += 1;
+        }
+        for _ in 0..20 {
+            let id = new_id();
+            s.kafka
+                .produce(
+                    &producer,
+                    &s.input,
+                    None,
+                    Some(&id),
+                    unico(&id, "3").as_bytes(),
+                    &[],
+                )
+                .await;
+            unico_count += 1;
+        }
+    }
+    let engine = RunningEngine::start(&s.config).await;
+
+    // During the outage: every Unico record is published...
+    let unico_out = s.kafka.read_all(
+        &s.config.output.unico_topic,
+        unico_count,
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        unico_out.len(),
+        unico_count,
+        "Unico flows during the outage"
+    );
+    // ...every ClearSale record is in the wait topic, with its origin...
+    let group = s.config.kafka.group_id.clone();
+    assert!(
+        support::eventually(Duration::from_secs(30), || s.kafka.count(&s.wait_cs)
+            >= cs_count as i64)
+        .await,
+        "ClearSale diverted: {} of {cs_count} in the wait topic",
+        s.kafka.count(&s.wait_cs)
+    );
+    // ...the input's committed offsets reach its end (nothing waits in memory)...
+    let ends = s.kafka.end_offsets(&s.input);
+    let covered = |committed: HashMap<i32, i64>, ends: &HashMap<i32, i64>| {
+        ends.iter()
+            .all(|(p, end)| *end == 0 || committed.get(p) == Some(end))
+    };
+    assert!(
+        support::eventually(Duration::from_secs(30), || covered(
+            s.kafka.committed(&group, &s.input, PARTITIONS),
+            &ends
+        ))
+        .await,
+        "input committed {:?}, end {:?}",
+        s.kafka.committed(&group, &s.input, PARTITIONS),
+        ends
+    );
+    // ...and nothing is dead-lettered for the outage.
+    assert_eq!(s.kafka.count(&s.config.output.dead_letter_topic), 0);
+    assert!(down.load(Ordering::SeqCst), "the outage is still on");
+    let waiting = s.kafka.read_now(&s.wait_cs);
+    let first = &waiting[0];
+    assert_eq!(first.header(wait_headers::TOPIC), s.input);
+    assert!(first.header(wait_headers::OFFSET).parse::<i64>().is_ok());
+    assert!(first.header(wait_headers::FIRST_SEEN).ends_with('Z'));
+    assert!(
+        ["circuit_open", "lane_diverted"].contains(&first.header(wait_headers::REASON)),
+        "reason {:?}",
+        first.header(wait_headers::REASON)
+    );
+    for r in &waiting {
+        let source_partition: i32 = r
+            .header(wait_headers::PARTITION)
+            .parse()
+            .expect("partition");
+        assert_eq!(
+            r.partition, source_partition,
+            "a wait partition per input partition"
+        );
+        assert!(
+            analyses.iter().any(|a| r.key.as_deref() == Some(a)),
+            "original key kept"
+        );
+    }
+    let snapshot = engine.snapshot();
+    assert!(snapshot.diverted >= cs_count as u64);
+
+    // Recovery: ClearSale is read back and published, in per-key order, once each.
+    down.store(false, Ordering::SeqCst);
+    let cs_out = s.kafka.read_all(
+        &s.config.output.clearsale_topic,
+        cs_count,
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        cs_out.len(),
+        cs_count,
+        "every ClearSale record published once"
+    );
+    let by_key = lineage_by_key(&cs_out);
+    assert_eq!(by_key.len(), analyses.len());
+    assert_per_key_order(&by_key);
+    assert_eq!(s.kafka.count(&s.config.output.dead_letter_topic), 0);
+
+    // The lanes return to direct: new ClearSale records are published without the wait topic.
+    let in_wait = s.kafka.count(&s.wait_cs);
+    assert!(
+        support::eventually(Duration::from_secs(20), || {
+            let snap = engine.snapshot();
+            snap.returned >= snap.diverted
+        })
+        .await,
+        "every diverted record came back: {:?}",
+        engine.snapshot()
+    );
+    // Wait a little for the lanes to see the end of their wait partitions.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for a in &analyses {
+        let payload = clearsale(a, "mfa", "2025-09-26T17:22:00.0000000Z");
+        s.kafka
+            .produce(&producer, &s.input, None, Some(a), payload.as_bytes(), &[])
+            .await;
+    }
+    let cs_out = s.kafka.read_all(
+        &s.config.output.clearsale_topic,
+        cs_count + analyses.len(),
+        Duration::from_secs(30),
+    );
+    assert_eq!(cs_out.len(), cs_count + analyses.len());
+    assert_per_key_order(&lineage_by_key(&cs_out));
+    assert_eq!(
+        s.kafka.count(&s.wait_cs),
+        in_wait,
+        "after recovery nothing more is diverted"
+    );
+    let stats = engine.stop().await.expect("clean stop");
+    assert_eq!(stats.dead_lettered_total(), 0);
+    // The wait group committed what it read back.
+    let wait_group = s.config.engine.isolation.wait_group(&group);
+    let wait_ends = s.kafka.end_offsets(&s.wait_cs);
+    let wait_committed = s.kafka.committed(&wait_group, &s.wait_cs, PARTITIONS);
+    assert!(
+        covered(wait_committed.clone(), &wait_ends),
+        "wait group committed {wait_committed:?}, wait topic ends {wait_ends:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_wait_topic_stops_the_start_with_its_name() {
+    let down = Arc::new(AtomicBool::new(false));
+    let mut s = setup(&down, 32).await;
+    s.config.engine.isolation.unico_wait_topic = support::unique("no-such-wait-topic");
+    let missing = s.config.engine.isolation.unico_wait_topic.clone();
+    let engine = RunningEngine::start(&s.config).await;
+    let error = engine
+        .stop_when_done(Duration::from_secs(30))
+        .await
+        .expect_err("the engine refuses to start");
+    let message = error.to_string();
+    assert!(message.contains(&missing), "{message}");
+    assert!(message.contains("does not exist"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_topic_with_other_partitions_than_the_input_stops_the_start() {
+    let down = Arc::new(AtomicBool::new(false));
+    let mut s = setup(&down, 32).await;
+    let odd = support::unique("odd-wait");
+    s.kafka
+        .cluster
+        .create_topic(&odd, PARTITIONS + 1, 1)
+        .expect("topic");
+    s.config.engine.isolation.clearsale_wait_topic = odd.clone();
+    let engine = RunningEngine::start(&s.config).await;
+    let message = engine
+        .stop_when_done(Duration::from_secs(30))
+        .await
+        .expect_err("the engine refuses to start")
+        .to_string();
+    assert!(
+        message.contains(&odd) && message.contains("partitions"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_isolation_with_only_some_wait_topics_stops_the_start() {
+    let down = Arc::new(AtomicBool::new(false));
+    let mut s = setup(&down, 32).await;
+    s.config.engine.isolation.enabled = Toggle::Auto;
+    s.config.engine.isolation.unico_wait_topic = support::unique("missing-unico-wait");
+    let missing = s.config.engine.isolation.unico_wait_topic.clone();
+    let engine = RunningEngine::start(&s.config).await;
+    let message = engine
+        .stop_when_done(Duration::from_secs(30))
+        .await
+        .expect_err("one wait topic exists, the other does not: a mistake, not a choice")
+        .to_string();
+    assert!(message.contains(&missing), "{message}");
+}
+
+/// A webhook produced for the order and accounting checks.
+struct Sent {
+    partition: i32,
+    offset: i64,
+}
+
+/// ClearSale notifications of `keys` analyses, `per_key` each (same partition per analysis, in
+/// date order), interleaved with as many single Unico notifications.
+async fn produce_ordered(s: &Setup, keys: usize, per_key: usize) -> Vec<Sent> {
+    let producer = s.kafka.producer();
+    let analyses: Vec<String> = (0..keys).map(|_| new_id()).collect();
+    let mut sent = Vec::new();
+    for round in 0..per_key {
+        for (i, a) in analyses.iter().enumerate() {
+            let date = format!("2025-09-26T17:21:{:02}.0000000Z", round);
+            let partition = (i % PARTITIONS as usize) as i32;
+            let (partition, offset) = s
+                .kafka
+                .produce(
+                    &producer,
+                    &s.input,
+                    Some(partition),
+                    Some(a),
+                    clearsale(a, "mfa", &date).as_bytes(),
+                    &[],
+                )
+                .await;
+            sent.push(Sent { partition, offset });
+            let id = new_id();
+            let (partition, offset) = s
+                .kafka
+                .produce(
+                    &producer,
+                    &s.input,
+                    Some(partition),
+                    Some(&id),
+                    unico(&id, "3").as_bytes(),
+                    &[],
+                )
+                .await;
+            sent.push(Sent { partition, offset });
+        }
+    }
+    sent
+}
+
+/// The input (partition, offset) each published record names in its lineage.
+fn published_inputs(records: &[OutRecord]) -> std::collections::HashSet<(i32, i64)> {
+    let schema = webhook_enricher::avro::schema().expect("schema");
+    records
+        .iter()
+        .map(|r| {
+            let decoded = webhook_enricher::avro::decode(&r.value, schema).expect("avro");
+            let record = webhook_enricher::avro::to_json(&decoded.value);
+            let l = &record["lineage"];
+            (
+                l["partition"].as_i64().expect("partition") as i32,
+                l["offset"].as_i64().expect("offset"),
+            )
+        })
+        .collect()
+}
+
+/// Per key, the first publication of each input comes in input order (under at-least-once a
+/// record published again after a crash may repeat, but never overtakes a later one the first
+/// time).
+fn assert_first_publications_in_order(by_key: &HashMap<String, Vec<i64>>) {
+    for (key, offsets) in by_key {
+        let mut seen = std::collections::HashSet::new();
+        let firsts: Vec<i64> = offsets
+            .iter()
+            .copied()
+            .filter(|o| seen.insert(*o))
+            .collect();
+        assert!(
+            firsts.windows(2).all(|w| w[0] < w[1]),
+            "key {key}: first publications out of input order: {offsets:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_while_a_lane_is_diverted_then_a_restart_accounts_for_every_input_in_order() {
+    let down = Arc::new(AtomicBool::new(false));
+    let mut s = setup(&down, 32).await;
+    // ClearSale on the simulator, whose outage the test switches.
+    s.config.clearsale.base_url = s.sim.base_url();
+    s.config
+        .kafka
+        .consumer
+        .0
+        .insert("session.timeout.ms".into(), "6000".into());
+    s.config.engine.revoke_drain_timeout = Duration::from_secs(3);
+    let dir = tempfile::tempdir().expect("tempdir");
+    s.sim.set_outage(Provider::ClearSale, true);
+    let sent = produce_ordered(&s, 12, 6).await;
+    let cs_total = sent.len() / 2;
+
+    let mut first = support::spawn_run(&s.config, dir.path(), "iso-kill9-first");
+    let diverted = support::eventually(Duration::from_secs(60), || {
+        s.kafka.count(&s.wait_cs) >= (cs_total / 2) as i64
+            && s.kafka.count(&s.config.output.unico_topic) >= 20
+    })
+    .await;
+    assert!(diverted, "no diversion before the kill\n{}", first.tail());
+    first.kill_now();
+    s.sim.set_outage(Provider::ClearSale, false);
+
+    let mut second = support::spawn_run(&s.config, dir.path(), "iso-kill9-second");
+    let group = s.config.kafka.group_id.clone();
+    let wait_group = s.config.engine.isolation.wait_group(&group);
+    let ends = s.kafka.end_offsets(&s.input);
+    let all_in = |committed: HashMap<i32, i64>, ends: &HashMap<i32, i64>| {
+        ends.iter()
+            .all(|(p, end)| *end == 0 || committed.get(p) == Some(end))
+    };
+    let done = support::eventually(Duration::from_secs(120), || {
+        all_in(s.kafka.committed(&group, &s.input, PARTITIONS), &ends)
+            && all_in(
+                s.kafka.committed(&wait_group, &s.wait_cs, PARTITIONS),
+                &s.kafka.end_offsets(&s.wait_cs),
+            )
+    })
+    .await;
+    assert!(
+        done,
+        "not everything committed after the restart\n{}",
+        second.tail()
+    );
+    second.signal("TERM");
+    let status = second.wait_exit(Duration::from_secs(60)).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit {status:?}\n{}",
+        second.tail()
+    );
+
+    let mut published =
+        support::read_to_end(&s.kafka.bootstrap, &s.config.output.clearsale_topic).await;
+    let cs_published = published.clone();
+    published.extend(support::read_to_end(&s.kafka.bootstrap, &s.config.output.unico_topic).await);
+    assert_eq!(
+        s.kafka.count(&s.config.output.dead_letter_topic),
+        0,
+        "nothing is dead-lettered for an outage"
+    );
+    let inputs = published_inputs(&published);
+    for input in &sent {
+        assert!(
+            inputs.contains(&(input.partition, input.offset)),
+            "input {}:{} was never published",
+            input.partition,
+            input.offset
+        );
+    }
+    assert_first_publications_in_order(&lineage_by_key(&cs_published));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_rebalance_while_a_lane_is_diverted_and_keep_order() {
+    let down = Arc::new(AtomicBool::new(true));
+    let mut s = setup(&down, 32).await;
+    s.config.engine.revoke_drain_timeout = Duration::from_secs(1);
+    for (k, v) in [
+        ("session.timeout.ms", "4000"),
+        ("heartbeat.interval.ms", "300"),
+    ] {
+        s.config.kafka.consumer.0.insert(k.into(), v.into());
+    }
+    let sent = produce_ordered(&s, 12, 4).await;
+    let first = RunningEngine::start(&s.config).await;
+    assert!(
+        support::eventually(Duration::from_secs(60), || first.snapshot().diverted >= 20).await,
+        "{:?}",
+        first.snapshot()
+    );
+    // A second instance joins while ClearSale's lanes are diverted: the partitions and their
+    // wait partitions move together.
+    let second = RunningEngine::start(&s.config).await;
+    assert!(
+        support::eventually(Duration::from_secs(30), || second.snapshot().consumed > 0).await,
+        "the second instance never got a partition: {:?}",
+        second.snapshot()
+    );
+    let more = produce_ordered(&s, 6, 3).await;
+    down.store(false, Ordering::SeqCst);
+    let expected = sent.len() + more.len();
+    let cs = s.config.output.clearsale_topic.clone();
+    let unico_topic = s.config.output.unico_topic.clone();
+    assert!(
+        support::eventually(Duration::from_secs(90), || {
+            let mut all = s.kafka.read_now(&cs);
+            all.extend(s.kafka.read_now(&unico_topic));
+            published_inputs(&all).len() >= expected
+        })
+        .await,
+        "first {:?} second {:?}",
+        first.snapshot(),
+        second.snapshot()
+    );
+    let a = second.stop().await.expect("second stops");
+    let b = first.stop().await.expect("first stops");
+    assert_eq!(a.dead_lettered_total() + b.dead_lettered_total(), 0);
+    let cs_published = s.kafka.read_now(&cs);
+    assert_first_publications_in_order(&lineage_by_key(&cs_published));
+}
