@@ -71,6 +71,10 @@ struct Args {
     /// Skip the baselines.
     #[arg(long)]
     no_baselines: bool,
+    /// Do not create the wait topics, so the service runs without provider isolation
+    /// (`engine.isolation.enabled = "auto"` finds none).
+    #[arg(long)]
+    no_isolation: bool,
     /// Talk HTTP/2 to the simulator (h2c prior knowledge), the service and the raw-rate baseline
     /// alike: what a provider reached over HTTPS with ALPN gets. Default: HTTP/1.1.
     #[arg(long)]
@@ -258,16 +262,20 @@ fn run_scenario(
     );
     let out_partitions = 16;
     let dlq_partitions = 4;
-    let kafka = kafka::MockKafka::start(
-        args.brokers,
-        &[
-            (input.to_string(), partitions),
-            (cs_out.to_string(), out_partitions),
-            (unico_out.to_string(), out_partitions),
-            (dlq.to_string(), dlq_partitions),
-            (passthrough_out.to_string(), partitions),
-        ],
-    )?;
+    // Provider isolation's wait topics: as many partitions as the input.
+    let (wait_cs, wait_unico) = ("bench.wait.clearsale", "bench.wait.unico");
+    let mut topics = vec![
+        (input.to_string(), partitions),
+        (cs_out.to_string(), out_partitions),
+        (unico_out.to_string(), out_partitions),
+        (dlq.to_string(), dlq_partitions),
+        (passthrough_out.to_string(), partitions),
+    ];
+    if !args.no_isolation {
+        topics.push((wait_cs.to_string(), partitions));
+        topics.push((wait_unico.to_string(), partitions));
+    }
+    let kafka = kafka::MockKafka::start(args.brokers, &topics)?;
     let sim_config = webhook_enricher::simulator::SimulatorConfig {
         seed: args.seed,
         call_log_capacity: 1_000,
@@ -338,6 +346,13 @@ fn run_scenario(
     } else {
         format!("limits = {{ rate_per_second = 0, max_concurrent = {max_in_flight} }}")
     };
+    let isolation = if args.no_isolation {
+        String::new()
+    } else {
+        format!(
+            "[engine.isolation]\nclearsale_wait_topic = \"{wait_cs}\"\nunico_wait_topic = \"{wait_unico}\"\n"
+        )
+    };
     let config = format!(
         r#"[kafka]
 bootstrap_servers = "{bootstrap}"
@@ -366,6 +381,7 @@ api_key = "demo-api-key"
 private_key_file = "{key}"
 {unico_limits}
 
+{isolation}
 [admin]
 listen = "127.0.0.1:{admin_port}"
 "#,
@@ -518,6 +534,14 @@ listen = "127.0.0.1:{admin_port}"
         .collect();
     latencies.sort_unstable();
 
+    let diverted = if args.no_isolation {
+        None
+    } else {
+        Some([
+            inspector.count(wait_cs, partitions)?,
+            inspector.count(wait_unico, partitions)?,
+        ])
+    };
     let unico_rates = s.unico_limited.then(|| ProviderRates {
         clearsale_eps: progress.rate_of(|p| p.clearsale, expected.clearsale.len()),
         unico_eps: progress.rate_of(|p| p.unico, expected.unico.len()),
@@ -541,6 +565,7 @@ listen = "127.0.0.1:{admin_port}"
         latency_p50_ms: percentile(&latencies, 0.50),
         latency_p99_ms: percentile(&latencies, 0.99),
         providers: unico_rates,
+        diverted,
         baselines,
         check,
         log: log_path.display().to_string(),

@@ -61,6 +61,8 @@ pub struct ScenarioResult {
     pub latency_p50_ms: Option<f64>,
     pub latency_p99_ms: Option<f64>,
     pub providers: Option<ProviderRates>,
+    /// Records written to the wait topics (ClearSale, Unico); `None` without isolation.
+    pub diverted: Option<[i64; 2]>,
     pub baselines: Option<Baselines>,
     pub check: Check,
     pub log: String,
@@ -198,6 +200,23 @@ pub fn table(results: &[ScenarioResult]) -> String {
                     num(r.unique_clearsale as f64),
                     num(r.unique_unico as f64)
                 ));
+                // ClearSale beside a provider slower than its arrivals, against the same
+                // pipeline with no such provider (the 0 ms scenario of this run).
+                if let Some(cpu) = results.iter().find(|c| c.name == "cpu") {
+                    parts.push(format!(
+                        "ClearSale at {:.0}% of the 0 ms scenario's rate",
+                        p.clearsale_eps / cpu.steady_eps * 100.0
+                    ));
+                }
+            }
+            if let Some([cs, un]) = r.diverted {
+                if cs + un > 0 {
+                    parts.push(format!(
+                        "diverted to the wait topics: ClearSale {}, Unico {}",
+                        num(cs as f64),
+                        num(un as f64)
+                    ));
+                }
             }
             (!parts.is_empty()).then(|| parts.join("; "))
         })
