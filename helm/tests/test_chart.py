@@ -819,6 +819,67 @@ def test_load_balancer_keeps_the_client_address(chart):
 
 
 # --------------------------------------------------------------------------------------------
+# Provider isolation ([engine.isolation])
+
+
+# The service's defaults of [engine.isolation] (src/engine/settings.rs), which values.yaml spells out.
+ISOLATION_DEFAULTS = {
+    "enabled": "auto",
+    "clearsale_wait_topic": "webhooks.wait.clearsale",
+    "unico_wait_topic": "webhooks.wait.unico",
+    "wait_group_id": "",
+    "divert_after": "10s",
+    "catch_up_initial": 8,
+    "catch_up_ramp_every": "1s",
+}
+
+
+def test_isolation_settings_reach_the_config(chart):
+    assert chart.values["config"]["engine"]["isolation"] == ISOLATION_DEFAULTS
+    assert render(chart).config["engine"]["isolation"] == ISOLATION_DEFAULTS
+    isolation = {
+        "enabled": True,
+        "clearsale_wait_topic": "cs.parked",
+        "unico_wait_topic": "unico.parked",
+        "wait_group_id": "enricher.parked",
+        "divert_after": "30s",
+        "catch_up_initial": 16,
+        "catch_up_ramp_every": "500ms",
+    }
+    rendered = render(chart, {"config": {"engine": {"isolation": isolation}}})
+    assert rendered.config["engine"]["isolation"] == isolation
+    assert "catch_up_initial = 16\n" in rendered.config_text  # an integer, not 16.0
+    assert rendered.config["engine"]["drain_timeout"] == "30s"  # the other engine settings stay
+    off = render(chart, {"config": {"engine": {"isolation": {"enabled": False}}}}).config["engine"]["isolation"]
+    assert off["enabled"] is False
+
+
+def test_notes_name_the_wait_topics_and_group(chart):
+    notes = render(chart).notes
+    assert "wait topics webhooks.wait.clearsale, webhooks.wait.unico" in notes
+    assert 'wait group "webhook-enricher.wait"' in notes
+    notes = render(chart, {"config": {"unico": {"enabled": False}, "engine": {"isolation": {"wait_group_id": "parked"}}}}).notes
+    assert "wait topics webhooks.wait.clearsale\n" in notes and 'wait group "parked"' in notes
+    assert "wait topics" not in render(chart, {"config": {"engine": {"isolation": {"enabled": False}}}}).notes
+
+
+@pytest.mark.parametrize(
+    "isolation",
+    [
+        {"enabled": "maybe"},
+        {"catch_up_initial": 0},
+        {"divert_after": "10"},
+        {"catch_up_ramp_every": "soon"},
+        {"unico_wait_topic": "wait for unico"},
+        {"clearsale_wait_topic": ""},
+    ],
+)
+def test_isolation_values_are_checked(chart, isolation):
+    with pytest.raises(helm.HelmValuesError):
+        render(chart, {"config": {"engine": {"isolation": isolation}}})
+
+
+# --------------------------------------------------------------------------------------------
 # Documentation of the values
 
 

@@ -156,6 +156,63 @@ a margin (service defaults: 0s, 20s, 5s). */}}
 {{- if ne (toString (dig "unico" "enabled" true (.Values.config | default dict))) "false" }}true{{ end }}
 {{- end }}
 
+{{- define "webhook-enricher.clearsaleEnabled" -}}
+{{- if ne (toString (dig "clearsale" "enabled" true (.Values.config | default dict))) "false" }}true{{ end }}
+{{- end }}
+
+{{/* Provider isolation may be on: config.engine.isolation.enabled is `auto` (the service's
+default) or true. Whether it is on is decided by the service at start-up. */}}
+{{- define "webhook-enricher.isolationEnabled" -}}
+{{- $enabled := dig "engine" "isolation" "enabled" "auto" (.Values.config | default dict) }}
+{{- if not (has (toString $enabled | trim | lower) (list "false" "off")) }}true{{ end }}
+{{- end }}
+
+{{/*
+Every Kafka topic the release uses, with the service's defaults, once each:
+`topics: [{topic, role}]`, role `input` (config.input.topics), `raw` (config.receive.topic with
+receiver.enabled, when it is not an input topic), `output` (the enabled providers' output topics
+and ClearSale's module topics), `dead-letter`, and `wait` (the enabled providers' wait topics,
+unless config.engine.isolation.enabled is false: the service only uses those).
+*/}}
+{{- define "webhook-enricher.topics" -}}
+{{- $cfg := .Values.config | default dict }}
+{{- $iso := dig "engine" "isolation" dict $cfg }}
+{{- $isolated := include "webhook-enricher.isolationEnabled" . }}
+{{- $all := list }}
+{{- range (dig "input" "topics" (list "webhooks.raw") $cfg) }}
+{{- $all = append $all (dict "topic" . "role" "input") }}
+{{- end }}
+{{- if .Values.receiver.enabled }}
+{{- $all = append $all (dict "topic" (dig "receive" "topic" "webhooks.raw" $cfg) "role" "raw") }}
+{{- end }}
+{{- if include "webhook-enricher.clearsaleEnabled" . }}
+{{- $all = append $all (dict "topic" (dig "output" "clearsale_topic" "clearsale.analysis.enriched" $cfg) "role" "output") }}
+{{- range $module, $topic := (dig "output" "clearsale_module_topics" dict $cfg) }}
+{{- $all = append $all (dict "topic" $topic "role" "output") }}
+{{- end }}
+{{- end }}
+{{- if include "webhook-enricher.unicoEnabled" . }}
+{{- $all = append $all (dict "topic" (dig "output" "unico_topic" "unico.process.enriched" $cfg) "role" "output") }}
+{{- end }}
+{{- $all = append $all (dict "topic" (dig "output" "dead_letter_topic" "webhooks.dead-letter" $cfg) "role" "dead-letter") }}
+{{- if $isolated }}
+{{- if include "webhook-enricher.clearsaleEnabled" . }}
+{{- $all = append $all (dict "topic" (dig "clearsale_wait_topic" "webhooks.wait.clearsale" $iso) "role" "wait") }}
+{{- end }}
+{{- if include "webhook-enricher.unicoEnabled" . }}
+{{- $all = append $all (dict "topic" (dig "unico_wait_topic" "webhooks.wait.unico" $iso) "role" "wait") }}
+{{- end }}
+{{- end }}
+{{- $seen := dict }}
+topics:
+{{- range $all }}
+{{- if not (hasKey $seen .topic) }}
+{{- $_ := set $seen .topic .role }}
+  - {{ toJson . }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{/*
 Checks that the templates cannot express as types; each fails the render with a fix.
 */}}
