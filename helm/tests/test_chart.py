@@ -3,8 +3,8 @@
 The chart is rendered with Helm's own engine (helm-python-sdk binds Helm v4's Go SDK: no helm
 binary, no cluster), for the default values and every ci/*-values.yaml scenario. The manifests
 are validated against the Kubernetes OpenAPI schemas (kubernetes-validate, strict: unknown fields
-are errors), the custom resources (ServiceMonitor, ScaledObject, TriggerAuthentication) against
-the fields the chart relies on, and the operational invariants are asserted.
+are errors), the custom resources (ServiceMonitor, ScaledObject, TriggerAuthentication,
+KafkaTopic) against the fields the chart relies on, and the operational invariants are asserted.
 
 Run with `.ci/helm-test` (creates a venv, installs requirements.txt, runs pytest).
 """
@@ -234,13 +234,21 @@ def admin_listen_port(rendered: Rendered) -> int:
 # Schema validation of every rendered object
 
 
-CUSTOM_RESOURCES = {"ServiceMonitor", "ScaledObject", "TriggerAuthentication"}
+CUSTOM_RESOURCES = {"ServiceMonitor", "ScaledObject", "TriggerAuthentication", "KafkaTopic"}
+# metadata.name of most objects (DNS-1123 label) and of a KafkaTopic (DNS-1123 subdomain).
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+# Kafka's own rule for topic names (spec.topicName).
+KAFKA_TOPIC = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 
 
 def check_custom_resource(doc: dict[str, Any]) -> None:
     """Structural checks of the custom resources (not in the Kubernetes schemas)."""
     kind, spec = doc["kind"], doc["spec"]
-    assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", doc["metadata"]["name"])
+    if kind == "KafkaTopic":
+        check_kafka_topic(doc)
+        return
+    assert DNS_LABEL.fullmatch(doc["metadata"]["name"])
     if kind == "ServiceMonitor":
         assert doc["apiVersion"] == "monitoring.coreos.com/v1"
         assert spec["selector"]["matchLabels"]
@@ -264,6 +272,25 @@ def check_custom_resource(doc: dict[str, Any]) -> None:
             assert set(ref) == {"parameter", "name", "key"}
     else:  # pragma: no cover
         raise AssertionError(f"unexpected custom resource {kind}")
+
+
+def check_kafka_topic(doc: dict[str, Any]) -> None:
+    """A Strimzi KafkaTopic (kafka.strimzi.io/v1beta2 CRD: spec.topicName, partitions >= 1,
+    replicas 1..32767, config of scalars), as the chart must render it."""
+    meta, spec = doc["metadata"], doc["spec"]
+    assert doc["apiVersion"] == "kafka.strimzi.io/v1beta2"
+    assert len(meta["name"]) <= 253 and DNS_SUBDOMAIN.fullmatch(meta["name"]), meta["name"]
+    assert DNS_LABEL.fullmatch(meta["namespace"])
+    cluster = meta["labels"]["strimzi.io/cluster"]
+    assert cluster and len(cluster) <= 63 and DNS_SUBDOMAIN.fullmatch(cluster)
+    assert meta["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert set(spec) <= {"topicName", "partitions", "replicas", "config"}
+    # Always set: the resource name is derived, the topic name is exact.
+    assert KAFKA_TOPIC.fullmatch(spec["topicName"]) and spec["topicName"] not in (".", "..")
+    assert isinstance(spec["partitions"], int) and not isinstance(spec["partitions"], bool) and spec["partitions"] >= 1
+    assert isinstance(spec["replicas"], int) and not isinstance(spec["replicas"], bool) and 1 <= spec["replicas"] <= 32767
+    for key, value in spec.get("config", {}).items():
+        assert isinstance(key, str) and isinstance(value, (str, int, float, bool)), (key, value)
 
 
 @pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
@@ -877,6 +904,240 @@ def test_notes_name_the_wait_topics_and_group(chart):
 def test_isolation_values_are_checked(chart, isolation):
     with pytest.raises(helm.HelmValuesError):
         render(chart, {"config": {"engine": {"isolation": isolation}}})
+
+
+# --------------------------------------------------------------------------------------------
+# Kafka topics (Strimzi KafkaTopics)
+
+
+STRIMZI = {"topics": {"strimzi": {"enabled": True, "cluster": "my-kafka"}}}
+
+
+def expected_topics(config: dict[str, Any], values: dict[str, Any]) -> dict[str, str]:
+    """Every topic the release uses, by role, read independently from the rendered config.toml
+    with the service's defaults: the input topics, the receiver's topic (when it is deployed),
+    the enabled providers' output topics (ClearSale's module topics too), the dead-letter topic
+    and, unless isolation is off, the enabled providers' wait topics."""
+    inputs = config.get("input", {}).get("topics", ["webhooks.raw"])
+    output = config.get("output", {})
+    isolation = config.get("engine", {}).get("isolation", {})
+    clearsale = config.get("clearsale", {}).get("enabled", True)
+    unico = config.get("unico", {}).get("enabled", True)
+    topics = {t: "input" for t in inputs}
+    if values.get("receiver", {}).get("enabled"):
+        topics.setdefault(config.get("receive", {}).get("topic", "webhooks.raw"), "raw")
+    if clearsale:
+        topics.setdefault(output.get("clearsale_topic", "clearsale.analysis.enriched"), "output")
+        for topic in output.get("clearsale_module_topics", {}).values():
+            topics.setdefault(topic, "output")
+    if unico:
+        topics.setdefault(output.get("unico_topic", "unico.process.enriched"), "output")
+    topics.setdefault(output.get("dead_letter_topic", "webhooks.dead-letter"), "dead-letter")
+    if isolation.get("enabled", "auto") not in (False, "false", "off"):
+        if clearsale:
+            topics.setdefault(isolation.get("clearsale_wait_topic", "webhooks.wait.clearsale"), "wait")
+        if unico:
+            topics.setdefault(isolation.get("unico_wait_topic", "webhooks.wait.unico"), "wait")
+    return topics
+
+
+def kafka_topics(rendered: Rendered) -> dict[str, dict[str, Any]]:
+    """The KafkaTopics by Kafka topic name (spec.topicName)."""
+    found = {t["spec"]["topicName"]: t for t in rendered.all("KafkaTopic")}
+    assert len(found) == len(rendered.all("KafkaTopic")), "two KafkaTopics for one topic"
+    return found
+
+
+def test_kafka_topics_cover_every_topic_of_the_configuration(scenario):
+    _, values, rendered = scenario
+    strimzi = values.get("topics", {}).get("strimzi", {})
+    if not strimzi.get("enabled"):
+        assert rendered.all("KafkaTopic") == []
+        return
+    topics = kafka_topics(rendered)
+    expected = expected_topics(rendered.config, values)
+    assert {t: d["metadata"]["labels"]["webhook-enricher.io/topic-role"] for t, d in topics.items()} == expected
+    names = [d["metadata"]["name"] for d in topics.values()]
+    assert len(set(names)) == len(names)
+    for topic, doc in topics.items():
+        assert doc["metadata"]["labels"]["strimzi.io/cluster"] == strimzi["cluster"]
+        assert doc["metadata"]["namespace"] == (strimzi.get("namespace") or NAMESPACE)
+        assert doc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        override = strimzi.get("overrides", {}).get(topic, {})
+        assert doc["spec"]["replicas"] == override.get("replicas", strimzi.get("replicas", 3))
+        assert doc["spec"].get("config", {}) == merge(strimzi.get("config", {}), override.get("config", {}))
+    # A wait partition is read back by the owner of the input partition with the same number.
+    partitions = {topics[t]["spec"]["partitions"] for t, role in expected.items() if role in ("input", "wait")}
+    assert partitions == {strimzi.get("partitions", 12)}
+    if values.get("autoscaling", {}).get("partitions"):
+        assert partitions == {values["autoscaling"]["partitions"]}
+
+
+def test_strimzi_scenario_renders_every_kind_of_topic(chart):
+    values = scenario_values("strimzi-topics")
+    rendered = render(chart, values)
+    topics = kafka_topics(rendered)
+    assert set(topics) == {
+        "webhooks.raw", "Webhooks_Legacy.raw", "clearsale.analysis.enriched", "clearsale.mfa.enriched",
+        "unico.process.enriched", "webhooks.dead-letter", "webhooks.wait.clearsale", "webhooks.wait.unico",
+    }
+    for topic in ("webhooks.wait.clearsale", "webhooks.wait.unico", "webhooks.raw", "Webhooks_Legacy.raw"):
+        assert topics[topic]["spec"]["partitions"] == 12
+    dead_letter = topics["webhooks.dead-letter"]["spec"]
+    assert dead_letter["partitions"] == 3
+    assert dead_letter["config"] == {"min.insync.replicas": 2, "retention.ms": 2592000000}
+    assert all(t["metadata"]["namespace"] == "kafka" for t in topics.values())
+    # Integers stay integers (Helm hands 604800000 to templates as a float: not 6.048e+08).
+    assert topics["webhooks.raw"]["spec"]["config"]["retention.ms"] == 604800000
+    assert "e+0" not in "".join(rendered.raw.values())
+    assert rendered.config["engine"]["isolation"]["enabled"] is True
+    assert "webhooks.wait.clearsale, webhooks.wait.unico" in rendered.notes
+    assert '"enricher-prod.wait"' in rendered.notes
+
+
+def test_strimzi_topics_are_off_by_default(chart):
+    assert chart.values["topics"]["strimzi"]["enabled"] is False
+    assert render(chart).all("KafkaTopic") == []
+    assert render(chart, {"topics": {"strimzi": {"cluster": "my-kafka"}}}).all("KafkaTopic") == []
+
+
+def test_strimzi_topics_need_a_cluster(chart):
+    with pytest.raises(helm.HelmRenderError, match=r"topics\.strimzi\.cluster is required with topics\.strimzi\.enabled"):
+        render(chart, {"topics": {"strimzi": {"enabled": True}}})
+
+
+def test_default_kafka_topics_and_namespace(chart):
+    rendered = render(chart, STRIMZI)
+    topics = kafka_topics(rendered)
+    assert {t: d["metadata"]["labels"]["webhook-enricher.io/topic-role"] for t, d in topics.items()} == {
+        "webhooks.raw": "input",
+        "clearsale.analysis.enriched": "output",
+        "unico.process.enriched": "output",
+        "webhooks.dead-letter": "dead-letter",
+        "webhooks.wait.clearsale": "wait",
+        "webhooks.wait.unico": "wait",
+    }
+    for topic, doc in topics.items():
+        # Valid Kubernetes names are kept as they are.
+        assert doc["metadata"]["name"] == topic
+        assert doc["metadata"]["namespace"] == NAMESPACE
+        assert doc["spec"] == {"topicName": topic, "partitions": 12, "replicas": 3}
+        assert doc["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    assert "get kafkatopics" in rendered.notes
+
+
+NAMES = [
+    "webhooks.raw", "Webhooks.Raw", "WEBHOOKS_RAW", "webhooks_raw", "webhooks-raw", "a..b", "_private",
+    "x-.y", "-dash", "trailing.", "__", "a" * 249,
+]
+
+
+def test_kafka_topic_names_are_dns_safe_and_exact(chart):
+    rendered = render(chart, merge(STRIMZI, {"config": {"input": {"topics": NAMES}}}))
+    topics = kafka_topics(rendered)
+    assert set(NAMES) <= set(topics)
+    names = [d["metadata"]["name"] for d in topics.values()]
+    assert len(set(names)) == len(names), "two topics share a KafkaTopic name"
+    for topic, doc in topics.items():
+        name = doc["metadata"]["name"]
+        assert len(name) <= 253 and DNS_SUBDOMAIN.fullmatch(name), name
+        assert doc["spec"]["topicName"] == topic
+        if DNS_SUBDOMAIN.fullmatch(topic):
+            assert name == topic
+        else:
+            # Strimzi's convention: the name made valid, `---`, the SHA-1 of the exact name.
+            assert name.endswith("---" + hashlib.sha1(topic.encode()).hexdigest()) or name == hashlib.sha1(topic.encode()).hexdigest()
+    assert topics["Webhooks.Raw"]["metadata"]["name"].startswith("webhooks.raw---")
+    assert topics["WEBHOOKS_RAW"]["metadata"]["name"].startswith("webhooks-raw---")
+
+
+def test_invalid_kafka_topic_name_is_refused(chart):
+    with pytest.raises(helm.HelmRenderError, match=r"not a valid Kafka topic name"):
+        render(chart, merge(STRIMZI, {"config": {"output": {"dead_letter_topic": "dead letters"}}}))
+
+
+def test_wait_topics_follow_the_enabled_providers_and_isolation(chart):
+    custom = {"clearsale_wait_topic": "cs.parked", "unico_wait_topic": "unico.parked"}
+    rendered = render(chart, merge(STRIMZI, {"config": {"engine": {"isolation": custom}, "input": {"topics": ["in.a", "in.b"]}}, "topics": {"strimzi": {"partitions": 7}}}))
+    topics = kafka_topics(rendered)
+    assert {t for t, d in topics.items() if d["metadata"]["labels"]["webhook-enricher.io/topic-role"] == "wait"} == {"cs.parked", "unico.parked"}
+    assert {topics[t]["spec"]["partitions"] for t in ("cs.parked", "unico.parked", "in.a", "in.b")} == {7}
+    assert "webhooks.wait.clearsale" not in topics
+    # Unico disabled: none of its topics.
+    rendered = render(chart, merge(STRIMZI, {"config": {"unico": {"enabled": False}}}))
+    assert set(kafka_topics(rendered)) == {"webhooks.raw", "clearsale.analysis.enriched", "webhooks.dead-letter", "webhooks.wait.clearsale"}
+    # ClearSale disabled: neither its output, its module topics nor its wait topic.
+    rendered = render(chart, merge(STRIMZI, {"config": {"clearsale": {"enabled": False}, "output": {"clearsale_module_topics": {"mfa": "cs.mfa"}}}}))
+    assert set(kafka_topics(rendered)) == {"webhooks.raw", "unico.process.enriched", "webhooks.dead-letter", "webhooks.wait.unico"}
+    # Isolation off: the service reads and writes no wait topic.
+    rendered = render(chart, merge(STRIMZI, {"config": {"engine": {"isolation": {"enabled": False}}}}))
+    assert not any(t.startswith("webhooks.wait.") for t in kafka_topics(rendered))
+    assert "wait topics" not in rendered.notes
+
+
+def test_receiver_topic_gets_a_kafka_topic(chart):
+    values = merge(scenario_values("receiver"), STRIMZI)
+    topics = kafka_topics(render(chart, values))
+    assert topics["webhooks.raw"]["metadata"]["labels"]["webhook-enricher.io/topic-role"] == "input"
+    values = merge(values, {"config": {"receive": {"topic": "webhooks.incoming"}}})
+    topics = kafka_topics(render(chart, values))
+    assert topics["webhooks.incoming"]["metadata"]["labels"]["webhook-enricher.io/topic-role"] == "raw"
+    assert "webhooks.raw" in topics
+
+
+def test_topic_overrides(chart):
+    overrides = {
+        "unico.process.enriched": {"partitions": 4, "replicas": 2, "config": {"cleanup.policy": "compact", "retention.ms": -1}},
+        "webhooks.wait.unico": {"replicas": 5, "config": {"retention.ms": 86400000}},
+    }
+    values = merge(STRIMZI, {"topics": {"strimzi": {"config": {"retention.ms": 604800000, "min.insync.replicas": 2}, "overrides": overrides}}})
+    topics = kafka_topics(render(chart, values))
+    assert topics["unico.process.enriched"]["spec"] == {
+        "topicName": "unico.process.enriched", "partitions": 4, "replicas": 2,
+        "config": {"cleanup.policy": "compact", "retention.ms": -1, "min.insync.replicas": 2},
+    }
+    assert topics["webhooks.wait.unico"]["spec"]["partitions"] == 12
+    assert topics["webhooks.wait.unico"]["spec"]["replicas"] == 5
+    assert topics["webhooks.wait.unico"]["spec"]["config"] == {"retention.ms": 86400000, "min.insync.replicas": 2}
+    assert topics["webhooks.raw"]["spec"]["config"] == {"retention.ms": 604800000, "min.insync.replicas": 2}
+
+
+@pytest.mark.parametrize(
+    ("topic", "message"),
+    [
+        ("webhooks.wait.clearsale", r"overrides\.webhooks\.wait\.clearsale\.partitions: .* is one of the wait topics"),
+        ("webhooks.raw", r"overrides\.webhooks\.raw\.partitions: .* is one of the input topics"),
+        ("webhooks.typo", r"\"webhooks\.typo\" is not a topic of this release"),
+    ],
+)
+def test_topic_overrides_cannot_break_the_partition_rule(chart, topic, message):
+    values = merge(STRIMZI, {"topics": {"strimzi": {"overrides": {topic: {"partitions": 3}}}}})
+    with pytest.raises(helm.HelmRenderError, match=message):
+        render(chart, values)
+
+
+def test_strimzi_partitions_must_equal_autoscaling_partitions(chart):
+    values = merge(STRIMZI, {"autoscaling": {"partitions": 6, "hpa": {"enabled": True}}})
+    with pytest.raises(helm.HelmRenderError, match=r"topics\.strimzi\.partitions \(12\) and autoscaling\.partitions \(6\)"):
+        render(chart, values)
+    values["topics"]["strimzi"]["partitions"] = 6
+    assert {t["spec"]["partitions"] for t in render(chart, values).all("KafkaTopic")} == {6}
+
+
+@pytest.mark.parametrize(
+    "strimzi",
+    [
+        {"enabled": True, "cluster": "My_Cluster"},
+        {"enabled": True, "cluster": "c", "partitions": 0},
+        {"enabled": True, "cluster": "c", "replicas": 0},
+        {"enabled": True, "cluster": "c", "config": {"retention.ms": {"nested": 1}}},
+        {"enabled": True, "cluster": "c", "overrides": {"webhooks.dead-letter": {"partitons": 3}}},
+        {"enabled": True, "cluster": "c", "clusters": "typo"},
+    ],
+)
+def test_strimzi_values_are_checked(chart, strimzi):
+    with pytest.raises(helm.HelmValuesError):
+        render(chart, {"topics": {"strimzi": strimzi}})
 
 
 # --------------------------------------------------------------------------------------------

@@ -214,6 +214,23 @@ topics:
 {{- end }}
 
 {{/*
+The KafkaTopic's metadata.name for a Kafka topic: the topic's own name when it is a DNS-1123
+subdomain (lowercase alphanumerics, `-` and `.`); otherwise, as Strimzi does, the name made
+valid (lowercased, other characters replaced by `-`) followed by `---` and the SHA-1 of the
+exact topic name, so two topics never share a name. spec.topicName always has the exact name.
+*/}}
+{{- define "webhook-enricher.kafkaTopicResourceName" -}}
+{{- if regexMatch "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$" . }}
+{{- . }}
+{{- else }}
+{{- $s := regexReplaceAll "[^a-z0-9.]+" (lower .) "-" }}
+{{- $s = regexReplaceAll "-*\\.[-.]*" $s "." }}
+{{- $s = regexReplaceAll "[.-]+$" (regexReplaceAll "^[.-]+" $s "" | trunc 200) "" }}
+{{- if $s }}{{ printf "%s---%s" $s (sha1sum .) }}{{ else }}{{ sha1sum . }}{{ end }}
+{{- end }}
+{{- end }}
+
+{{/*
 Checks that the templates cannot express as types; each fails the render with a fix.
 */}}
 {{- define "webhook-enricher.validate" -}}
