@@ -24,6 +24,7 @@ use crate::app::AppError;
 use crate::avro::{DecodeError, SchemaError};
 use crate::config::Config;
 use crate::engine::dead_letter::names as dlq;
+use crate::engine::settings::Toggle;
 use crate::engine::stats::{EngineStats, StatsSnapshot};
 use crate::engine::EngineError;
 use crate::event::{Decoded, DecoderSettings, RawEvent};
@@ -174,6 +175,7 @@ pub async fn run(options: &DemoOptions, out: &mut impl Write) -> Result<DemoRepo
     let count = options.count.clamp(samples::MIN_COUNT, samples::MAX_COUNT);
     let defaults = Config::default();
     let output = &defaults.output;
+    let isolation = &defaults.engine.isolation;
     progress(
         out,
         format,
@@ -190,6 +192,8 @@ pub async fn run(options: &DemoOptions, out: &mut impl Write) -> Result<DemoRepo
         (output.clearsale_topic.clone(), PARTITIONS),
         (output.unico_topic.clone(), PARTITIONS),
         (output.dead_letter_topic.clone(), 1),
+        (isolation.clearsale_wait_topic.clone(), PARTITIONS),
+        (isolation.unico_wait_topic.clone(), PARTITIONS),
     ])
     .await?;
     let (private_key, public_key) = keygen.await.map_err(task_error)??;
@@ -197,11 +201,14 @@ pub async fn run(options: &DemoOptions, out: &mut impl Write) -> Result<DemoRepo
         out,
         format,
         &format!(
-            "  ✓ mock Kafka cluster at {}: {INPUT_TOPIC} ({PARTITIONS} partitions) → {}, {}, {}",
+            "  ✓ mock Kafka cluster at {}: {INPUT_TOPIC} ({PARTITIONS} partitions) → {}, {}, {}; \
+             wait topics {}, {} ({PARTITIONS} partitions each)",
             kafka.bootstrap(),
             output.clearsale_topic,
             output.unico_topic,
-            output.dead_letter_topic
+            output.dead_letter_topic,
+            isolation.clearsale_wait_topic,
+            isolation.unico_wait_topic
         ),
     )?;
     let sim = start_simulator(options.seed, public_key).await?;
@@ -301,7 +308,7 @@ async fn start_simulator(seed: u64, public_key: String) -> Result<SimulatorHandl
 
 /// The configuration of `run` (its defaults: topics, encoding, dedupe, in-flight limit) pointed
 /// at the mock cluster and the simulator, with retry, not-found grace and breaker timings
-/// shortened from production's seconds to the demo's milliseconds.
+/// shortened from production's seconds to the demo's milliseconds, and provider isolation on.
 fn demo_config(bootstrap: &str, sim: &SimulatorHandle, private_key: Secret) -> Config {
     let credentials = SimulatorConfig::default();
     let mut c = Config::default();
@@ -327,6 +334,16 @@ fn demo_config(bootstrap: &str, sim: &SimulatorHandle, private_key: Secret) -> C
     c.engine.commit_interval = Duration::from_millis(200);
     c.engine.breaker.open_for = Duration::from_millis(500);
     c.engine.breaker.max_open_for = Duration::from_secs(2);
+    // Provider isolation on (the wait topics exist): a provider that cannot be served is
+    // diverted to its wait topic at once (open circuit) or after `divert_after` (its share of
+    // the budget full); the catch-up after recovery ramps from 4 records, doubling every 100 ms.
+    let iso = &mut c.engine.isolation;
+    iso.enabled = Toggle::On;
+    // Also how long a lane may hold records before its wait partition's end is seen (about
+    // 1.5 s on the mock cluster): shorter would divert Unico as well at the start.
+    iso.divert_after = Duration::from_secs(5);
+    iso.catch_up_initial = 4;
+    iso.catch_up_ramp_every = Duration::from_millis(100);
     c
 }
 
@@ -449,14 +466,14 @@ async fn run_pipeline(
                 )?;
             }
         }
-        if now.finished() >= inputs {
+        if report::accounted(&now) >= inputs {
             break;
         }
         if started.elapsed() >= PIPELINE_TIMEOUT {
             let _ = stop.send(());
             let _ = engine.await;
             return Err(DemoError::Timeout {
-                finished: now.finished(),
+                finished: report::accounted(&now),
                 inputs,
                 waited: PIPELINE_TIMEOUT,
             });
