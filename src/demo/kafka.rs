@@ -150,6 +150,42 @@ impl ReadRecord {
     }
 }
 
+/// How many records each of `topics` (each with `partitions` partitions) holds now: the sum of
+/// its partitions' high minus low watermarks (the demo's topics are never compacted or
+/// truncated, and its producers are not transactional, so that is the number of records).
+pub(super) async fn record_counts(
+    bootstrap: &str,
+    topics: &[&str],
+    partitions: i32,
+) -> Result<Vec<u64>, DemoError> {
+    let bootstrap = bootstrap.to_string();
+    let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let failed = |e| kafka_error("count a topic's records", e);
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .create()
+            .map_err(failed)?;
+        let mut counts = Vec::with_capacity(topics.len());
+        for topic in &topics {
+            let mut count = 0;
+            for partition in 0..partitions {
+                let (low, high) = consumer
+                    .fetch_watermarks(topic, partition, KAFKA_TIMEOUT)
+                    .map_err(failed)?;
+                count += u64::try_from(high - low).unwrap_or_default();
+            }
+            counts.push(count);
+        }
+        Ok(counts)
+    })
+    .await
+    .map_err(|e| DemoError::Kafka {
+        operation: "count a topic's records",
+        message: e.to_string(),
+    })?
+}
+
 /// Reads every record of `topic` (with `partitions` partitions) present now, by partition and
 /// offset.
 pub(super) async fn read_topic(

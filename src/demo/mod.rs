@@ -1,24 +1,29 @@
 //! `webhook-enricher demo`: the whole pipeline once, in one process, with no infrastructure.
 //!
-//! 1. librdkafka's mock cluster starts with the input, output and dead-letter topics
-//!    ([`kafka`]), and the provider simulator starts on `127.0.0.1:0` with an RSA key pair made
-//!    now (the public half for the simulator, the private half for the Unico client), a little
-//!    latency, one unknown Unico process (404) and one failed one (410).
+//! 1. librdkafka's mock cluster starts with the input, output, dead-letter and the two wait
+//!    topics (each wait topic with as many partitions as the input) ([`kafka`]), and the
+//!    provider simulator starts on `127.0.0.1:0` with an RSA key pair made now (the public half
+//!    for the simulator, the private half for the Unico client), a little latency, one unknown
+//!    Unico process (404) and one failed one (410).
 //! 2. Deterministic sample webhooks of both providers are produced ([`samples`]): repeats, a
 //!    status that is skipped, bad payloads.
 //! 3. The real pipeline runs: [`crate::app::build_parts`] and [`crate::engine::run`], the code of
-//!    `webhook-enricher run`, with quick retry settings. ClearSale is down (503) from the start
-//!    until every ClearSale record has paused behind its circuit breaker; then it comes back and
-//!    the circuit closes, so the demo shows an outage dead-lettering nothing.
-//! 4. When every input has a final outcome the shutdown future resolves: the engine drains,
-//!    flushes and commits as on SIGTERM. The output and dead-letter topics are read back and
-//!    printed ([`report`]).
+//!    `webhook-enricher run`, with quick retry settings and provider isolation on. ClearSale is
+//!    down (503) from the start: its circuit opens and its records are diverted to its wait
+//!    topic, while Unico's are published. Once every sample that calls ClearSale is in the wait
+//!    topic, the output topics are counted (what they hold was published during the outage) and
+//!    ClearSale comes back: the circuit closes, the wait topic is read back, and its records get
+//!    their outcomes in per-key order, so the demo shows an outage that stops only ClearSale and
+//!    dead-letters nothing.
+//! 4. When every input has a final outcome (a diverted one counts once, by the outcome of its
+//!    copy read back) the shutdown future resolves: the engine drains, flushes and commits as on
+//!    SIGTERM. The output and dead-letter topics are read back and printed ([`report`]).
 
 mod kafka;
 pub mod report;
 pub mod samples;
 
-pub use report::{DeadLetter, DemoReport, OutputFormat, PublishedRecord};
+pub use report::{DeadLetter, DemoReport, Outage, OutputFormat, PublishedRecord};
 
 use crate::app::AppError;
 use crate::avro::{DecodeError, SchemaError};
@@ -37,7 +42,7 @@ use futures::future::join_all;
 use kafka::{MockKafka, ReadRecord};
 use report::{progress, Topics};
 use samples::{Catalog, Expected, Modules, Sample};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,8 +54,9 @@ const INPUT_TOPIC: &str = "webhooks.raw";
 const PARTITIONS: i32 = 3;
 /// The longest the pipeline may take to finish every input.
 const PIPELINE_TIMEOUT: Duration = Duration::from_secs(120);
-/// The ClearSale outage ends at the latest this long after the circuit first opened.
-const MAX_OUTAGE_AFTER_PAUSE: Duration = Duration::from_secs(5);
+/// The ClearSale outage ends at the latest this long after the first ClearSale record paused
+/// behind its circuit, even if not all its records were diverted by then (the summary says so).
+const MAX_OUTAGE_AFTER_PAUSE: Duration = Duration::from_secs(10);
 /// How often the demo looks at the engine's counters.
 const POLL: Duration = Duration::from_millis(20);
 /// Size of the generated Unico service-account key.
@@ -249,7 +255,7 @@ pub async fn run(options: &DemoOptions, out: &mut impl Write) -> Result<DemoRepo
         ),
     )?;
 
-    let (stats, pipeline_time) = run_pipeline(&config, &sim, &samples, format, out).await?;
+    let run = run_pipeline(&config, &sim, &samples, format, out).await?;
 
     let at: HashMap<(i32, i64), usize> = landed
         .iter()
@@ -276,14 +282,16 @@ pub async fn run(options: &DemoOptions, out: &mut impl Write) -> Result<DemoRepo
         samples,
         records,
         dead_letters,
-        stats,
-        pipeline_time,
+        stats: run.stats,
+        outage: run.outage,
+        pipeline_time: run.time,
         total_time: started.elapsed(),
     };
     let topics = Topics {
         input: INPUT_TOPIC,
         records: vec![&output.clearsale_topic, &output.unico_topic],
         dead_letter: &output.dead_letter_topic,
+        clearsale_wait: &isolation.clearsale_wait_topic,
     };
     report::write(out, format, &report, &topics)?;
     sim.shutdown().await?;
@@ -395,27 +403,46 @@ async fn build_samples(config: &Config, seed: u64, count: usize) -> Result<Vec<S
     }
 }
 
+/// What [`run_pipeline`] observed.
+struct PipelineRun {
+    /// The engine's counters at the end.
+    stats: StatsSnapshot,
+    /// From the engine's start to the last final outcome.
+    time: Duration,
+    /// The ClearSale outage (`None` when no sample calls ClearSale).
+    outage: Option<Outage>,
+}
+
 /// Runs the engine until every sample has a final outcome, with the ClearSale outage, then
-/// resolves the shutdown future and waits for the drain. Returns the final counters and the
-/// time until the last outcome.
+/// resolves the shutdown future and waits for the drain.
+///
+/// ClearSale is down from the start until every sample that calls it was diverted to its wait
+/// topic (at most [`MAX_OUTAGE_AFTER_PAUSE`] after its circuit first opened). Just before it
+/// comes back, the output topics are counted: what they hold then was published during the
+/// outage.
 async fn run_pipeline(
     config: &Config,
     sim: &SimulatorHandle,
     samples: &[Sample],
     format: OutputFormat,
     out: &mut impl Write,
-) -> Result<(StatsSnapshot, Duration), DemoError> {
+) -> Result<PipelineRun, DemoError> {
     let inputs = samples.len() as u64;
-    let clearsale_keys = clearsale_keys(&config.input, samples);
+    let clearsale_records = clearsale_records(&config.input, samples) as u64;
+    let wait_topic = config.engine.isolation.clearsale_wait_topic.as_str();
     let stats = Arc::new(EngineStats::default());
     let parts = crate::app::build_parts(config, stats.clone()).await?;
-    let mut outage = clearsale_keys > 0;
-    if outage {
+    let mut down = clearsale_records > 0;
+    let mut outage = None;
+    if down {
         sim.set_outage(Provider::ClearSale, true);
         progress(
             out,
             format,
-            "  ! ClearSale outage: it answers 503 until its circuit breaker opens",
+            &format!(
+                "  ! ClearSale outage: it answers 503 until all {clearsale_records} of its records \
+                 are diverted to {wait_topic}"
+            ),
         )?;
     }
     progress(
@@ -446,24 +473,50 @@ async fn run_pipeline(
             _ = tokio::time::sleep(POLL) => {}
         }
         let now = stats.snapshot();
-        if outage {
+        if down {
             if now.systemic_pauses > 0 {
                 first_pause.get_or_insert_with(Instant::now);
             }
-            let all_paused = now.systemic_pauses >= clearsale_keys as u64;
-            if all_paused || first_pause.is_some_and(|t| t.elapsed() >= MAX_OUTAGE_AFTER_PAUSE) {
+            // Wait-topic records are never diverted again, so `diverted` counts inputs.
+            let all_diverted = now.diverted >= clearsale_records;
+            if all_diverted || first_pause.is_some_and(|t| t.elapsed() >= MAX_OUTAGE_AFTER_PAUSE) {
+                // Counted while ClearSale still answers 503.
+                let output = &config.output;
+                let counts = kafka::record_counts(
+                    &config.kafka.bootstrap_servers,
+                    &[&output.clearsale_topic, &output.unico_topic],
+                    PARTITIONS,
+                )
+                .await?;
                 sim.set_outage(Provider::ClearSale, false);
-                outage = false;
+                down = false;
+                let o = Outage {
+                    ended_after: started.elapsed(),
+                    clearsale_records,
+                    diverted: now.diverted,
+                    clearsale_published: counts[0],
+                    unico_published: counts[1],
+                };
+                let diverted = if all_diverted {
+                    format!("all {clearsale_records} ClearSale records diverted to {wait_topic}")
+                } else {
+                    format!(
+                        "only {} of {clearsale_records} ClearSale records diverted to {wait_topic} \
+                         within {MAX_OUTAGE_AFTER_PAUSE:?} of its circuit opening",
+                        now.diverted
+                    )
+                };
                 progress(
                     out,
                     format,
                     &format!(
-                        "  ✓ ClearSale circuit opened at {:.1}s: {} records waited without calling it, \
-                         none dead-lettered; ClearSale is back",
-                        started.elapsed().as_secs_f64(),
-                        now.systemic_pauses
+                        "  ✓ ClearSale outage over at {:.1}s: {diverted}, {} Unico records published \
+                         meanwhile; ClearSale is back",
+                        o.ended_after.as_secs_f64(),
+                        o.unico_published
                     ),
                 )?;
+                outage = Some(o);
             }
         }
         if report::accounted(&now) >= inputs {
@@ -479,27 +532,31 @@ async fn run_pipeline(
             });
         }
     }
-    let pipeline_time = started.elapsed();
+    let time = started.elapsed();
     progress(
         out,
         format,
         &format!(
             "  ✓ all {inputs} inputs have a final outcome after {:.1}s; draining and committing offsets",
-            pipeline_time.as_secs_f64()
+            time.as_secs_f64()
         ),
     )?;
     let _ = stop.send(());
-    let snapshot = engine.await.map_err(task_error)??;
-    Ok((snapshot, pipeline_time))
+    let stats = engine.await.map_err(task_error)??;
+    Ok(PipelineRun {
+        stats,
+        time,
+        outage,
+    })
 }
 
-/// How many distinct ClearSale analyses the samples name: each is the head of its key's queue,
-/// so each pauses once behind the circuit during the outage.
-fn clearsale_keys(settings: &DecoderSettings, samples: &[Sample]) -> usize {
+/// How many samples call ClearSale: each should be diverted to its wait topic during the
+/// outage (the repeats too: they are deduplicated only once read back).
+fn clearsale_records(settings: &DecoderSettings, samples: &[Sample]) -> usize {
     let topic = settings.topics.first().map_or("", String::as_str);
     samples
         .iter()
-        .filter_map(|s| {
+        .filter(|s| {
             let provider_header = s
                 .headers
                 .iter()
@@ -510,13 +567,12 @@ fn clearsale_keys(settings: &DecoderSettings, samples: &[Sample]) -> usize {
                 payload: Some(&s.payload),
                 provider_header,
             };
-            match crate::event::decode(raw, settings) {
-                Ok(Decoded::Enrich(e)) if e.provider == Provider::ClearSale => Some(e.subject_id),
-                _ => None,
-            }
+            matches!(
+                crate::event::decode(raw, settings),
+                Ok(Decoded::Enrich(e)) if e.provider == Provider::ClearSale
+            )
         })
-        .collect::<HashSet<_>>()
-        .len()
+        .count()
 }
 
 fn published_record(

@@ -3,6 +3,7 @@
 
 use super::samples::Sample;
 use crate::engine::stats::StatsSnapshot;
+use crate::failure::ErrorClass;
 use serde_json::{json, Value};
 use std::io::{self, Write};
 use std::time::Duration;
@@ -30,10 +31,28 @@ pub struct DemoReport {
     pub dead_letters: Vec<DeadLetter>,
     /// The engine's counters at the end of the run.
     pub stats: StatsSnapshot,
+    /// The ClearSale outage (`None` when no sample calls ClearSale: there is none).
+    pub outage: Option<Outage>,
     /// From the engine's start to the last final outcome (includes the consumer-group join).
     pub pipeline_time: Duration,
     /// The whole demo, from start to the report.
     pub total_time: Duration,
+}
+
+/// The ClearSale outage: ClearSale answers 503 from the start until every sample that calls it
+/// was diverted to its wait topic. Measured just before it came back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outage {
+    /// From the engine's start to ClearSale's return (includes the consumer-group join).
+    pub ended_after: Duration,
+    /// The samples that call ClearSale.
+    pub clearsale_records: u64,
+    /// Records written to a wait topic by then.
+    pub diverted: u64,
+    /// Records on the ClearSale output topic by then (none: every ClearSale call failed).
+    pub clearsale_published: u64,
+    /// Records on the Unico output topic by then: Unico records published during the outage.
+    pub unico_published: u64,
 }
 
 /// A record read back from an output topic.
@@ -128,6 +147,8 @@ pub(super) struct Topics<'a> {
     pub records: Vec<&'a str>,
     /// The dead-letter topic.
     pub dead_letter: &'a str,
+    /// ClearSale's wait topic.
+    pub clearsale_wait: &'a str,
 }
 
 fn write_json(out: &mut impl Write, report: &DemoReport, topics: &Topics<'_>) -> io::Result<()> {
@@ -165,6 +186,16 @@ fn write_json(out: &mut impl Write, report: &DemoReport, topics: &Topics<'_>) ->
         "skipped": s.skipped,
         "dead_lettered": s.dead_lettered,
         "circuit_pauses": s.systemic_pauses,
+        "diverted": s.diverted,
+        "returned": s.returned,
+        "clearsale_outage": report.outage.as_ref().map(|o| json!({
+            "wait_topic": topics.clearsale_wait,
+            "ended_after_ms": o.ended_after.as_millis() as u64,
+            "clearsale_records": o.clearsale_records,
+            "diverted": o.diverted,
+            "clearsale_published": o.clearsale_published,
+            "unico_published": o.unico_published,
+        })),
         "pipeline_ms": report.pipeline_time.as_millis() as u64,
         "total_ms": report.total_time.as_millis() as u64,
     });
@@ -220,10 +251,10 @@ fn write_table(out: &mut impl Write, report: &DemoReport, topics: &Topics<'_>) -
         })
         .collect();
     table(out, &["#", "CLASS", "SOURCE", "MESSAGE"], &rows)?;
-    write_summary(out, report)
+    write_summary(out, report, topics)
 }
 
-fn write_summary(out: &mut impl Write, report: &DemoReport) -> io::Result<()> {
+fn write_summary(out: &mut impl Write, report: &DemoReport, topics: &Topics<'_>) -> io::Result<()> {
     let s = &report.stats;
     let classes = s
         .dead_lettered
@@ -256,7 +287,18 @@ fn write_summary(out: &mut impl Write, report: &DemoReport) -> io::Result<()> {
         (
             "circuit pauses",
             s.systemic_pauses,
-            "records that waited out the ClearSale outage; none dead-lettered".to_string(),
+            "records that paused behind their provider's open circuit".to_string(),
+        ),
+        (
+            "diverted",
+            s.diverted,
+            "records set aside in their provider's wait topic while it could not be served"
+                .to_string(),
+        ),
+        (
+            "read back",
+            s.returned,
+            "of them read back once their provider was back; counted above by outcome".to_string(),
         ),
     ];
     writeln!(out, "\nSummary")?;
@@ -274,6 +316,10 @@ fn write_summary(out: &mut impl Write, report: &DemoReport) -> io::Result<()> {
         report.total_time.as_secs_f64(),
         report.pipeline_time.as_secs_f64()
     )?;
+    if let Some(o) = &report.outage {
+        writeln!(out)?;
+        write_outage(out, o, s, topics.clearsale_wait)?;
+    }
     writeln!(out)?;
     let verdict = if accounted(s) == report.inputs as u64 {
         format!("All {} inputs accounted for", report.inputs)
@@ -291,6 +337,41 @@ fn write_summary(out: &mut impl Write, report: &DemoReport) -> io::Result<()> {
     writeln!(
         out,
         "Every record in full: webhook-enricher demo --format json | jq ."
+    )
+}
+
+/// The ClearSale outage in a few lines: how long and how far it went, what flowed meanwhile.
+fn write_outage(
+    out: &mut impl Write,
+    o: &Outage,
+    s: &StatsSnapshot,
+    wait_topic: &str,
+) -> io::Result<()> {
+    let until = if o.diverted >= o.clearsale_records {
+        format!("until all {} of its records", o.clearsale_records)
+    } else {
+        format!(
+            "but only {} of its {} records",
+            o.diverted, o.clearsale_records
+        )
+    };
+    let lost = match s.dead_lettered.get(&ErrorClass::RetriesExhausted) {
+        None | Some(0) => "none was dead-lettered".to_string(),
+        Some(n) => format!("{n} were dead-lettered with retries exhausted"),
+    };
+    writeln!(
+        out,
+        "ClearSale outage: down (503) for the first {:.1}s of the pipeline, {until}",
+        o.ended_after.as_secs_f64()
+    )?;
+    writeln!(
+        out,
+        "were in {wait_topic}; meanwhile {} Unico records were published. Then ClearSale",
+        o.unico_published
+    )?;
+    writeln!(
+        out,
+        "came back, its records were read back from the wait topic, and {lost}."
     )
 }
 
@@ -496,6 +577,56 @@ mod tests {
         let mut out = Vec::new();
         table(&mut out, &["#"], &[]).unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), "  (none)\n");
+    }
+
+    #[test]
+    fn a_diverted_input_is_accounted_once_by_its_final_outcome() {
+        // Three inputs: one published directly, one diverted then published once read back,
+        // one diverted then deduplicated once read back.
+        let s = StatsSnapshot {
+            consumed: 5,
+            published: 2,
+            deduplicated: 1,
+            diverted: 2,
+            returned: 2,
+            ..StatsSnapshot::default()
+        };
+        assert_eq!(accounted(&s), 3);
+        assert_eq!(s.finished(), 5, "the engine counts the divert as well");
+    }
+
+    #[test]
+    fn the_outage_says_how_far_it_went() {
+        let mut o = Outage {
+            ended_after: Duration::from_millis(4_200),
+            clearsale_records: 6,
+            diverted: 6,
+            clearsale_published: 0,
+            unico_published: 5,
+        };
+        let text = |o: &Outage, s: &StatsSnapshot| {
+            let mut out = Vec::new();
+            write_outage(&mut out, o, s, "wait.cs").unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        let mut s = StatsSnapshot::default();
+        assert_eq!(
+            text(&o, &s),
+            "ClearSale outage: down (503) for the first 4.2s of the pipeline, until all 6 of its records\n\
+             were in wait.cs; meanwhile 5 Unico records were published. Then ClearSale\n\
+             came back, its records were read back from the wait topic, and none was dead-lettered.\n"
+        );
+        o.diverted = 4;
+        s.dead_lettered.insert(ErrorClass::RetriesExhausted, 2);
+        let partial = text(&o, &s);
+        assert!(
+            partial.contains("but only 4 of its 6 records\nwere in wait.cs"),
+            "{partial}"
+        );
+        assert!(
+            partial.contains("2 were dead-lettered with retries exhausted"),
+            "{partial}"
+        );
     }
 
     #[test]

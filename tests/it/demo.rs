@@ -98,6 +98,32 @@ async fn every_input_gets_its_expected_outcome_and_the_table_shows_it() {
         .contains_key(&ErrorClass::RetriesExhausted));
     assert!(stats.systemic_pauses >= 1, "{stats:?}");
 
+    // The ClearSale outage lasted until every sample calling ClearSale was in its wait topic
+    // (nothing else was diverted, before or after); Unico was published meanwhile, ClearSale
+    // not; every diverted record was read back and reached its outcome.
+    let outage = report.outage.as_ref().expect("a ClearSale outage");
+    assert!(outage.clearsale_records >= report.published_by("clearsale") as u64);
+    assert_eq!(outage.diverted, outage.clearsale_records, "{outage:?}");
+    assert!(stats.diverted > 0, "{stats:?}");
+    assert_eq!(stats.diverted, outage.clearsale_records, "{stats:?}");
+    assert_eq!(stats.returned, stats.diverted, "{stats:?}");
+    assert!(outage.unico_published > 0, "{outage:?}");
+    assert!(outage.unico_published <= report.published_by("unico") as u64);
+    assert_eq!(outage.clearsale_published, 0, "{outage:?}");
+
+    // Each input has exactly one outcome: at most one record or dead letter, and the others
+    // are the repeats and the skipped one.
+    let mut seen = std::collections::HashSet::new();
+    for input in report
+        .records
+        .iter()
+        .map(|r| r.input)
+        .chain(report.dead_letters.iter().map(|d| d.input))
+    {
+        assert!(seen.insert(input.expect("traced")), "input {input:?} twice");
+    }
+    assert_eq!(seen.len() as u64 + repeats + 1, 40);
+
     // The printed table: rows of both providers, the dead-letter classes, the summary.
     let rows = |provider: &str| {
         text.lines()
@@ -117,7 +143,23 @@ async fn every_input_gets_its_expected_outcome_and_the_table_shows_it() {
         stats.published
     );
     assert!(text.contains(&summary), "{text}");
-    assert!(text.contains("ClearSale circuit opened"), "{text}");
+    assert!(text.contains("ClearSale outage over at"), "{text}");
+    let row = |name: &str, value: u64| {
+        text.lines().any(|l| {
+            l.starts_with(&format!("  {name} "))
+                && l.split_whitespace().any(|w| w == value.to_string())
+        })
+    };
+    assert!(row("diverted", stats.diverted), "{text}");
+    assert!(row("read back", stats.returned), "{text}");
+    assert!(
+        text.contains(&format!(
+            "until all {} of its records\nwere in webhooks.wait.clearsale; meanwhile {} Unico records were published.",
+            outage.clearsale_records, outage.unico_published
+        )),
+        "{text}"
+    );
+    assert!(text.contains("none was dead-lettered."), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,6 +198,21 @@ async fn json_format_prints_only_json_lines_that_match_the_report() {
             .sum::<u64>();
     assert_eq!(total, MIN_COUNT as u64);
 
+    // The ClearSale outage: every diverted record read back; Unico published meanwhile.
+    let stats = &report.stats;
+    let outage = report.outage.as_ref().expect("a ClearSale outage");
+    assert_eq!(summary["diverted"], stats.diverted);
+    assert!(stats.diverted > 0, "{stats:?}");
+    assert_eq!(summary["returned"], summary["diverted"]);
+    let o = &summary["clearsale_outage"];
+    assert_eq!(o["wait_topic"], "webhooks.wait.clearsale");
+    assert_eq!(o["clearsale_records"], outage.clearsale_records);
+    assert_eq!(o["diverted"], o["clearsale_records"]);
+    assert_eq!(o["unico_published"], outage.unico_published);
+    assert!(outage.unico_published > 0, "{outage:?}");
+    assert_eq!(o["clearsale_published"], 0);
+    assert!(o["ended_after_ms"].as_u64().unwrap() > 0);
+
     // Records are the decoded Avro value in full.
     let record = &lines[0]["record"];
     assert!(record["event_id"].is_string());
@@ -177,6 +234,10 @@ fn the_binary_exits_zero_and_prints_the_summary() {
         .find(|l| l.starts_with("All 18 inputs accounted for: "))
         .unwrap_or_else(|| panic!("no summary line:\n{stdout}"));
     assert!(summary.ends_with(" dead-lettered."), "{summary}");
+    assert!(
+        stdout.contains("ClearSale outage: down (503) for the first "),
+        "{stdout}"
+    );
     // The per-record events are printed on stdout, not repeated in the logs.
     assert!(!stderr.contains("dead-lettered"), "{stderr}");
 }
