@@ -61,8 +61,9 @@ enum Command {
     },
     /// Run the whole pipeline once on sample webhooks, with nothing to install.
     ///
-    /// Starts an in-process mock Kafka cluster and the provider simulator (with a short ClearSale
-    /// outage), produces sample webhooks of both providers (repeats, a skipped status, bad
+    /// Starts an in-process mock Kafka cluster and the provider simulator (with a ClearSale
+    /// outage that diverts its records to a wait topic while Unico's are published), produces
+    /// sample webhooks of both providers (repeats, a skipped status, bad
     /// payloads), runs the real pipeline until every input has a final outcome, then prints the
     /// enriched records, the dead letters and a summary on stdout. Logs go to stderr: warnings
     /// only, without the per-record events the demo prints itself, unless --log-level says
