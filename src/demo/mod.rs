@@ -11,10 +11,10 @@
 //!    `webhook-enricher run`, with quick retry settings and provider isolation on. ClearSale is
 //!    down (503) from the start: its circuit opens and its records are diverted to its wait
 //!    topic, while Unico's are published. Once every sample that calls ClearSale is in the wait
-//!    topic, the output topics are counted (what they hold was published during the outage) and
-//!    ClearSale comes back: the circuit closes, the wait topic is read back, and its records get
-//!    their outcomes in per-key order, so the demo shows an outage that stops only ClearSale and
-//!    dead-letters nothing.
+//!    topic and every other sample has its outcome, the output topics are counted (what they
+//!    hold was published during the outage) and ClearSale comes back: the circuit closes, the
+//!    wait topic is read back, and its records get their outcomes in per-key order, so the demo
+//!    shows an outage that stops only ClearSale and dead-letters nothing.
 //! 4. When every input has a final outcome (a diverted one counts once, by the outcome of its
 //!    copy read back) the shutdown future resolves: the engine drains, flushes and commits as on
 //!    SIGTERM. The output and dead-letter topics are read back and printed ([`report`]).
@@ -55,7 +55,8 @@ const PARTITIONS: i32 = 3;
 /// The longest the pipeline may take to finish every input.
 const PIPELINE_TIMEOUT: Duration = Duration::from_secs(120);
 /// The ClearSale outage ends at the latest this long after the first ClearSale record paused
-/// behind its circuit, even if not all its records were diverted by then (the summary says so).
+/// behind its circuit, even if not all its records were diverted, or not all other inputs
+/// finished, by then (the summary says so).
 const MAX_OUTAGE_AFTER_PAUSE: Duration = Duration::from_secs(10);
 /// How often the demo looks at the engine's counters.
 const POLL: Duration = Duration::from_millis(20);
@@ -417,9 +418,9 @@ struct PipelineRun {
 /// resolves the shutdown future and waits for the drain.
 ///
 /// ClearSale is down from the start until every sample that calls it was diverted to its wait
-/// topic (at most [`MAX_OUTAGE_AFTER_PAUSE`] after its circuit first opened). Just before it
-/// comes back, the output topics are counted: what they hold then was published during the
-/// outage.
+/// topic and every other sample has its outcome (at most [`MAX_OUTAGE_AFTER_PAUSE`] after its
+/// circuit first opened). Just before it comes back, the output topics are counted: what they
+/// hold then was published during the outage.
 async fn run_pipeline(
     config: &Config,
     sim: &SimulatorHandle,
@@ -429,6 +430,7 @@ async fn run_pipeline(
 ) -> Result<PipelineRun, DemoError> {
     let inputs = samples.len() as u64;
     let clearsale_records = clearsale_records(&config.input, samples) as u64;
+    let others = inputs - clearsale_records;
     let wait_topic = config.engine.isolation.clearsale_wait_topic.as_str();
     let stats = Arc::new(EngineStats::default());
     let parts = crate::app::build_parts(config, stats.clone()).await?;
@@ -441,7 +443,7 @@ async fn run_pipeline(
             format,
             &format!(
                 "  ! ClearSale outage: it answers 503 until all {clearsale_records} of its records \
-                 are diverted to {wait_topic}"
+                 are in {wait_topic} and the {others} other inputs have their outcomes"
             ),
         )?;
     }
@@ -477,9 +479,13 @@ async fn run_pipeline(
             if now.systemic_pauses > 0 {
                 first_pause.get_or_insert_with(Instant::now);
             }
-            // Wait-topic records are never diverted again, so `diverted` counts inputs.
+            // Wait-topic records are never diverted again, so `diverted` counts inputs; and no
+            // ClearSale record can have an outcome while every ClearSale call fails, so the
+            // outcomes so far are the other inputs'.
             let all_diverted = now.diverted >= clearsale_records;
-            if all_diverted || first_pause.is_some_and(|t| t.elapsed() >= MAX_OUTAGE_AFTER_PAUSE) {
+            let others_done = report::accounted(&now) >= others;
+            let too_long = first_pause.is_some_and(|t| t.elapsed() >= MAX_OUTAGE_AFTER_PAUSE);
+            if (all_diverted && others_done) || too_long {
                 // Counted while ClearSale still answers 503.
                 let output = &config.output;
                 let counts = kafka::record_counts(
@@ -494,25 +500,29 @@ async fn run_pipeline(
                     ended_after: started.elapsed(),
                     clearsale_records,
                     diverted: now.diverted,
+                    other_inputs: others,
+                    finished: report::accounted(&now),
                     clearsale_published: counts[0],
                     unico_published: counts[1],
                 };
-                let diverted = if all_diverted {
-                    format!("all {clearsale_records} ClearSale records diverted to {wait_topic}")
+                let cut_short = if all_diverted && others_done {
+                    String::new()
                 } else {
                     format!(
-                        "only {} of {clearsale_records} ClearSale records diverted to {wait_topic} \
-                         within {MAX_OUTAGE_AFTER_PAUSE:?} of its circuit opening",
-                        now.diverted
+                        " (cut short {MAX_OUTAGE_AFTER_PAUSE:?} after the circuit opened: \
+                         {} of {clearsale_records} ClearSale records diverted, {} of {others} \
+                         other inputs finished)",
+                        o.diverted, o.finished
                     )
                 };
                 progress(
                     out,
                     format,
                     &format!(
-                        "  ✓ ClearSale outage over at {:.1}s: {diverted}, {} Unico records published \
-                         meanwhile; ClearSale is back",
+                        "  ✓ ClearSale outage over at {:.1}s{cut_short}: {} records in {wait_topic}, \
+                         {} Unico records published meanwhile; ClearSale is back",
                         o.ended_after.as_secs_f64(),
+                        o.diverted,
                         o.unico_published
                     ),
                 )?;

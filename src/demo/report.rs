@@ -40,7 +40,8 @@ pub struct DemoReport {
 }
 
 /// The ClearSale outage: ClearSale answers 503 from the start until every sample that calls it
-/// was diverted to its wait topic. Measured just before it came back.
+/// was diverted to its wait topic and every other sample has its outcome. Measured just before
+/// it came back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outage {
     /// From the engine's start to ClearSale's return (includes the consumer-group join).
@@ -49,6 +50,10 @@ pub struct Outage {
     pub clearsale_records: u64,
     /// Records written to a wait topic by then.
     pub diverted: u64,
+    /// The samples that do not call ClearSale.
+    pub other_inputs: u64,
+    /// Inputs with a final outcome by then ([`accounted`]).
+    pub finished: u64,
     /// Records on the ClearSale output topic by then (none: every ClearSale call failed).
     pub clearsale_published: u64,
     /// Records on the Unico output topic by then: Unico records published during the outage.
@@ -193,6 +198,8 @@ fn write_json(out: &mut impl Write, report: &DemoReport, topics: &Topics<'_>) ->
             "ended_after_ms": o.ended_after.as_millis() as u64,
             "clearsale_records": o.clearsale_records,
             "diverted": o.diverted,
+            "other_inputs": o.other_inputs,
+            "finished": o.finished,
             "clearsale_published": o.clearsale_published,
             "unico_published": o.unico_published,
         })),
@@ -347,32 +354,56 @@ fn write_outage(
     s: &StatsSnapshot,
     wait_topic: &str,
 ) -> io::Result<()> {
-    let until = if o.diverted >= o.clearsale_records {
-        format!("until all {} of its records", o.clearsale_records)
+    let until = if o.diverted >= o.clearsale_records && o.finished >= o.other_inputs {
+        format!(
+            "until all {} of its records were in {wait_topic} and the {} other inputs had \
+             their outcomes.",
+            o.clearsale_records, o.other_inputs
+        )
     } else {
         format!(
-            "but only {} of its {} records",
-            o.diverted, o.clearsale_records
+            "cut short with {} of its {} records in {wait_topic} and {} of the {} other inputs \
+             finished.",
+            o.diverted, o.clearsale_records, o.finished, o.other_inputs
         )
     };
     let lost = match s.dead_lettered.get(&ErrorClass::RetriesExhausted) {
         None | Some(0) => "none was dead-lettered".to_string(),
         Some(n) => format!("{n} were dead-lettered with retries exhausted"),
     };
-    writeln!(
-        out,
-        "ClearSale outage: down (503) for the first {:.1}s of the pipeline, {until}",
-        o.ended_after.as_secs_f64()
-    )?;
-    writeln!(
-        out,
-        "were in {wait_topic}; meanwhile {} Unico records were published. Then ClearSale",
+    let text = format!(
+        "ClearSale outage: down (503) for the first {:.1}s of the pipeline, {until} Meanwhile {} \
+         Unico records were published. Then ClearSale came back, its records were read back from \
+         the wait topic, and {lost}.",
+        o.ended_after.as_secs_f64(),
         o.unico_published
-    )?;
-    writeln!(
-        out,
-        "came back, its records were read back from the wait topic, and {lost}."
-    )
+    );
+    for line in wrap(&text, WIDTH) {
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
+}
+
+/// Where [`wrap`] breaks the summary's sentences.
+const WIDTH: usize = 96;
+
+/// Breaks `text` into lines of at most `width` characters, between words.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        if !line.is_empty() && line.chars().count() + 1 + word.chars().count() > width {
+            lines.push(std::mem::take(&mut line));
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    if !line.is_empty() {
+        lines.push(line);
+    }
+    lines
 }
 
 /// Prints an aligned table; the last column is not padded.
@@ -601,6 +632,8 @@ mod tests {
             ended_after: Duration::from_millis(4_200),
             clearsale_records: 6,
             diverted: 6,
+            other_inputs: 12,
+            finished: 12,
             clearsale_published: 0,
             unico_published: 5,
         };
@@ -610,23 +643,37 @@ mod tests {
             String::from_utf8(out).unwrap()
         };
         let mut s = StatsSnapshot::default();
+        let full = text(&o, &s);
+        assert!(full.lines().all(|l| l.chars().count() <= WIDTH), "{full}");
         assert_eq!(
-            text(&o, &s),
-            "ClearSale outage: down (503) for the first 4.2s of the pipeline, until all 6 of its records\n\
-             were in wait.cs; meanwhile 5 Unico records were published. Then ClearSale\n\
-             came back, its records were read back from the wait topic, and none was dead-lettered.\n"
+            full.split_whitespace().collect::<Vec<_>>().join(" "),
+            "ClearSale outage: down (503) for the first 4.2s of the pipeline, until all 6 of its \
+             records were in wait.cs and the 12 other inputs had their outcomes. Meanwhile 5 Unico \
+             records were published. Then ClearSale came back, its records were read back from the \
+             wait topic, and none was dead-lettered."
         );
         o.diverted = 4;
+        o.finished = 11;
         s.dead_lettered.insert(ErrorClass::RetriesExhausted, 2);
-        let partial = text(&o, &s);
+        let partial = text(&o, &s)
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
         assert!(
-            partial.contains("but only 4 of its 6 records\nwere in wait.cs"),
+            partial.contains("cut short with 4 of its 6 records in wait.cs and 11 of the 12 other inputs finished."),
             "{partial}"
         );
         assert!(
             partial.contains("2 were dead-lettered with retries exhausted"),
             "{partial}"
         );
+    }
+
+    #[test]
+    fn wrapping_breaks_between_words() {
+        assert_eq!(wrap("a bb ccc dd", 6), vec!["a bb", "ccc dd"]);
+        assert_eq!(wrap("toolongword x", 4), vec!["toolongword", "x"]);
+        assert!(wrap("  ", 4).is_empty());
     }
 
     #[test]

@@ -99,16 +99,23 @@ async fn every_input_gets_its_expected_outcome_and_the_table_shows_it() {
     assert!(stats.systemic_pauses >= 1, "{stats:?}");
 
     // The ClearSale outage lasted until every sample calling ClearSale was in its wait topic
-    // (nothing else was diverted, before or after); Unico was published meanwhile, ClearSale
-    // not; every diverted record was read back and reached its outcome.
+    // (nothing else was diverted, before or after) and every other input had its outcome: all
+    // of Unico was published meanwhile, nothing of ClearSale; every diverted record was read
+    // back and reached its outcome.
     let outage = report.outage.as_ref().expect("a ClearSale outage");
     assert!(outage.clearsale_records >= report.published_by("clearsale") as u64);
     assert_eq!(outage.diverted, outage.clearsale_records, "{outage:?}");
+    assert_eq!(outage.other_inputs, 40 - outage.clearsale_records);
+    assert_eq!(outage.finished, outage.other_inputs, "{outage:?}");
     assert!(stats.diverted > 0, "{stats:?}");
     assert_eq!(stats.diverted, outage.clearsale_records, "{stats:?}");
     assert_eq!(stats.returned, stats.diverted, "{stats:?}");
     assert!(outage.unico_published > 0, "{outage:?}");
-    assert!(outage.unico_published <= report.published_by("unico") as u64);
+    assert_eq!(
+        outage.unico_published,
+        report.published_by("unico") as u64,
+        "{outage:?}"
+    );
     assert_eq!(outage.clearsale_published, 0, "{outage:?}");
 
     // Each input has exactly one outcome: at most one record or dead letter, and the others
@@ -152,14 +159,14 @@ async fn every_input_gets_its_expected_outcome_and_the_table_shows_it() {
     };
     assert!(row("diverted", stats.diverted), "{text}");
     assert!(row("read back", stats.returned), "{text}");
-    assert!(
-        text.contains(&format!(
-            "until all {} of its records\nwere in webhooks.wait.clearsale; meanwhile {} Unico records were published.",
-            outage.clearsale_records, outage.unico_published
-        )),
-        "{text}"
+    let words = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let sentence = format!(
+        "until all {} of its records were in webhooks.wait.clearsale and the {} other inputs had \
+         their outcomes. Meanwhile {} Unico records were published.",
+        outage.clearsale_records, outage.other_inputs, outage.unico_published
     );
-    assert!(text.contains("none was dead-lettered."), "{text}");
+    assert!(words.contains(&sentence), "{text}");
+    assert!(words.contains("and none was dead-lettered."), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -208,6 +215,7 @@ async fn json_format_prints_only_json_lines_that_match_the_report() {
     assert_eq!(o["wait_topic"], "webhooks.wait.clearsale");
     assert_eq!(o["clearsale_records"], outage.clearsale_records);
     assert_eq!(o["diverted"], o["clearsale_records"]);
+    assert_eq!(o["finished"], o["other_inputs"]);
     assert_eq!(o["unico_published"], outage.unico_published);
     assert!(outage.unico_published > 0, "{outage:?}");
     assert_eq!(o["clearsale_published"], 0);
