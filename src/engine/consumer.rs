@@ -186,6 +186,11 @@ impl ClientContext for WaitContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        // The end of a wait partition is an event this consumer asks for (it is also returned by
+        // `poll`, where the engine uses it), not an error.
+        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF) {
+            return;
+        }
         crate::telemetry::librdkafka_error(&error, reason);
     }
 

@@ -530,12 +530,19 @@ impl Runner {
         for provider in providers {
             let b = &mut self.blocked[provider.index()];
             let circuit = self.ctx.breakers.get(provider).state() != breaker::BreakerState::Closed;
-            if occupancy.get(flow::Lane::Provider(provider)) >= self.flow.lane_cap() {
+            // Slow: the provider's direct share stayed full for `divert_after`. It stays slow
+            // until the records it already holds have drained to half the share: they are
+            // served at its pace, and returning earlier would only fill the share again and
+            // park the input behind it.
+            let held = occupancy.get(flow::Lane::Provider(provider));
+            if held >= self.flow.lane_cap() {
                 let since = *b.full_since.get_or_insert(now);
-                b.slow = now - since >= self.isolation.divert_after;
+                b.slow = b.slow || now - since >= self.isolation.divert_after;
             } else {
                 b.full_since = None;
-                b.slow = false;
+                if held < self.flow.lane_cap() / 2 {
+                    b.slow = false;
+                }
             }
             b.circuit = circuit;
             diversion.circuit_blocked[provider.index()].send_if_modified(|v| {
