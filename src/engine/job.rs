@@ -6,6 +6,7 @@ use super::input::InputRecord;
 use super::wait::Origin;
 use crate::event::{Decoded, DecoderSettings, RawEvent, Rejection};
 use crate::provider::Provider;
+use crate::telemetry::Source;
 use std::sync::Arc;
 
 /// The ordering key: records with equal keys are processed one after another, in offset order.
@@ -47,15 +48,6 @@ pub struct Job {
     pub wait: Option<Provider>,
     /// For a wait-topic record, the input record it was diverted from (from its headers).
     pub origin: Option<Origin>,
-}
-
-/// Where a record comes from, as lineage and dead letters name it.
-#[derive(Debug, Clone, Copy)]
-pub struct SourceRef<'a> {
-    pub topic: &'a str,
-    pub partition: i32,
-    pub offset: i64,
-    pub timestamp_ms: Option<i64>,
 }
 
 impl Job {
@@ -118,16 +110,17 @@ impl Job {
         }
     }
 
-    /// The input record this job stands for: its origin for a wait-topic record, else itself.
-    pub fn source(&self) -> SourceRef<'_> {
+    /// The input record this job stands for (what lineage, dead letters and log lines name): its
+    /// origin for a wait-topic record, else itself.
+    pub fn source(&self) -> Source<'_> {
         match &self.origin {
-            Some(o) => SourceRef {
+            Some(o) => Source {
                 topic: &o.topic,
                 partition: o.partition,
                 offset: o.offset,
                 timestamp_ms: o.timestamp_ms,
             },
-            None => SourceRef {
+            None => Source {
                 topic: &self.record.topic,
                 partition: self.record.partition,
                 offset: self.record.offset,

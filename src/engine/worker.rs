@@ -16,7 +16,7 @@ use crate::failure::ErrorClass;
 use crate::output::OutputSettings;
 use crate::provider::Provider;
 use crate::record::{normalize, Lineage};
-use crate::telemetry::{RecordEvents, Source};
+use crate::telemetry::RecordEvents;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -111,17 +111,6 @@ impl From<Result<Final, ProduceError>> for Processed {
     }
 }
 
-/// Where the record came from: for a record read back from a wait topic, its input record.
-fn source(job: &Job) -> Source<'_> {
-    let s = job.source();
-    Source {
-        topic: s.topic,
-        partition: s.partition,
-        offset: s.offset,
-        timestamp_ms: s.timestamp_ms,
-    }
-}
-
 /// Processes one record to its final outcome. `drain` is cancelled when the record's partition
 /// is being revoked: a record that is only waiting (for its provider's circuit, or between
 /// enrichment attempts) then stops at once; a request in flight is let finish, and a produce is
@@ -141,14 +130,14 @@ pub async fn process(ctx: &WorkerContext, job: &Job, drain: &CancellationToken) 
         }
         Ok(Decoded::Skip(skipped)) => {
             ctx.events
-                .skipped(skipped.provider, source(job), &skipped.reason);
+                .skipped(skipped.provider, job.source(), &skipped.reason);
             return Processed::Final(Final::Skipped);
         }
         Ok(Decoded::Enrich(event)) => event,
     };
     if ctx.dedupe.is_duplicate(&event.event_id) {
         ctx.events
-            .deduplicated(event.provider, source(job), &event.event_id);
+            .deduplicated(event.provider, job.source(), &event.event_id);
         return Processed::Final(Final::Deduplicated);
     }
 
@@ -250,7 +239,7 @@ pub async fn process(ctx: &WorkerContext, job: &Job, drain: &CancellationToken) 
                         if let Some(period) = permit.failed_systemically() {
                             ctx.events.circuit_opened(provider, period, &reason);
                         }
-                        ctx.events.paused(provider, source(job), &reason);
+                        ctx.events.paused(provider, job.source(), &reason);
                         successes_at_last_pause = Some(breaker.successes());
                     }
                 }
@@ -315,7 +304,7 @@ async fn publish(
     ctx.dedupe.mark_published(event.event_id);
     ctx.events.published(
         event.provider,
-        source(job),
+        job.source(),
         &event.subject_id,
         enriched.state.symbol(),
     );
@@ -324,7 +313,7 @@ async fn publish(
 
 /// Dead-letters a record whose processing panicked (a defect), so its key and offset move on.
 pub async fn dead_letter_panicked(ctx: &WorkerContext, job: &Job) -> Processed {
-    ctx.events.panicked(source(job));
+    ctx.events.panicked(job.source());
     let provider = match &job.decoded {
         Ok(Decoded::Enrich(e)) => Some(e.provider),
         Ok(Decoded::Skip(s)) => Some(s.provider),
@@ -376,14 +365,14 @@ async fn dead_letter(
             Ok(_) => break,
             Err(ProduceError::Refused { code, .. }) => {
                 ctx.events
-                    .dead_letter_refused(topic, source(job), &format!("{code:?}"));
+                    .dead_letter_refused(topic, job.source(), &format!("{code:?}"));
                 tokio::time::sleep(std::time::Duration::from_secs(30)).await;
             }
             Err(fatal) => return Err(fatal),
         }
     }
     ctx.events
-        .dead_lettered(reason.class, source(job), &reason.message);
+        .dead_lettered(reason.class, job.source(), &reason.message);
     Ok(Final::DeadLettered(reason.class))
 }
 
@@ -446,14 +435,14 @@ pub async fn divert(
             .await
         {
             Ok(acked) => {
-                ctx.events.diverted(provider, source(job), reason.as_str());
+                ctx.events.diverted(provider, job.source(), reason.as_str());
                 return Processed::Final(Final::Diverted {
                     offset: acked.offset,
                 });
             }
             Err(ProduceError::Refused { code, .. }) => {
                 ctx.events
-                    .wait_write_refused(topic, source(job), &format!("{code:?}"));
+                    .wait_write_refused(topic, job.source(), &format!("{code:?}"));
                 tokio::time::sleep(std::time::Duration::from_secs(30)).await;
             }
             Err(fatal) => return Processed::Fatal(fatal),
