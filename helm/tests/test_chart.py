@@ -858,6 +858,7 @@ ISOLATION_DEFAULTS = {
     "divert_after": "10s",
     "catch_up_initial": 8,
     "catch_up_ramp_every": "1s",
+    "retry_rounds": ["30s", "2m"],
 }
 
 
@@ -872,6 +873,7 @@ def test_isolation_settings_reach_the_config(chart):
         "divert_after": "30s",
         "catch_up_initial": 16,
         "catch_up_ramp_every": "500ms",
+        "retry_rounds": ["1m"],
     }
     rendered = render(chart, {"config": {"engine": {"isolation": isolation}}})
     assert rendered.config["engine"]["isolation"] == isolation
@@ -897,6 +899,8 @@ def test_notes_name_the_wait_topics_and_group(chart):
         {"catch_up_initial": 0},
         {"divert_after": "10"},
         {"catch_up_ramp_every": "soon"},
+        {"retry_rounds": ["later"]},
+        {"retry_rounds": "30s"},
         {"unico_wait_topic": "wait for unico"},
         {"clearsale_wait_topic": ""},
     ],

@@ -79,6 +79,8 @@ pub struct Done {
     pub input_lane: Option<LaneId>,
     /// The provider lane of a record read back from a wait topic.
     pub wait_lane: Option<LaneId>,
+    /// That record is in a retry round (`Job::in_retry_round`).
+    pub in_retry_round: bool,
     pub outcome: Outcome,
 }
 
@@ -94,6 +96,7 @@ impl Done {
             mode,
             input_lane: job.input_lane(),
             wait_lane: job.wait_lane(),
+            in_retry_round: job.in_retry_round(),
             outcome,
         }
     }
@@ -234,7 +237,8 @@ impl Dispatcher {
                 }
                 if let Some(lane) = job.wait_lane() {
                     let mut changes = Vec::new();
-                    iso.lanes.wait_read(lane, now, &mut changes);
+                    iso.lanes
+                        .wait_read(lane, job.in_retry_round(), now, &mut changes);
                     self.submit(job, fx);
                     self.apply_lane_changes(changes, fx);
                     continue;
@@ -371,7 +375,8 @@ impl Dispatcher {
             }
             if let Some(lane) = done.wait_lane {
                 if !matches!(done.outcome, Outcome::Panicked(_)) {
-                    iso.lanes.wait_finished(lane, now, &mut changes);
+                    iso.lanes
+                        .wait_finished(lane, done.in_retry_round, now, &mut changes);
                 }
             }
         }
@@ -912,6 +917,8 @@ mod tests {
             timestamp_ms: None,
             first_seen: None,
             attempts: 0,
+            round: 0,
+            not_before: None,
         };
         let mut record = j.record.clone();
         record.topic = Arc::from(WAIT);

@@ -24,8 +24,9 @@ use std::time::Duration;
 pub enum Lane {
     /// A record that will call this provider.
     Provider(Provider),
-    /// A record read back from this provider's wait topic (catching up after a divert). Its
-    /// cap starts small and ramps up, so a recovered provider is not stampeded.
+    /// A record read back from this provider's wait topic (catching up after a divert). At most
+    /// a quarter of the budget; how many of them call the provider at once is the ramping
+    /// catch-up gate's business (`catch_up.rs`).
     CatchUp(Provider),
     /// A record that calls no provider (dead-lettered at decode, or skipped).
     Other,
@@ -94,8 +95,6 @@ struct State {
     stopping: bool,
     /// The consumer thread sleeps in `wait_for_room` (a notify is only sent then).
     waiting: bool,
-    /// The current cap of each provider's catch-up lane (set by the engine as it ramps).
-    catch_up_caps: [usize; Provider::ALL.len()],
     /// Per provider: its lanes are diverted, so its records from the input are only written to
     /// the wait topic (quick) and use the `Other` lane, not the provider's share.
     diverting: [bool; Provider::ALL.len()],
@@ -124,10 +123,7 @@ impl FlowControl {
         Self {
             max_in_flight,
             lane_cap,
-            state: Mutex::new(State {
-                catch_up_caps: [(max_in_flight / 4).clamp(1, lane_cap); Provider::ALL.len()],
-                ..State::default()
-            }),
+            state: Mutex::new(State::default()),
             room: Condvar::new(),
         }
     }
@@ -177,17 +173,17 @@ impl FlowControl {
         if state.stopping || state.counts.total() >= self.max_in_flight {
             return Admission::Full;
         }
-        if state.counts.get(lane) >= self.cap(&state, lane) {
+        if state.counts.get(lane) >= self.cap(lane) {
             return Admission::LaneFull;
         }
         state.counts.add(lane, 1);
         Admission::Admitted
     }
 
-    fn cap(&self, state: &State, lane: Lane) -> usize {
+    fn cap(&self, lane: Lane) -> usize {
         match lane {
             Lane::Provider(_) => self.lane_cap,
-            Lane::CatchUp(p) => state.catch_up_caps[p.index()],
+            Lane::CatchUp(_) => self.catch_up_max(),
             Lane::Other => self.max_in_flight,
         }
     }
@@ -199,32 +195,12 @@ impl FlowControl {
         (self.max_in_flight / 4).clamp(1, self.lane_cap)
     }
 
-    /// Sets the cap of a provider's catch-up lane (at least 1, at most [`Self::catch_up_max`]).
-    pub fn set_catch_up_cap(&self, provider: Provider, cap: usize) {
-        let cap = cap.clamp(1, self.catch_up_max());
-        let raised = {
-            let mut state = self.lock();
-            let slot = &mut state.catch_up_caps[provider.index()];
-            let raised = cap > *slot;
-            *slot = cap;
-            raised && state.waiting
-        };
-        if raised {
-            self.room.notify_all();
-        }
-    }
-
-    /// The current cap of a provider's catch-up lane.
-    pub fn catch_up_cap(&self, provider: Provider) -> usize {
-        self.lock().catch_up_caps[provider.index()]
-    }
-
     /// True when a record of `lane` would be admitted now.
     pub fn has_room(&self, lane: Lane) -> bool {
         let state = self.lock();
         !state.stopping
             && state.counts.total() < self.max_in_flight
-            && state.counts.get(lane) < self.cap(&state, lane)
+            && state.counts.get(lane) < self.cap(lane)
     }
 
     /// Records finished or dropped: frees their places and wakes the consumer thread.
@@ -317,31 +293,18 @@ mod tests {
     }
 
     #[test]
-    fn the_catch_up_lane_has_its_own_ramping_cap() {
+    fn the_catch_up_lane_holds_at_most_a_quarter_of_the_budget() {
         let f = FlowControl::new(8, 0.75, true);
         let catch_up = Lane::CatchUp(Provider::ClearSale);
-        f.set_catch_up_cap(Provider::ClearSale, 2);
+        assert_eq!(f.catch_up_max(), 2);
         assert_eq!(f.try_admit(catch_up), Admission::Admitted);
         assert_eq!(f.try_admit(catch_up), Admission::Admitted);
         assert_eq!(f.try_admit(catch_up), Admission::LaneFull);
         assert!(f.has_room(CS), "the direct lane is separate");
-        f.set_catch_up_cap(Provider::ClearSale, 100);
-        assert_eq!(
-            f.catch_up_cap(Provider::ClearSale),
-            2,
-            "never above a quarter of the budget"
-        );
-        assert_eq!(f.try_admit(catch_up), Admission::LaneFull);
         let mut r = LaneCounts::default();
         r.add(catch_up, 1);
         f.release(&r);
         assert_eq!(f.try_admit(catch_up), Admission::Admitted);
-        f.set_catch_up_cap(Provider::ClearSale, 0);
-        assert_eq!(
-            f.catch_up_cap(Provider::ClearSale),
-            1,
-            "at least one record"
-        );
     }
 
     #[test]

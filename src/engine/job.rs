@@ -159,6 +159,11 @@ impl Job {
     pub fn wait_lane(&self) -> Option<(Provider, i32)> {
         self.wait.map(|p| (p, self.record.partition))
     }
+
+    /// A record read back from a wait topic for a retry round (a poison record).
+    pub fn in_retry_round(&self) -> bool {
+        self.wait.is_some() && self.origin.as_ref().is_some_and(|o| o.in_retry_round())
+    }
 }
 
 #[cfg(test)]

@@ -86,6 +86,9 @@ struct Lane {
     diverts_running: usize,
     /// Records read from the wait partition and not yet finished.
     wait_unfinished: usize,
+    /// Of those, the ones in a retry round (poison records waiting out a delay): the lane does
+    /// not start returning while one waits, which would hold new records for the whole round.
+    wait_rounds: usize,
     /// The highest wait-partition offset a divert of this owner was acknowledged at.
     last_divert: Option<i64>,
     /// Set when the wait partition was read to its end: the last offset read then (`None`:
@@ -100,6 +103,7 @@ impl Lane {
             since: now,
             diverts_running: 0,
             wait_unfinished: 0,
+            wait_rounds: 0,
             last_divert: None,
             end: None,
         }
@@ -250,19 +254,36 @@ impl Lanes {
         self.evaluate(lane, now, changes);
     }
 
-    /// A record was read from the lane's wait partition.
-    pub fn wait_read(&mut self, lane: LaneId, now: Instant, changes: &mut Vec<Change>) {
+    /// A record was read from the lane's wait partition; `in_round`: it is in a retry round.
+    pub fn wait_read(
+        &mut self,
+        lane: LaneId,
+        in_round: bool,
+        now: Instant,
+        changes: &mut Vec<Change>,
+    ) {
         if let Some(l) = self.lanes.get_mut(&lane) {
             l.wait_unfinished += 1;
+            l.wait_rounds += usize::from(in_round);
             l.end = None;
         }
         self.evaluate(lane, now, changes);
     }
 
-    /// A record read from the lane's wait partition finished (or was dropped).
-    pub fn wait_finished(&mut self, lane: LaneId, now: Instant, changes: &mut Vec<Change>) {
+    /// A record read from the lane's wait partition finished (or was dropped); `in_round` as it
+    /// was read.
+    pub fn wait_finished(
+        &mut self,
+        lane: LaneId,
+        in_round: bool,
+        now: Instant,
+        changes: &mut Vec<Change>,
+    ) {
         if let Some(l) = self.lanes.get_mut(&lane) {
             l.wait_unfinished = l.wait_unfinished.saturating_sub(1);
+            if in_round {
+                l.wait_rounds = l.wait_rounds.saturating_sub(1);
+            }
         }
         self.evaluate(lane, now, changes);
     }
@@ -315,7 +336,11 @@ impl Lanes {
             let next = match l.mode {
                 _ if blocked => Mode::Diverted,
                 Mode::Direct => Mode::Direct,
-                Mode::Diverted if l.caught_up() && l.wait_unfinished <= RETURN_AT_MOST => {
+                Mode::Diverted
+                    if l.caught_up()
+                        && l.wait_unfinished <= RETURN_AT_MOST
+                        && l.wait_rounds == 0 =>
+                {
                     Mode::Returning
                 }
                 Mode::Diverted => Mode::Diverted,
@@ -374,19 +399,19 @@ mod tests {
         let (mut l, now) = lanes();
         let mut ch = Vec::new();
         l.assign(0, now, &mut ch);
-        l.wait_read(LANE, now, &mut ch);
+        l.wait_read(LANE, false, now, &mut ch);
         assert_eq!(l.mode(LANE), Some(Mode::Diverted));
         assert_eq!(l.route(LANE), Route::Divert);
-        l.wait_read(LANE, now, &mut ch);
+        l.wait_read(LANE, false, now, &mut ch);
         l.wait_end(LANE, Some(11), now, &mut ch);
         assert_eq!(
             l.mode(LANE),
             Some(Mode::Returning),
             "read to the end: hold new ones"
         );
-        l.wait_finished(LANE, now, &mut ch);
+        l.wait_finished(LANE, false, now, &mut ch);
         assert_eq!(l.mode(LANE), Some(Mode::Returning));
-        l.wait_finished(LANE, now, &mut ch);
+        l.wait_finished(LANE, false, now, &mut ch);
         assert_eq!(l.mode(LANE), Some(Mode::Direct));
         assert_eq!(
             modes(&ch),
@@ -435,14 +460,14 @@ mod tests {
         );
         l.wait_end(LANE, Some(4), now, &mut ch);
         assert_eq!(l.mode(LANE), Some(Mode::Diverted), "read only up to 4");
-        l.wait_read(LANE, now, &mut ch);
+        l.wait_read(LANE, false, now, &mut ch);
         l.wait_end(LANE, Some(5), now, &mut ch);
         assert_eq!(
             l.mode(LANE),
             Some(Mode::Returning),
             "all read: hold new records"
         );
-        l.wait_finished(LANE, now, &mut ch);
+        l.wait_finished(LANE, false, now, &mut ch);
         assert_eq!(
             l.mode(LANE),
             Some(Mode::Returning),
@@ -454,11 +479,33 @@ mod tests {
             Some(Mode::Returning),
             "6 must be read back first"
         );
-        l.wait_read(LANE, now, &mut ch);
+        l.wait_read(LANE, false, now, &mut ch);
         l.wait_end(LANE, Some(6), now, &mut ch);
         assert_eq!(l.mode(LANE), Some(Mode::Returning));
-        l.wait_finished(LANE, now, &mut ch);
+        l.wait_finished(LANE, false, now, &mut ch);
         assert_eq!(l.mode(LANE), Some(Mode::Direct));
+    }
+
+    #[test]
+    fn a_lane_does_not_return_while_a_read_back_record_waits_out_a_retry_round() {
+        let (mut l, now) = lanes();
+        let mut ch = Vec::new();
+        l.assign(0, now, &mut ch);
+        l.wait_end(LANE, None, now, &mut ch);
+        // A poison record's retries ran out: it was written to the wait partition at 3.
+        l.diverted(LANE, 3, now, &mut ch);
+        assert_eq!(l.mode(LANE), Some(Mode::Diverted));
+        l.wait_read(LANE, true, now, &mut ch);
+        l.wait_end(LANE, Some(3), now, &mut ch);
+        assert_eq!(
+            l.mode(LANE),
+            Some(Mode::Diverted),
+            "returning would hold new records for the whole round"
+        );
+        l.tick(now + Duration::from_secs(60), &mut ch);
+        assert_eq!(l.mode(LANE), Some(Mode::Diverted));
+        l.wait_finished(LANE, true, now, &mut ch);
+        assert_eq!(l.mode(LANE), Some(Mode::Direct), "its round is over");
     }
 
     #[test]

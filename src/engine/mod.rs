@@ -11,6 +11,7 @@
 //! See `docs/DESIGN.md` for the diagram and the offset rules.
 
 pub mod breaker;
+pub mod catch_up;
 pub mod consumer;
 pub mod dead_letter;
 pub mod dedupe;
@@ -153,9 +154,6 @@ pub async fn run(
             ),
         })
     };
-    for p in &isolated {
-        flow.set_catch_up_cap(*p, settings.isolation.catch_up_initial);
-    }
     let handle = consumer::start(
         consumer_config,
         &config.input.topics,
@@ -177,6 +175,13 @@ pub async fn run(
     let diversion = (!isolated.is_empty()).then(|| worker::Diversion {
         wait_topics: Provider::ALL.map(|p| settings.isolation.wait_topic(p).to_string()),
         circuit_blocked: Provider::ALL.map(|_| tokio::sync::watch::channel(false).0),
+        retry_rounds: settings
+            .isolation
+            .retry_rounds
+            .iter()
+            .map(|d| **d)
+            .collect(),
+        catch_up: catch_up::CatchUpGate::new(settings.isolation.catch_up_initial),
     });
     let mut dispatcher = Dispatcher::new(settings.revoke_drain_timeout);
     if !isolated.is_empty() {
@@ -495,7 +500,7 @@ impl Runner {
                 p = async {
                     match (mode, job.provider()) {
                         (Mode::Divert, Some(provider)) => {
-                            worker::divert(&ctx, &job, provider, divert_reason, 0).await
+                            worker::divert(&ctx, &job, provider, divert_reason, 0, None).await
                         }
                         (Mode::Process | Mode::Divert, _) => worker::process(&ctx, &job, &drain).await,
                         (Mode::DeadLetterPanicked, _) => worker::dead_letter_panicked(&ctx, &job).await,
@@ -552,14 +557,21 @@ impl Runner {
             });
             let blocked = b.circuit || b.slow;
             if circuit {
-                self.flow
-                    .set_catch_up_cap(provider, self.isolation.catch_up_initial);
+                diversion.catch_up.set_cap(
+                    provider,
+                    self.isolation
+                        .catch_up_initial
+                        .min(self.flow.catch_up_max()),
+                );
                 b.ramped_at = None;
             } else {
                 let at = *b.ramped_at.get_or_insert(now);
                 if now - at >= self.isolation.catch_up_ramp_every {
-                    let cap = self.flow.catch_up_cap(provider);
-                    self.flow.set_catch_up_cap(provider, cap.saturating_mul(2));
+                    let cap = diversion.catch_up.cap(provider);
+                    diversion.catch_up.set_cap(
+                        provider,
+                        cap.saturating_mul(2).min(self.flow.catch_up_max()),
+                    );
                     b.ramped_at = Some(now);
                 }
             }

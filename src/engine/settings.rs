@@ -106,6 +106,12 @@ impl<'de> Deserialize<'de> for Toggle {
     }
 }
 
+/// At most this many retry rounds (`engine.isolation.retry_rounds`).
+const MAX_RETRY_ROUNDS: usize = 10;
+/// A retry round is at most this long: the record holds one place of its provider's catch-up
+/// lane, and its lane stays diverted, while it waits.
+const MAX_RETRY_ROUND: Duration = Duration::from_secs(3600);
+
 /// The `[engine.isolation]` settings: when a provider cannot be served, its records go to its
 /// wait topic instead of waiting in memory, so the other provider and the input keep flowing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -134,6 +140,12 @@ pub struct IsolationSettings {
     /// closed.
     #[serde(with = "humantime_serde")]
     pub catch_up_ramp_every: Duration,
+    /// Poison records: a record whose retries ran out while the provider answered other records
+    /// is not dead-lettered at once but given one retry round per entry, each a delay before it
+    /// is tried again with its full retry budget: the first spent in the wait topic (the
+    /// record is written there and read back once due), the later ones where it is read back.
+    /// It is dead-lettered as `retries_exhausted` after the last. Empty: dead-lettered at once.
+    pub retry_rounds: Vec<humantime_serde::Serde<Duration>>,
 }
 
 impl Default for IsolationSettings {
@@ -146,6 +158,10 @@ impl Default for IsolationSettings {
             divert_after: Duration::from_secs(10),
             catch_up_initial: 8,
             catch_up_ramp_every: Duration::from_secs(1),
+            retry_rounds: vec![
+                Duration::from_secs(30).into(),
+                Duration::from_secs(120).into(),
+            ],
         }
     }
 }
@@ -157,6 +173,12 @@ impl IsolationSettings {
             crate::provider::Provider::ClearSale => &self.clearsale_wait_topic,
             crate::provider::Provider::Unico => &self.unico_wait_topic,
         }
+    }
+
+    /// The delay of retry round `round` (0-based), if there is one.
+    pub fn retry_round(&self, round: u32) -> Option<Duration> {
+        let i = usize::try_from(round).ok()?;
+        self.retry_rounds.get(i).map(|d| **d)
     }
 
     /// The wait topics' consumer group.
@@ -194,6 +216,20 @@ impl IsolationSettings {
         }
         if self.catch_up_ramp_every.is_zero() {
             p.push("engine.isolation.catch_up_ramp_every must be positive".into());
+        }
+        if self.retry_rounds.len() > MAX_RETRY_ROUNDS {
+            p.push(format!(
+                "engine.isolation.retry_rounds: at most {MAX_RETRY_ROUNDS} rounds"
+            ));
+        }
+        for d in &self.retry_rounds {
+            if d.is_zero() || **d > MAX_RETRY_ROUND {
+                p.push(format!(
+                    "engine.isolation.retry_rounds: each round must be positive and at most {} (got {})",
+                    humantime_serde::re::humantime::format_duration(MAX_RETRY_ROUND),
+                    humantime_serde::re::humantime::format_duration(**d)
+                ));
+            }
         }
     }
 }
@@ -292,5 +328,31 @@ mod tests {
         s.isolation.enabled = Toggle::Off;
         assert!(s.validate().is_empty());
         assert_eq!(s.isolation.wait_group("g"), "g.wait");
+    }
+
+    #[test]
+    fn retry_rounds_read_as_durations_and_are_bounded() {
+        let s: IsolationSettings = toml::from_str("retry_rounds = [\"1s\", \"5m\"]").unwrap();
+        assert_eq!(s.retry_round(0), Some(Duration::from_secs(1)));
+        assert_eq!(s.retry_round(1), Some(Duration::from_secs(300)));
+        assert_eq!(s.retry_round(2), None);
+        let back = toml::to_string(&s).unwrap();
+        assert!(back.contains("retry_rounds = [\"1s\", \"5m\"]"), "{back}");
+        let none: IsolationSettings = toml::from_str("retry_rounds = []").unwrap();
+        assert_eq!(none.retry_round(0), None);
+        assert!(toml::from_str::<IsolationSettings>("retry_rounds = [\"soon\"]").is_err());
+        let mut e = EngineSettings::default();
+        e.isolation.retry_rounds = vec![Duration::ZERO.into(), Duration::from_secs(7200).into()];
+        let problems = e.validate();
+        assert_eq!(
+            problems
+                .iter()
+                .filter(|p| p.contains("retry_rounds"))
+                .count(),
+            2,
+            "{problems:?}"
+        );
+        e.isolation.retry_rounds = vec![Duration::from_secs(1).into(); 11];
+        assert!(e.validate().iter().any(|p| p.contains("at most 10 rounds")));
     }
 }

@@ -65,6 +65,10 @@ pub struct Diversion {
     /// Per provider: true while its circuit is not closed. A record from the input waiting for
     /// the circuit then writes itself to the wait topic instead of holding its place in memory.
     pub circuit_blocked: [tokio::sync::watch::Sender<bool>; Provider::ALL.len()],
+    /// The delays of the retry rounds a poison record is given (`engine.isolation.retry_rounds`).
+    pub retry_rounds: Vec<std::time::Duration>,
+    /// How many records read back from each wait topic may call their provider at once.
+    pub catch_up: super::catch_up::CatchUpGate,
 }
 
 impl Diversion {
@@ -141,16 +145,34 @@ pub async fn process(ctx: &WorkerContext, job: &Job, drain: &CancellationToken) 
         return Processed::Final(Final::Deduplicated);
     }
 
+    // A record read back for a retry round waits until the round is over.
+    if let Some(due) = job.origin.as_ref().and_then(|o| o.not_before) {
+        if !sleep_until_wall(due, drain).await {
+            return Processed::Drained;
+        }
+    }
+    // Retry rounds this record was given so far (carried by the wait topic).
+    let mut round = job.origin.as_ref().map_or(0, |o| o.round);
+
     let breaker = ctx.breakers.get(event.provider);
     // The circuit's success count when this record last paused, for the poison-record rule of
     // `decision::after_systemic` (`None` before its first pause).
     let mut successes_at_last_pause: Option<u64> = None;
+    if job.in_retry_round() {
+        // Its round is over: counted like a pause (see the retry-round branch below).
+        successes_at_last_pause = Some(breaker.successes());
+    }
     // Provider attempts so far (carried into the wait topic's header if the record diverts).
     let mut attempts_so_far: u32 = 0;
     // A record from the input may leave for the wait topic while it waits for an open circuit;
     // one read back from the wait topic never does (it would overtake later records of its
     // key already waiting there).
     let diversion = ctx.diversion.as_ref().filter(|_| job.wait.is_none());
+    // A record read back calls its provider only with a place at the catch-up gate.
+    let mut catch_up = match catch_up_place(ctx, job, drain).await {
+        Ok(place) => place,
+        Err(Drained) => return Processed::Drained,
+    };
     loop {
         let permit = tokio::select! {
             biased;
@@ -161,7 +183,7 @@ pub async fn process(ctx: &WorkerContext, job: &Job, drain: &CancellationToken) 
                     None => std::future::pending().await,
                 }
             } => {
-                return divert(ctx, job, event.provider, super::wait::Reason::CircuitOpen, attempts_so_far).await;
+                return divert(ctx, job, event.provider, super::wait::Reason::CircuitOpen, attempts_so_far, None).await;
             }
             permit = breaker.acquire() => permit,
         };
@@ -225,11 +247,60 @@ pub async fn process(ctx: &WorkerContext, job: &Job, drain: &CancellationToken) 
                     breaker.successes(),
                 ) {
                     AfterSystemic::DeadLetterRetriesExhausted => {
+                        let next_round = ctx
+                            .diversion
+                            .as_ref()
+                            .and_then(|d| d.retry_rounds.get(round as usize).copied());
+                        if let Some(delay) = next_round {
+                            // A poison record: one more round before the dead letter.
+                            round += 1;
+                            let due = chrono::Utc::now()
+                                + chrono::Duration::from_std(delay)
+                                    .unwrap_or(chrono::Duration::MAX);
+                            ctx.events
+                                .retry_round(provider, job.source(), round, due, &reason);
+                            if job.wait.is_none() {
+                                // From the input: the round is spent in the wait topic, and its
+                                // lane is diverted until it is read back and finished, so the
+                                // key's later records follow it (per-key order).
+                                return divert(
+                                    ctx,
+                                    job,
+                                    provider,
+                                    super::wait::Reason::RetriesExhausted,
+                                    attempts_so_far,
+                                    Some((round, due)),
+                                )
+                                .await;
+                            }
+                            // Read back from the wait topic: writing it there again would put it
+                            // behind later records of its key already there, so the round is
+                            // spent here, holding its key (and its wait offset) like a pause,
+                            // but not its place at the catch-up gate.
+                            drop(catch_up.take());
+                            if !sleep_until_wall(due, drain).await {
+                                return Processed::Drained;
+                            }
+                            catch_up = match catch_up_place(ctx, job, drain).await {
+                                Ok(place) => place,
+                                Err(Drained) => return Processed::Drained,
+                            };
+                            // Like a pause: if the provider answers others meanwhile, running
+                            // out again ends the next round at once.
+                            successes_at_last_pause = Some(breaker.successes());
+                            continue;
+                        }
+                        let message = if round > 0 {
+                            format!("{reason} (after {round} retry rounds)")
+                        } else {
+                            reason
+                        };
                         let reason = DeadLetterReason {
                             class: ErrorClass::RetriesExhausted,
                             stage: Stage::Enrich,
-                            message: reason,
-                            attempts,
+                            message,
+                            attempts: attempts_so_far
+                                .saturating_add(job.origin.as_ref().map_or(0, |o| o.attempts)),
                             http_status: None,
                             provider: Some(provider),
                         };
@@ -245,6 +316,40 @@ pub async fn process(ctx: &WorkerContext, job: &Job, drain: &CancellationToken) 
                 }
             }
         }
+    }
+}
+
+/// The record's partition is being revoked (see [`Processed::Drained`]).
+struct Drained;
+
+/// A place at the catch-up gate for a record read back from a wait topic (`None` for any
+/// other record).
+async fn catch_up_place<'a>(
+    ctx: &'a WorkerContext,
+    job: &Job,
+    drain: &CancellationToken,
+) -> Result<Option<super::catch_up::CatchUpPermit<'a>>, Drained> {
+    let (Some(diversion), Some(provider)) = (&ctx.diversion, job.wait) else {
+        return Ok(None);
+    };
+    tokio::select! {
+        biased;
+        _ = drain.cancelled() => Err(Drained),
+        place = diversion.catch_up.acquire(provider) => Ok(Some(place)),
+    }
+}
+
+/// Sleeps until the wall-clock time `due` (at once if it passed); false when `drain` was
+/// cancelled first (the record stops unfinished and is read again).
+async fn sleep_until_wall(due: chrono::DateTime<chrono::Utc>, drain: &CancellationToken) -> bool {
+    let left = (due - chrono::Utc::now()).to_std().unwrap_or_default();
+    if left.is_zero() {
+        return true;
+    }
+    tokio::select! {
+        biased;
+        _ = drain.cancelled() => false,
+        () = tokio::time::sleep(left) => true,
     }
 }
 
@@ -387,6 +492,7 @@ pub async fn divert(
     provider: Provider,
     reason: super::wait::Reason,
     attempts: u32,
+    retry_round: Option<(u32, chrono::DateTime<chrono::Utc>)>,
 ) -> Processed {
     let Some(diversion) = &ctx.diversion else {
         // Not configured: the dispatcher never asks for it. Process instead of losing it.
@@ -405,6 +511,8 @@ pub async fn divert(
         timestamp_ms: from.timestamp_ms,
         first_seen: None,
         attempts: attempts.saturating_add(job.origin.as_ref().map_or(0, |o| o.attempts)),
+        round: retry_round.map_or(0, |(r, _)| r),
+        not_before: retry_round.map(|(_, due)| due),
     };
     let first_seen = job
         .origin

@@ -47,6 +47,7 @@ pub mod names {
     pub const LANES: &str = "webhook_enricher_lanes";
     pub const LANE_CHANGES: &str = "webhook_enricher_lane_changes_total";
     pub const WAIT_WRITE_REFUSED: &str = "webhook_enricher_wait_write_refused_total";
+    pub const RETRY_ROUNDS: &str = "webhook_enricher_retry_rounds_total";
 }
 
 /// Registers the help text of every metric (shown by `/metrics`).
@@ -135,7 +136,7 @@ pub fn describe_metrics() {
     );
     describe_counter!(
         names::RECORDS_DIVERTED,
-        "Records written to their provider's wait topic instead of waiting in memory, by provider and reason (circuit_open, provider_slow, lane_diverted)."
+        "Records written to their provider's wait topic instead of waiting in memory, by provider and reason (circuit_open, provider_slow, lane_diverted, retries_exhausted)."
     );
     describe_counter!(
         names::RECORDS_RETURNED,
@@ -148,6 +149,10 @@ pub fn describe_metrics() {
     describe_counter!(
         names::LANE_CHANGES,
         "Lane state changes, by provider and the state entered."
+    );
+    describe_counter!(
+        names::RETRY_ROUNDS,
+        "Retry rounds given to poison records (retries ran out while the provider answered others), by provider; a record is dead-lettered as retries_exhausted after its last round."
     );
     describe_counter!(
         names::WAIT_WRITE_REFUSED,
@@ -482,14 +487,20 @@ pub struct RecordEvents {
     abandoned: Counter,
     dead_letter_refused: Counter,
     panicked: Counter,
-    /// By provider, then reason (circuit_open, provider_slow, lane_diverted).
-    diverted: [[Counter; 3]; PROVIDERS],
+    /// By provider, then reason ([`DIVERT_REASONS`]).
+    diverted: [[Counter; DIVERT_REASONS.len()]; PROVIDERS],
     returned: [Counter; PROVIDERS],
+    retry_rounds: [Counter; PROVIDERS],
     wait_write_refused: Counter,
 }
 
 /// The reasons of `webhook_enricher_records_diverted_total`, in counter order.
-pub const DIVERT_REASONS: [&str; 3] = ["circuit_open", "provider_slow", "lane_diverted"];
+pub const DIVERT_REASONS: [&str; 4] = [
+    "circuit_open",
+    "provider_slow",
+    "lane_diverted",
+    "retries_exhausted",
+];
 
 fn per_provider<T>(make: impl Fn(&'static str) -> T) -> [T; PROVIDERS] {
     Provider::ALL.map(|p| make(p.as_str()))
@@ -528,6 +539,7 @@ impl RecordEvents {
                 )
             }),
             returned: per_provider(|p| metrics::counter!(names::RECORDS_RETURNED, "provider" => p)),
+            retry_rounds: per_provider(|p| metrics::counter!(names::RETRY_ROUNDS, "provider" => p)),
             wait_write_refused: metrics::counter!(names::WAIT_WRITE_REFUSED),
         }
     }
@@ -553,6 +565,31 @@ impl RecordEvents {
     pub fn returned(&self, provider: Provider) {
         self.stats.returned.fetch_add(1, Ordering::Relaxed);
         self.returned[provider.index()].increment(1);
+    }
+
+    /// A poison record (its retries ran out while the provider answered others) starts retry
+    /// round `round` (1-based), due at `due`: in the wait topic for the first round, where it
+    /// was read back for the later ones.
+    pub fn retry_round(
+        &self,
+        provider: Provider,
+        source: Source<'_>,
+        round: u32,
+        due: chrono::DateTime<chrono::Utc>,
+        reason: &str,
+    ) {
+        self.stats.retry_rounds.fetch_add(1, Ordering::Relaxed);
+        self.retry_rounds[provider.index()].increment(1);
+        tracing::warn!(
+            provider = provider.as_str(),
+            topic = source.topic,
+            partition = source.partition,
+            offset = source.offset,
+            round,
+            due = %due.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            reason,
+            "retries ran out while the provider answered others: retrying after a delay"
+        );
     }
 
     /// The wait topic refused a record: its partition stops advancing until it accepts.

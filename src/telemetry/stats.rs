@@ -23,6 +23,8 @@ pub struct EngineStats {
     pub diverted: AtomicU64,
     /// Records read back from a wait topic that reached a final outcome.
     pub returned: AtomicU64,
+    /// Retry rounds given to poison records (`engine.isolation.retry_rounds`).
+    pub retry_rounds: AtomicU64,
     dead_lettered: Mutex<BTreeMap<ErrorClass, u64>>,
 }
 
@@ -38,6 +40,7 @@ pub struct StatsSnapshot {
     pub abandoned: u64,
     pub diverted: u64,
     pub returned: u64,
+    pub retry_rounds: u64,
     pub dead_lettered: BTreeMap<ErrorClass, u64>,
 }
 
@@ -76,6 +79,7 @@ impl EngineStats {
             abandoned: self.abandoned.load(Ordering::Relaxed),
             diverted: self.diverted.load(Ordering::Relaxed),
             returned: self.returned.load(Ordering::Relaxed),
+            retry_rounds: self.retry_rounds.load(Ordering::Relaxed),
             dead_lettered: self
                 .dead_lettered
                 .lock()

@@ -557,3 +557,223 @@ async fn two_instances_rebalance_while_a_lane_is_diverted_and_keep_order() {
     let cs_published = s.kafka.read_now(&cs);
     assert_first_publications_in_order(&lineage_by_key(&cs_published));
 }
+
+/// ClearSale answers 500 for the ids in the set, and normally for every other id.
+#[derive(Clone)]
+struct FailingIds(Arc<std::sync::Mutex<std::collections::HashSet<String>>>);
+
+impl Respond for FailingIds {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let id = request.url.path().rsplit('/').next().unwrap_or_default();
+        if self.0.lock().expect("lock").contains(id) {
+            ResponseTemplate::new(500).set_body_json(json!({"title": "boom", "status": 500}))
+        } else {
+            ResponseTemplate::new(200).set_body_json(json!({"mfa": {"status": "approved"}}))
+        }
+    }
+}
+
+fn rfc3339(s: &str) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .unwrap_or_else(|e| panic!("{s:?}: {e}"))
+        .with_timezone(&chrono::Utc)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_records_get_retry_rounds_through_the_wait_topic_before_the_dead_letter_in_key_order(
+) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("TEST_LOG").unwrap_or_else(|_| "off".into()))
+        .with_test_writer()
+        .try_init();
+    let down = Arc::new(AtomicBool::new(false));
+    let mut s = setup(&down, 32).await;
+    // Two poison analyses: `always` never answers, `healed` answers once the test fixes it.
+    let always = new_id();
+    let healed = new_id();
+    let failing = FailingIds(Arc::new(std::sync::Mutex::new(
+        [always.clone(), healed.clone()].into_iter().collect(),
+    )));
+    Mock::given(method("GET"))
+        .and(path_regex(r"^/connect/v1/integration/analysis/.+$"))
+        .respond_with(failing.clone())
+        .with_priority(1)
+        .mount(&s._peer)
+        .await;
+    s.config.enrich.retry.max_elapsed = Duration::from_millis(300);
+    s.config.engine.isolation.retry_rounds =
+        vec![Duration::from_secs(1).into(), Duration::from_secs(2).into()];
+    let engine = RunningEngine::start(&s.config).await;
+    let producer = s.kafka.producer();
+    // Each poison analysis has two notifications (the second must never overtake the first).
+    let mut poison_offsets: HashMap<String, Vec<i64>> = HashMap::new();
+    for second in 0..2 {
+        for a in [&always, &healed] {
+            let date = format!("2025-09-26T17:21:{second:02}.0000000Z");
+            let (_, offset) = s
+                .kafka
+                .produce(
+                    &producer,
+                    &s.input,
+                    Some(0),
+                    Some(a),
+                    clearsale(a, "mfa", &date).as_bytes(),
+                    &[],
+                )
+                .await;
+            poison_offsets.entry(a.clone()).or_default().push(offset);
+        }
+    }
+    // Healthy ClearSale records keep arriving on the same partition (the provider serves
+    // others, which is what makes a record whose retries ran out a poison record).
+    let stop = Arc::new(AtomicBool::new(false));
+    let feeder = {
+        let (stop, kafka_producer, input) = (stop.clone(), producer.clone(), s.input.clone());
+        tokio::spawn(async move {
+            let mut sent = 0usize;
+            while !stop.load(Ordering::SeqCst) {
+                let id = new_id();
+                let payload = clearsale(&id, "mfa", "2025-09-26T17:21:00.0000000Z");
+                let record = rdkafka::producer::FutureRecord::to(&input)
+                    .partition(0)
+                    .key(&id)
+                    .payload(&payload);
+                kafka_producer
+                    .send(record, Duration::from_secs(5))
+                    .await
+                    .expect("produce");
+                sent += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            sent
+        })
+    };
+
+    // A poison record's first failure opens the circuit (it could be an outage), so it goes to
+    // the wait topic with its lane; read back, its retries run out while the provider serves the
+    // healthy records, and it waits out its retry rounds there, holding its key.
+    assert!(
+        support::eventually(Duration::from_secs(60), || engine.snapshot().retry_rounds
+            >= 1)
+        .await,
+        "no retry round started: {:?}",
+        engine.snapshot()
+    );
+    failing.0.lock().expect("lock").remove(&healed);
+    let waited: Vec<OutRecord> = s.kafka.read_now(&s.wait_cs);
+    for key in [&always, &healed] {
+        assert!(
+            waited
+                .iter()
+                .any(|r| r.key.as_deref() == Some(key.as_str())),
+            "the poison analysis went through the wait topic"
+        );
+    }
+    for r in &waited {
+        if r.header(wait_headers::REASON) == "retries_exhausted" {
+            // Diverted straight from the input for its first round (when its circuit stayed
+            // closed): it says which round and when it is due.
+            assert_eq!(r.header(wait_headers::ROUND), "1");
+            let seen = rfc3339(r.header(wait_headers::FIRST_SEEN));
+            let due = rfc3339(r.header(wait_headers::NOT_BEFORE));
+            assert!(due >= seen + chrono::Duration::seconds(1), "{seen} → {due}");
+        }
+    }
+
+    // `always` runs out of rounds: both its notifications are dead-lettered, in input order.
+    let dlq = s.kafka.read_all(
+        &s.config.output.dead_letter_topic,
+        2,
+        Duration::from_secs(90),
+    );
+    assert_eq!(dlq.len(), 2, "{:?}", engine.snapshot());
+    let mut dead: Vec<(i32, i64, i64)> = dlq
+        .iter()
+        .map(|r| {
+            assert_eq!(r.key.as_deref(), Some(always.as_str()));
+            assert_eq!(r.header("__connect.errors.class.name"), "retries_exhausted");
+            assert_eq!(
+                r.header("__connect.errors.topic"),
+                s.input,
+                "names the input"
+            );
+            (
+                r.partition,
+                r.offset,
+                r.header("__connect.errors.offset").parse().expect("offset"),
+            )
+        })
+        .collect();
+    dead.sort();
+    assert_eq!(
+        dead.iter().map(|d| d.2).collect::<Vec<_>>(),
+        poison_offsets[&always],
+        "dead-lettered in input order"
+    );
+    let first = dlq
+        .iter()
+        .find(|r| r.header("__connect.errors.offset") == poison_offsets[&always][0].to_string())
+        .expect("first");
+    assert!(
+        first
+            .header("__connect.errors.exception.message")
+            .contains("after 2 retry rounds"),
+        "{}",
+        first.header("__connect.errors.exception.message")
+    );
+    // Its two rounds (1 s and 2 s) passed between its input record and its dead letter.
+    let written = first
+        .header("__connect.errors.timestamp")
+        .parse::<i64>()
+        .expect("ts");
+    let failed_at = rfc3339(first.header("__connect.errors.failed.at"));
+    assert!(
+        failed_at.timestamp_millis() - written >= 3_000,
+        "dead-lettered {} ms after it was written",
+        failed_at.timestamp_millis() - written
+    );
+
+    // `healed` is published after its round, both notifications, in input order.
+    assert!(
+        support::eventually(Duration::from_secs(60), || {
+            let out = s.kafka.read_now(&s.config.output.clearsale_topic);
+            lineage_by_key(&out)
+                .get(&healed)
+                .is_some_and(|o| o.len() == 2)
+        })
+        .await,
+        "the healed analysis was not published: {:?}",
+        engine.snapshot()
+    );
+    stop.store(true, Ordering::SeqCst);
+    let healthy = feeder.await.expect("feeder");
+    let out = s.kafka.read_all(
+        &s.config.output.clearsale_topic,
+        healthy + 2,
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        out.len(),
+        healthy + 2,
+        "every healthy record published once"
+    );
+    let by_key = lineage_by_key(&out);
+    assert_per_key_order(&by_key);
+    assert_eq!(by_key[&healed], poison_offsets[&healed]);
+    // The lanes return to direct once the rounds are over.
+    assert!(
+        support::eventually(Duration::from_secs(30), || {
+            let snap = engine.snapshot();
+            snap.returned >= snap.diverted
+        })
+        .await,
+        "{:?}",
+        engine.snapshot()
+    );
+    let stats = engine.stop().await.expect("clean stop");
+    assert_eq!(stats.dead_lettered_total(), 2, "{stats:?}");
+    assert!(
+        stats.retry_rounds >= 4,
+        "both notifications of `always` had both rounds: {stats:?}"
+    );
+}
