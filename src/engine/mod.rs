@@ -305,10 +305,61 @@ struct Blocked {
     circuit: bool,
     /// Since when the provider's share of the budget has been full.
     full_since: Option<Instant>,
-    /// The share stayed full for `divert_after`.
+    /// The provider is slower than its arrivals (see [`Blocked::observe`]).
     slow: bool,
     /// When the catch-up cap was last raised.
     ramped_at: Option<Instant>,
+    /// Records of the provider's direct lane finished since `window_start`.
+    finished: u64,
+    window_start: Option<Instant>,
+    /// Records of the direct lane finished per second over the last whole window.
+    rate: Option<f64>,
+}
+
+/// The direct lane's completion rate is measured over windows this long.
+const RATE_WINDOW: Duration = Duration::from_secs(1);
+
+impl Blocked {
+    /// Updates `slow` from the provider's direct lane: `held` records of at most `lane_cap`.
+    ///
+    /// Slow once the share is full and either stayed full for `divert_after`, or, measured over
+    /// a whole [`RATE_WINDOW`], drains so slowly that its records would wait longer than
+    /// `divert_after` (e.g. Unico held to 10 requests/s with hundreds in its share: the input
+    /// would be held back behind it for a minute). A busy provider (full share, fast
+    /// completions) is not slow. It stays slow until the records it already holds have drained
+    /// to half the share: they are served at its pace, and returning earlier would only fill
+    /// the share again and park the input behind it.
+    fn observe(
+        &mut self,
+        held: usize,
+        lane_cap: usize,
+        holding: bool,
+        now: Instant,
+        divert_after: Duration,
+    ) {
+        let start = *self.window_start.get_or_insert(now);
+        if now - start >= RATE_WINDOW {
+            self.rate = Some(self.finished as f64 / (now - start).as_secs_f64());
+            self.finished = 0;
+            self.window_start = Some(now);
+        }
+        if held >= lane_cap {
+            let full_for = now - *self.full_since.get_or_insert(now);
+            // Records held by an `unknown` or `returning` lane are in the share but not
+            // started: their lane, not the provider, is what keeps them.
+            let drains_slowly = !holding
+                && full_for >= RATE_WINDOW
+                && self
+                    .rate
+                    .is_some_and(|r| held as f64 > r * divert_after.as_secs_f64());
+            self.slow = self.slow || full_for >= divert_after || drains_slowly;
+        } else {
+            self.full_since = None;
+            if held < lane_cap / 2 {
+                self.slow = false;
+            }
+        }
+    }
 }
 
 struct Runner {
@@ -422,6 +473,9 @@ impl Runner {
             self.spawn(start);
         }
         self.flow.release(&fx.released);
+        for p in Provider::ALL {
+            self.blocked[p.index()].finished += fx.released.get(flow::Lane::Provider(p)) as u64;
+        }
         if !fx.store.is_empty() {
             let _ = self
                 .commands
@@ -533,22 +587,19 @@ impl Runner {
             .unwrap_or_default();
         let occupancy = self.flow.occupancy();
         for provider in providers {
-            let b = &mut self.blocked[provider.index()];
             let circuit = self.ctx.breakers.get(provider).state() != breaker::BreakerState::Closed;
-            // Slow: the provider's direct share stayed full for `divert_after`. It stays slow
-            // until the records it already holds have drained to half the share: they are
-            // served at its pace, and returning earlier would only fill the share again and
-            // park the input behind it.
-            let held = occupancy.get(flow::Lane::Provider(provider));
-            if held >= self.flow.lane_cap() {
-                let since = *b.full_since.get_or_insert(now);
-                b.slow = b.slow || now - since >= self.isolation.divert_after;
-            } else {
-                b.full_since = None;
-                if held < self.flow.lane_cap() / 2 {
-                    b.slow = false;
-                }
-            }
+            let holding = self
+                .dispatcher
+                .lanes()
+                .is_some_and(|l| l.modes().any(|((p, _), m)| p == provider && m.holds()));
+            let b = &mut self.blocked[provider.index()];
+            b.observe(
+                occupancy.get(flow::Lane::Provider(provider)),
+                self.flow.lane_cap(),
+                holding,
+                now,
+                self.isolation.divert_after,
+            );
             b.circuit = circuit;
             diversion.circuit_blocked[provider.index()].send_if_modified(|v| {
                 let changed = *v != circuit;
@@ -775,6 +826,38 @@ mod tests {
             events,
         };
         (runner, done_rx)
+    }
+
+    #[test]
+    fn a_full_share_that_drains_slowly_is_slow_within_a_second_and_a_busy_one_is_not() {
+        let t0 = Instant::now();
+        let divert_after = Duration::from_secs(10);
+        let tick = Duration::from_millis(250);
+        // Unico held to 10/s with its share (768) full; ClearSale finishing 15,000/s.
+        let (mut slow, mut busy) = (Blocked::default(), Blocked::default());
+        let mut now = t0;
+        while now - t0 < Duration::from_secs(3) {
+            slow.finished += 2;
+            busy.finished += 3750;
+            slow.observe(768, 768, false, now, divert_after);
+            busy.observe(768, 768, false, now, divert_after);
+            now += tick;
+        }
+        assert!(slow.slow, "768 records at 10/s would wait 77 s");
+        assert!(!busy.slow, "a busy provider is not slow");
+        // Slow stays until the share drained to half, then it is direct again.
+        slow.observe(500, 768, false, now, divert_after);
+        assert!(slow.slow);
+        slow.observe(300, 768, false, now, divert_after);
+        assert!(!slow.slow);
+        // A share full for `divert_after` is slow whatever its pace.
+        let mut now = t0;
+        while now - t0 <= divert_after {
+            busy.finished += 3750;
+            busy.observe(768, 768, false, now, divert_after);
+            now += tick;
+        }
+        assert!(busy.slow);
     }
 
     /// The consumer thread ends during the shutdown drain while a record is still in flight: the

@@ -170,9 +170,13 @@ pub fn wait_consumer_config(
         commit_interval,
         statistics_interval,
     );
+    // A new owner holds a lane's input records until its wait partition's end is seen, so the
+    // (usually empty) wait partitions' first fetch must answer quickly: a broker holds a fetch
+    // of an empty partition for fetch.wait.max.ms (500 ms by default).
     c.set("enable.partition.eof", "true")
         .set("queued.max.messages.kbytes", "4096")
-        .set("queued.min.messages", "1000");
+        .set("queued.min.messages", "1000")
+        .set("fetch.wait.max.ms", "100");
     c
 }
 
