@@ -337,18 +337,24 @@ impl Blocked {
         now: Instant,
         divert_after: Duration,
     ) {
-        let start = *self.window_start.get_or_insert(now);
-        if now - start >= RATE_WINDOW {
-            self.rate = Some(self.finished as f64 / (now - start).as_secs_f64());
+        if held < lane_cap || holding || self.full_since.is_none() {
+            // The pace that matters is the pace of a full share: measure from when it filled.
+            self.rate = None;
             self.finished = 0;
             self.window_start = Some(now);
+        } else {
+            let start = *self.window_start.get_or_insert(now);
+            if now - start >= RATE_WINDOW {
+                self.rate = Some(self.finished as f64 / (now - start).as_secs_f64());
+                self.finished = 0;
+                self.window_start = Some(now);
+            }
         }
         if held >= lane_cap {
             let full_for = now - *self.full_since.get_or_insert(now);
             // Records held by an `unknown` or `returning` lane are in the share but not
             // started: their lane, not the provider, is what keeps them.
             let drains_slowly = !holding
-                && full_for >= RATE_WINDOW
                 && self
                     .rate
                     .is_some_and(|r| held as f64 > r * divert_after.as_secs_f64());

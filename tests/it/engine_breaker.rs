@@ -10,8 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use webhook_enricher::config::Config;
 use webhook_enricher::simulator::SimulatorConfig;
-use wiremock::matchers::{method, path, path_regex};
-use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+use wiremock::{MockServer, Request, Respond, ResponseTemplate};
 
 const DATE: &str = "2025-09-26T17:21:11.0367845Z";
 
@@ -43,20 +42,7 @@ impl Respond for Switch {
 }
 
 async fn clearsale_peer(mode: &Arc<AtomicU8>) -> MockServer {
-    let peer = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/connect/v1/authenticate"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "token": "t0k3n", "expirationDate": "2099-01-01T00:00:00.0000000",
-        })))
-        .mount(&peer)
-        .await;
-    Mock::given(method("GET"))
-        .and(path_regex(r"^/connect/v1/integration/analysis/.+$"))
-        .respond_with(Switch(mode.clone()))
-        .mount(&peer)
-        .await;
-    peer
+    support::clearsale_peer(Switch(mode.clone())).await
 }
 
 /// A group whose rebalances complete quickly on the mock coordinator.

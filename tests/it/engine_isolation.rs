@@ -14,7 +14,7 @@ use webhook_enricher::engine::settings::Toggle;
 use webhook_enricher::engine::wait::names as wait_headers;
 use webhook_enricher::provider::Provider;
 use webhook_enricher::simulator::SimulatorConfig;
-use wiremock::matchers::{method, path, path_regex};
+use wiremock::matchers::{method, path_regex};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 /// ClearSale's result endpoint: 503 (maintenance) while `down`, else an approved MFA module.
@@ -32,20 +32,7 @@ impl Respond for Maintenance {
 }
 
 async fn clearsale_peer(down: &Arc<AtomicBool>) -> MockServer {
-    let peer = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/connect/v1/authenticate"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "token": "t0k3n", "expirationDate": "2099-01-01T00:00:00.0000000",
-        })))
-        .mount(&peer)
-        .await;
-    Mock::given(method("GET"))
-        .and(path_regex(r"^/connect/v1/integration/analysis/.+$"))
-        .respond_with(Maintenance(down.clone()))
-        .mount(&peer)
-        .await;
-    peer
+    support::clearsale_peer(Maintenance(down.clone())).await
 }
 
 const PARTITIONS: i32 = 3;
@@ -776,4 +763,95 @@ async fn poison_records_get_retry_rounds_through_the_wait_topic_before_the_dead_
         stats.retry_rounds >= 4,
         "both notifications of `always` had both rounds: {stats:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_slower_than_its_arrivals_is_diverted_and_published_once_its_backlog_drains() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("TEST_LOG").unwrap_or_else(|_| "off".into()))
+        .with_test_writer()
+        .try_init();
+    let down = Arc::new(AtomicBool::new(false));
+    let mut s = setup(&down, 200).await;
+    // Unico held to its tenant's 10 requests/s while it is 5% of a backlog: its share of the
+    // budget (150) fills and would take 15 s to drain, longer than `divert_after` (5 s here):
+    // it is diverted about a second after it filled.
+    s.config.unico.limits.rate_per_second = 10;
+    s.config.unico.limits.burst = 1;
+    // ClearSale as fast as the machine allows (its default limit is 50 requests/s).
+    s.config.clearsale.limits.rate_per_second = 0;
+    s.config.clearsale.limits.max_concurrent = 0;
+    let producer = s.kafka.producer();
+    let (mut cs_count, mut unico_ids) = (0usize, Vec::new());
+    for i in 0..4000 {
+        let partition = Some((i % PARTITIONS as usize) as i32);
+        if i % 20 == 0 {
+            let id = new_id();
+            let payload = unico(&id, "3");
+            s.kafka
+                .produce(
+                    &producer,
+                    &s.input,
+                    partition,
+                    Some(&id),
+                    payload.as_bytes(),
+                    &[],
+                )
+                .await;
+            unico_ids.push(id);
+        } else {
+            let id = new_id();
+            let payload = clearsale(&id, "mfa", "2025-09-26T17:21:00.0000000Z");
+            s.kafka
+                .produce(
+                    &producer,
+                    &s.input,
+                    partition,
+                    Some(&id),
+                    payload.as_bytes(),
+                    &[],
+                )
+                .await;
+            cs_count += 1;
+        }
+    }
+    let engine = RunningEngine::start(&s.config).await;
+    // ClearSale is not held back behind Unico: all of it is published while Unico still has
+    // most of its backlog ahead (200 records at 10/s take 20 s).
+    let cs_out = s.kafka.read_all(
+        &s.config.output.clearsale_topic,
+        cs_count,
+        Duration::from_secs(60),
+    );
+    assert_eq!(cs_out.len(), cs_count);
+    let unico_now = s.kafka.count(&s.config.output.unico_topic);
+    assert!(
+        (unico_now as usize) < unico_ids.len(),
+        "ClearSale finished before Unico's backlog ({unico_now} of {} Unico published)",
+        unico_ids.len()
+    );
+    // Unico was diverted as slow, not for an outage.
+    let wait_unico = format!("{}.wait.unico", s.input);
+    let waiting = s.kafka.read_now(&wait_unico);
+    assert!(
+        !waiting.is_empty(),
+        "Unico diverted: {:?}",
+        engine.snapshot()
+    );
+    assert!(waiting
+        .iter()
+        .any(|r| r.header(wait_headers::REASON) == "provider_slow"));
+    assert_eq!(s.kafka.count(&s.wait_cs), 0, "ClearSale never diverted");
+    // Every Unico record is published once its backlog drains.
+    let unico_out = s.kafka.read_all(
+        &s.config.output.unico_topic,
+        unico_ids.len(),
+        Duration::from_secs(90),
+    );
+    assert_eq!(unico_out.len(), unico_ids.len());
+    let published: std::collections::HashSet<String> =
+        unico_out.iter().filter_map(|r| r.key.clone()).collect();
+    assert!(unico_ids.iter().all(|id| published.contains(id)));
+    let stats = engine.stop().await.expect("clean stop");
+    assert_eq!(stats.dead_lettered_total(), 0, "{stats:?}");
 }

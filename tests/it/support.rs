@@ -1108,3 +1108,24 @@ pub fn produce_raw_batch(
     assert_eq!(error, 0, "the broker refused the raw batch");
     i64::from_be_bytes(response[at + 2..at + 10].try_into().expect("offset"))
 }
+
+/// A ClearSale stand-in (wiremock) for what the simulator cannot do: it issues a token to any
+/// credentials and answers every analysis with `results`.
+pub async fn clearsale_peer(results: impl wiremock::Respond + 'static) -> wiremock::MockServer {
+    use wiremock::matchers::{method, path, path_regex};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let peer = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/connect/v1/authenticate"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "token": "t0k3n", "expirationDate": "2099-01-01T00:00:00.0000000",
+        })))
+        .mount(&peer)
+        .await;
+    Mock::given(method("GET"))
+        .and(path_regex(r"^/connect/v1/integration/analysis/.+$"))
+        .respond_with(results)
+        .mount(&peer)
+        .await;
+    peer
+}
