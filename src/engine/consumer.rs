@@ -142,6 +142,8 @@ pub struct PollSettings {
     /// The budget stays full this long before every partition is paused.
     pub pause_after: Duration,
     pub decoder: DecoderSettings,
+    /// A bounded run's ranges (`replay`); `None` for `run`.
+    pub bounds: Option<Arc<super::bounds::Bounds>>,
 }
 
 /// The wait topics to read back (provider isolation) and their consumer's configuration.
@@ -574,6 +576,7 @@ pub fn start(
         stalled: false,
         wait_held: Provider::ALL.map(|_| None),
         wait_last: HashMap::new(),
+        ended: HashSet::new(),
     };
     let thread = std::thread::Builder::new()
         .name("kafka-consumer".into())
@@ -614,6 +617,8 @@ struct PollLoop {
     wait_held: [Option<Job>; Provider::ALL.len()],
     /// The last offset read from each wait partition in its assignment.
     wait_last: HashMap<TopicPartition, i64>,
+    /// A bounded run: partitions that reached the end of their range (kept paused).
+    ended: HashSet<TopicPartition>,
 }
 
 /// The records of one partition waiting for their lane, oldest first.
@@ -687,7 +692,14 @@ impl PollLoop {
     fn apply_commands(&mut self) -> Step {
         loop {
             match self.commands.try_recv() {
-                Ok(ToConsumer::Store(offsets)) => store_current(&self.consumer, &offsets),
+                Ok(ToConsumer::Store(offsets)) => {
+                    store_current(&self.consumer, &offsets);
+                    if let Some(bounds) = &self.settings.bounds {
+                        for o in &offsets {
+                            bounds.stored(&o.tp, o.next);
+                        }
+                    }
+                }
                 Ok(ToConsumer::Close { offsets, done }) => {
                     store_current(&self.consumer, &offsets);
                     let mut committed = commit(&self.consumer, "shutdown");
@@ -875,7 +887,7 @@ impl PollLoop {
                 .parked
                 .get(tp)
                 .is_some_and(|p| now - p.since >= self.settings.pause_after);
-            let want = stopping || self.stalled || parked_long;
+            let want = stopping || self.stalled || parked_long || self.ended.contains(tp);
             let is = self.paused.contains(tp);
             if force || want != is {
                 let list = if want { &mut pause } else { &mut resume };
@@ -944,7 +956,10 @@ impl PollLoop {
                 // Never handed over, so never committed: the next owner reads it again.
                 continue;
             }
-            let mut job = Job::new(record, &self.settings.decoder);
+            let mut job = match self.bounded(record) {
+                Some(job) => job,
+                None => continue,
+            };
             job.lane = self.flow.charge(job.lane);
             // A partition's records reach the engine in offset order: behind a parked record,
             // the next ones of its partition wait too (its pause normally stops them coming).
@@ -971,6 +986,33 @@ impl PollLoop {
             }
         }
         self.send(batch);
+    }
+
+    /// A bounded run (`replay`): the job for a record inside its partition's range (marked
+    /// filtered when its timestamp is outside the window), or `None` for a record at or past the
+    /// end, whose partition is then paused (nothing after it is processed either).
+    fn bounded(&mut self, record: InputRecord) -> Option<Job> {
+        let Some(bounds) = &self.settings.bounds else {
+            return Some(Job::new(record, &self.settings.decoder));
+        };
+        let tp = record.topic_partition();
+        match bounds.check(&tp, record.offset, record.timestamp_ms) {
+            super::bounds::Check::Process => Some(Job::new(record, &self.settings.decoder)),
+            super::bounds::Check::Filtered => {
+                Some(Job::new(record, &self.settings.decoder).filtered_by_time())
+            }
+            super::bounds::Check::PastEnd => {
+                if self.ended.insert(tp.clone()) {
+                    let mut list = TopicPartitionList::new();
+                    list.add_partition(&tp.topic, tp.partition);
+                    if let Err(e) = self.consumer.pause(&list) {
+                        tracing::warn!(partition = %tp, error = %e, "cannot pause a partition at the end of its range");
+                    }
+                    self.paused.insert(tp);
+                }
+                None
+            }
+        }
     }
 
     fn send(&self, batch: Vec<Job>) {

@@ -48,6 +48,9 @@ pub struct Job {
     pub wait: Option<Provider>,
     /// For a wait-topic record, the input record it was diverted from (from its headers).
     pub origin: Option<Origin>,
+    /// A bounded run (`replay`): the record's timestamp is outside the time window, so it is
+    /// finished at once as filtered (see `bounds.rs`).
+    pub filtered: bool,
 }
 
 impl Job {
@@ -107,7 +110,16 @@ impl Job {
             lane,
             wait,
             origin,
+            filtered: false,
         }
+    }
+
+    /// This record, finished as filtered out by time: it calls no provider, so it takes no
+    /// provider's place in the budget.
+    pub fn filtered_by_time(mut self) -> Self {
+        self.filtered = true;
+        self.lane = Lane::Other;
+        self
     }
 
     /// The input record this job stands for (what lineage, dead letters and log lines name): its

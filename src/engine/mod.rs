@@ -10,6 +10,7 @@
 //!
 //! See `docs/DESIGN.md` for the diagram and the offset rules.
 
+pub mod bounds;
 pub mod breaker;
 pub mod catch_up;
 pub mod consumer;
@@ -92,6 +93,34 @@ pub async fn run(
     parts: EngineParts,
     shutdown: impl Future<Output = ()>,
 ) -> Result<StatsSnapshot, EngineError> {
+    run_with(config, parts, None, shutdown).await
+}
+
+/// Runs the pipeline over a bounded range (`webhook-enricher replay`, see [`bounds`]): like
+/// [`run`], and it also stops by itself, drained and committed, once every partition of
+/// `bounds` reached its end.
+pub async fn run_bounded(
+    config: &RunSettings,
+    parts: EngineParts,
+    bounds: Arc<bounds::Bounds>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<StatsSnapshot, EngineError> {
+    let finished = bounds.clone();
+    let stop = async move {
+        tokio::select! {
+            () = shutdown => {}
+            () = finished.finished() => tracing::info!("every partition reached the end of its range"),
+        }
+    };
+    run_with(config, parts, Some(bounds), stop).await
+}
+
+async fn run_with(
+    config: &RunSettings,
+    parts: EngineParts,
+    bounds: Option<Arc<bounds::Bounds>>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<StatsSnapshot, EngineError> {
     let settings = &config.engine;
     let producer: rdkafka::producer::FutureProducer<producer::ProducerLog> =
         crate::kafka::client_config::producer_config(&config.kafka)
@@ -161,6 +190,7 @@ pub async fn run(
         consumer::PollSettings {
             pause_after: settings.pause_after,
             decoder: config.input.clone(),
+            bounds,
         },
         parts.health.clone(),
         wait,

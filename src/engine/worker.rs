@@ -120,6 +120,10 @@ impl From<Result<Final, ProduceError>> for Processed {
 /// enrichment attempts) then stops at once; a request in flight is let finish, and a produce is
 /// never interrupted.
 pub async fn process(ctx: &WorkerContext, job: &Job, drain: &CancellationToken) -> Processed {
+    if job.filtered {
+        ctx.events.filtered_by_time(job.source());
+        return Processed::Final(Final::Skipped);
+    }
     let event = match &job.decoded {
         Err(rejection) => {
             let reason = DeadLetterReason {

@@ -695,6 +695,18 @@ impl RecordEvents {
         );
     }
 
+    /// A bounded run (`replay`): a record outside the time window, finished without processing.
+    pub fn filtered_by_time(&self, source: Source<'_>) {
+        self.stats.filtered_by_time.fetch_add(1, Ordering::Relaxed);
+        tracing::trace!(
+            topic = source.topic,
+            partition = source.partition,
+            offset = source.offset,
+            timestamp_ms = source.timestamp_ms,
+            "record filtered out by time"
+        );
+    }
+
     /// A record was acknowledged by the dead-letter topic.
     pub fn dead_lettered(&self, class: ErrorClass, source: Source<'_>, message: &str) {
         self.stats.add_dead_lettered(class);

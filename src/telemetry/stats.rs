@@ -25,6 +25,9 @@ pub struct EngineStats {
     pub returned: AtomicU64,
     /// Retry rounds given to poison records (`engine.isolation.retry_rounds`).
     pub retry_rounds: AtomicU64,
+    /// A bounded run (`replay`): records whose timestamp was outside the time window, finished
+    /// without processing.
+    pub filtered_by_time: AtomicU64,
     dead_lettered: Mutex<BTreeMap<ErrorClass, u64>>,
 }
 
@@ -41,6 +44,7 @@ pub struct StatsSnapshot {
     pub diverted: u64,
     pub returned: u64,
     pub retry_rounds: u64,
+    pub filtered_by_time: u64,
     pub dead_lettered: BTreeMap<ErrorClass, u64>,
 }
 
@@ -52,6 +56,7 @@ impl StatsSnapshot {
             + self.deduplicated
             + self.skipped
             + self.diverted
+            + self.filtered_by_time
             + self.dead_lettered_total()
     }
 
@@ -80,6 +85,7 @@ impl EngineStats {
             diverted: self.diverted.load(Ordering::Relaxed),
             returned: self.returned.load(Ordering::Relaxed),
             retry_rounds: self.retry_rounds.load(Ordering::Relaxed),
+            filtered_by_time: self.filtered_by_time.load(Ordering::Relaxed),
             dead_lettered: self
                 .dead_lettered
                 .lock()
