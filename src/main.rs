@@ -12,6 +12,9 @@ use webhook_enricher::config::{Config, ConfigSources, Role};
 #[cfg(feature = "demo")]
 use webhook_enricher::demo::{self, DemoOptions, OutputFormat};
 use webhook_enricher::logging::{self, LogFormat};
+use webhook_enricher::replay::progress::ProgressSettings;
+use webhook_enricher::replay::range::{PartitionOffsets, Position, RangeSpec};
+use webhook_enricher::replay::{OutputChoice, ReplayOptions};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -43,6 +46,13 @@ enum Command {
     /// Serve the providers' webhooks: each accepted request is written to the raw topic and
     /// answered 200 once Kafka acknowledged it. Until SIGTERM/SIGINT (then drain and exit 0).
     Receive,
+    /// Reprocess a range of the input topics through the same pipeline as `run`, with its own
+    /// consumer group, then stop. Running the same command again resumes from its progress.
+    ///
+    /// The range is `--from` (or `--partition-offsets`) up to `--to` (end-exclusive; by default
+    /// the end of each partition when the command starts). A time bound is exact: records are
+    /// also filtered by their own timestamp. Ctrl-C drains like `run`.
+    Replay(Box<ReplayArgs>),
     /// Print the effective configuration (secrets redacted) and exit; non-zero if invalid.
     CheckConfig {
         /// Validate for this command: `run` (the enricher) or `receive` (the webhook receiver).
@@ -82,6 +92,91 @@ enum Command {
         #[arg(long, default_value_t = DemoOptions::default().seed)]
         seed: u64,
     },
+}
+
+#[derive(clap::Args)]
+struct ReplayArgs {
+    /// Where the range starts: `earliest`, an offset, an RFC 3339 time or a duration ago (`-6h`).
+    #[arg(long, value_name = "POSITION", required_unless_present_any = ["from_timestamp", "partition_offsets"])]
+    from: Option<Position>,
+    /// Where the range ends, exclusive: `latest` (the end when the command starts), an offset,
+    /// an RFC 3339 time or a duration ago.
+    #[arg(long, value_name = "POSITION", default_value = "latest")]
+    to: Position,
+    /// `--from` as a time: RFC 3339 or milliseconds since the epoch.
+    #[arg(long, value_name = "TIME", conflicts_with = "from", value_parser = Position::parse_time)]
+    from_timestamp: Option<Position>,
+    /// `--to` as a time: RFC 3339 or milliseconds since the epoch.
+    #[arg(long, value_name = "TIME", conflicts_with = "to", value_parser = Position::parse_time)]
+    to_timestamp: Option<Position>,
+    /// Per-partition start offsets, `PARTITION=OFFSET` (every input topic) or
+    /// `TOPIC:PARTITION=OFFSET`, comma-separated: `0=120,3=998`. Without `--from`, only these
+    /// partitions are replayed.
+    #[arg(long, value_name = "LIST")]
+    partition_offsets: Option<PartitionOffsets>,
+    /// The replay's consumer group. Default: `<kafka.group_id>.replay.<hash of the range and
+    /// topics>`, so the same command resumes and another replay starts afresh.
+    #[arg(long)]
+    group: Option<String>,
+    /// Publish to shadow topics: this suffix is appended to every output record topic
+    /// (`.backfill`); the topics must exist.
+    #[arg(long, value_name = "SUFFIX")]
+    output_suffix: Option<String>,
+    /// Publish ClearSale records to this topic.
+    #[arg(long, value_name = "TOPIC")]
+    clearsale_topic: Option<String>,
+    /// Publish Unico records to this topic.
+    #[arg(long, value_name = "TOPIC")]
+    unico_topic: Option<String>,
+    /// Write dead letters to this topic.
+    #[arg(long, value_name = "TOPIC")]
+    dead_letter_topic: Option<String>,
+    /// At most this many provider requests per second, per provider (lowers the configured
+    /// limit; keeps the live service's quota).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_provider_rps: Option<u32>,
+    /// Drop repeats of events already published in this replay (`on`), or publish every record
+    /// (`off`).
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    dedupe: Switch,
+    /// Print, per partition, the resolved start and end offsets and the number of records, and
+    /// stop: no provider call, nothing produced.
+    #[arg(long)]
+    dry_run: bool,
+    /// How often a progress line is logged.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    progress_interval: std::time::Duration,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Switch {
+    On,
+    Off,
+}
+
+impl ReplayArgs {
+    fn options(self) -> ReplayOptions {
+        ReplayOptions {
+            range: RangeSpec {
+                from: self.from.or(self.from_timestamp),
+                to: self.to_timestamp.unwrap_or(self.to),
+                partition_offsets: self.partition_offsets.unwrap_or_default(),
+            },
+            group: self.group,
+            output: OutputChoice {
+                suffix: self.output_suffix,
+                clearsale_topic: self.clearsale_topic,
+                unico_topic: self.unico_topic,
+                dead_letter_topic: self.dead_letter_topic,
+            },
+            max_provider_rps: self.max_provider_rps,
+            dedupe: self.dedupe == Switch::On,
+            dry_run: self.dry_run,
+            progress: ProgressSettings {
+                interval: self.progress_interval,
+            },
+        }
+    }
 }
 
 /// Exit status for an invalid configuration (a usage error, like clap's).
@@ -185,6 +280,24 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                 webhook_enricher::app::receive(&config, webhook_enricher::shutdown::signal())
                     .await?;
             tracing::info!(summary = ?summary, "webhook receiver stopped");
+            Ok(())
+        }
+        Command::Replay(args) => {
+            logging::init(
+                cli.log_format.unwrap_or(LogFormat::Auto),
+                cli.log_level.as_deref(),
+            )
+            .map_err(anyhow::Error::msg)?;
+            let config = load(Role::Run)?;
+            let options = args.options();
+            let mut stdout = std::io::stdout();
+            webhook_enricher::replay::run(
+                &config,
+                &options,
+                webhook_enricher::shutdown::signal(),
+                &mut stdout,
+            )
+            .await?;
             Ok(())
         }
         Command::CheckConfig { role } => {
