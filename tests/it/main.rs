@@ -13,6 +13,7 @@ mod engine_order;
 mod enrich;
 mod receive;
 mod registry;
+mod replay;
 mod simulator;
 mod support;
 mod tansu;
