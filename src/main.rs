@@ -97,11 +97,17 @@ enum Command {
 #[derive(clap::Args)]
 struct ReplayArgs {
     /// Where the range starts: `earliest`, an offset, an RFC 3339 time or a duration ago (`-6h`).
-    #[arg(long, value_name = "POSITION", required_unless_present_any = ["from_timestamp", "partition_offsets"])]
+    #[arg(long, value_name = "POSITION", allow_hyphen_values = true,
+        required_unless_present_any = ["from_timestamp", "partition_offsets"])]
     from: Option<Position>,
     /// Where the range ends, exclusive: `latest` (the end when the command starts), an offset,
     /// an RFC 3339 time or a duration ago.
-    #[arg(long, value_name = "POSITION", default_value = "latest")]
+    #[arg(
+        long,
+        value_name = "POSITION",
+        default_value = "latest",
+        allow_hyphen_values = true
+    )]
     to: Position,
     /// `--from` as a time: RFC 3339 or milliseconds since the epoch.
     #[arg(long, value_name = "TIME", conflicts_with = "from", value_parser = Position::parse_time)]
@@ -405,6 +411,57 @@ mod tests {
             .err()
             .expect("an unknown flag is an error");
         assert_eq!(left_out_subcommand(&error), None);
+    }
+
+    #[test]
+    fn replay_takes_durations_ago_and_time_aliases() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["webhook-enricher", "replay"];
+            all.extend_from_slice(args);
+            match Cli::try_parse_from(all).map(|c| c.command) {
+                Ok(Command::Replay(args)) => Ok(args.options()),
+                Ok(_) => panic!("not replay"),
+                Err(e) => Err(e.kind()),
+            }
+        };
+        let o = parse(&["--from", "-6h", "--to", "-1h"]).expect("durations ago");
+        assert_eq!(
+            o.range.from,
+            Some(Position::Ago(std::time::Duration::from_secs(6 * 3600)))
+        );
+        assert_eq!(
+            o.range.to,
+            Position::Ago(std::time::Duration::from_secs(3600))
+        );
+        let o = parse(&[
+            "--from-timestamp",
+            "0",
+            "--to-timestamp",
+            "1970-01-01T00:00:01Z",
+        ])
+        .expect("timestamps");
+        assert_eq!(
+            o.range.from.map(|p| p.to_string()).as_deref(),
+            Some("1970-01-01T00:00:00Z")
+        );
+        assert_eq!(o.range.to.to_string(), "1970-01-01T00:00:01Z");
+        let o = parse(&["--partition-offsets", "0=5"]).expect("partition offsets alone");
+        assert_eq!((o.range.from, o.range.to), (None, Position::Latest));
+        assert!(o.dedupe && !o.dry_run);
+        use clap::error::ErrorKind;
+        assert_eq!(parse(&[]).err(), Some(ErrorKind::MissingRequiredArgument));
+        assert_eq!(
+            parse(&["--from", "1", "--from-timestamp", "0"]).err(),
+            Some(ErrorKind::ArgumentConflict)
+        );
+        assert_eq!(
+            parse(&["--from", "soon"]).err(),
+            Some(ErrorKind::ValueValidation)
+        );
+        assert_eq!(
+            parse(&["--from", "0", "--max-provider-rps", "0"]).err(),
+            Some(ErrorKind::ValueValidation)
+        );
     }
 
     #[test]

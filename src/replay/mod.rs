@@ -41,6 +41,10 @@ pub enum ReplayError {
         #[source]
         source: rdkafka::error::KafkaError,
     },
+    #[error(
+        "cannot find the end of partitions {partitions:?} of topic {topic:?}: no answer in time"
+    )]
+    LogEnd { topic: String, partitions: Vec<i32> },
     #[error("input topic {topic:?} does not exist")]
     TopicMissing { topic: String },
     #[error(

@@ -5,9 +5,11 @@
 
 use super::range::{self, Observed, RangeSpec, Resolved};
 use super::ReplayError;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use std::time::Duration;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 /// How long one broker question may take.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -31,7 +33,9 @@ pub fn resolve(
     spec: &RangeSpec,
     from_ms: Option<i64>,
 ) -> Result<Vec<PlannedPartition>, ReplayError> {
-    let consumer: BaseConsumer = config.create().map_err(ReplayError::Client)?;
+    let consumer: BaseConsumer<PlanContext> = config
+        .create_with_context(PlanContext)
+        .map_err(ReplayError::Client)?;
     for named in spec.partition_offsets.topics() {
         if !topics.iter().any(|t| t == named) {
             return Err(ReplayError::PartitionOffsetsTopic {
@@ -80,14 +84,20 @@ pub fn resolve(
             }
             None => None,
         };
-        for p in partitions {
+        let mut watermarks = Vec::with_capacity(partitions.len());
+        for p in &partitions {
             let (low, high) = consumer
-                .fetch_watermarks(topic, p, TIMEOUT)
+                .fetch_watermarks(topic, *p, TIMEOUT)
                 .map_err(|source| ReplayError::Broker {
                     what: "the partition's watermarks",
                     topic: topic.clone(),
                     source,
                 })?;
+            watermarks.push((*p, low, high));
+        }
+        let ends = log_ends(config, topic, &watermarks)?;
+        for (p, low, reported) in watermarks {
+            let high = ends.get(&p).copied().unwrap_or(reported);
             let committed = offset_of(&committed, topic, p);
             let start_for_time = for_times.as_ref().and_then(|l| offset_of(l, topic, p));
             let seen = Observed {
@@ -109,6 +119,94 @@ pub fn resolve(
     Ok(planned)
 }
 
+/// The planning clients' librdkafka logs and errors, through the service's telemetry; the end of
+/// a partition is what [`log_ends`] asks for, not an error.
+struct PlanContext;
+
+impl ClientContext for PlanContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        crate::telemetry::librdkafka_log(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() != Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF) {
+            crate::telemetry::librdkafka_error(&error, reason);
+        }
+    }
+}
+
+impl ConsumerContext for PlanContext {}
+
+/// The end of each partition's log (the offset after its last record), checked by reading from
+/// the reported high watermark's last record to the partition's end: a broker may report the
+/// high watermark behind the last record (Tansu reports the last batch's first offset + 1), and
+/// the default end of a replay is "every record there when it started". On a broker that
+/// reports it right, this reads one record per partition.
+fn log_ends(
+    config: &ClientConfig,
+    topic: &str,
+    watermarks: &[(i32, i64, i64)],
+) -> Result<HashMap<i32, i64>, ReplayError> {
+    let mut ends: HashMap<i32, i64> = watermarks.iter().map(|(p, _, h)| (*p, *h)).collect();
+    let mut list = TopicPartitionList::new();
+    let mut open: HashSet<i32> = HashSet::new();
+    for (p, low, high) in watermarks {
+        if high > low {
+            list.add_partition_offset(topic, *p, Offset::Offset(high - 1))
+                .map_err(|source| ReplayError::Broker {
+                    what: "the end of the log",
+                    topic: topic.to_string(),
+                    source,
+                })?;
+            open.insert(*p);
+        }
+    }
+    if open.is_empty() {
+        return Ok(ends);
+    }
+    let mut config = config.clone();
+    config
+        .set("enable.partition.eof", "true")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false");
+    let reader: BaseConsumer<PlanContext> = config
+        .create_with_context(PlanContext)
+        .map_err(ReplayError::Client)?;
+    reader.assign(&list).map_err(|source| ReplayError::Broker {
+        what: "the end of the log",
+        topic: topic.to_string(),
+        source,
+    })?;
+    let deadline = Instant::now() + TIMEOUT;
+    while !open.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ReplayError::LogEnd {
+                topic: topic.to_string(),
+                partitions: open.into_iter().collect(),
+            });
+        }
+        match reader.poll(left.min(Duration::from_millis(200))) {
+            Some(Ok(m)) => {
+                let end = ends.entry(m.partition()).or_default();
+                *end = (*end).max(m.offset() + 1);
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                open.remove(&p);
+            }
+            Some(Err(e)) => {
+                return Err(ReplayError::Broker {
+                    what: "the end of the log",
+                    topic: topic.to_string(),
+                    source: e,
+                })
+            }
+            None => {}
+        }
+    }
+    Ok(ends)
+}
+
 /// Commits each partition's starting point to the replay group where it differs from what the
 /// group has committed, so the engine's consumer (which joins the group) starts exactly there.
 /// The live group is never touched: this consumer's `group.id` is the replay group's.
@@ -128,7 +226,9 @@ pub fn seed(config: &ClientConfig, planned: &[PlannedPartition]) -> Result<usize
     if n == 0 {
         return Ok(0);
     }
-    let consumer: BaseConsumer = config.create().map_err(ReplayError::Client)?;
+    let consumer: BaseConsumer<PlanContext> = config
+        .create_with_context(PlanContext)
+        .map_err(ReplayError::Client)?;
     consumer
         .commit(&list, CommitMode::Sync)
         .map_err(ReplayError::Seed)?;
@@ -140,7 +240,9 @@ pub fn missing_topics(
     config: &ClientConfig,
     topics: &[String],
 ) -> Result<Vec<String>, ReplayError> {
-    let consumer: BaseConsumer = config.create().map_err(ReplayError::Client)?;
+    let consumer: BaseConsumer<PlanContext> = config
+        .create_with_context(PlanContext)
+        .map_err(ReplayError::Client)?;
     let mut missing = Vec::new();
     for topic in topics {
         if partitions(&consumer, topic)?.is_none() {
@@ -151,7 +253,10 @@ pub fn missing_topics(
 }
 
 /// A topic's partition numbers, `None` when it does not exist.
-fn partitions(consumer: &BaseConsumer, topic: &str) -> Result<Option<Vec<i32>>, ReplayError> {
+fn partitions(
+    consumer: &BaseConsumer<PlanContext>,
+    topic: &str,
+) -> Result<Option<Vec<i32>>, ReplayError> {
     let metadata = consumer
         .fetch_metadata(Some(topic), TIMEOUT)
         .map_err(|source| ReplayError::Broker {
