@@ -46,6 +46,9 @@ impl TimeWindow {
 /// What to do with a polled record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Check {
+    /// Before its partition's start (the consumer was positioned earlier, on a broker that
+    /// cannot fetch from the start itself): skip it, it is not part of the range.
+    BeforeStart,
     /// Inside the range: process it.
     Process,
     /// Inside the offset range but outside the time window: finish it as filtered.
@@ -66,33 +69,52 @@ pub struct PartitionRange {
 /// The bounds of a run, shared by the consumer thread, the workers and the caller.
 #[derive(Debug)]
 pub struct Bounds {
+    starts: HashMap<TopicPartition, i64>,
     ends: HashMap<TopicPartition, i64>,
     window: TimeWindow,
-    /// Per partition: the next offset to process (stored progress, or the start).
-    next: Mutex<HashMap<TopicPartition, i64>>,
+    /// Per partition: the next offset to process (stored progress, or the start) and where
+    /// the partition is done (its end, or less once the consumer saw the end, see
+    /// [`Bounds::reached_end`]).
+    state: Mutex<HashMap<TopicPartition, Progress>>,
     finished: CancellationToken,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Progress {
+    next: i64,
+    done_at: i64,
 }
 
 impl Bounds {
     /// Bounds over `ranges`; a partition that is not among them has nothing to process.
     pub fn new(ranges: &[PartitionRange], window: TimeWindow) -> Self {
         let bounds = Self {
+            starts: ranges.iter().map(|r| (r.tp.clone(), r.start)).collect(),
             ends: ranges.iter().map(|r| (r.tp.clone(), r.end)).collect(),
             window,
-            next: Mutex::new(
+            state: Mutex::new(
                 ranges
                     .iter()
-                    .map(|r| (r.tp.clone(), r.start.min(r.end)))
+                    .map(|r| {
+                        let p = Progress {
+                            next: r.start.min(r.end),
+                            done_at: r.end,
+                        };
+                        (r.tp.clone(), p)
+                    })
                     .collect(),
             ),
             finished: CancellationToken::new(),
         };
-        bounds.check_finished(&lock(&bounds.next));
+        bounds.check_finished(&lock(&bounds.state));
         bounds
     }
 
     /// What to do with the record at `offset` of `tp`, with this timestamp.
     pub fn check(&self, tp: &TopicPartition, offset: i64, timestamp_ms: Option<i64>) -> Check {
+        if self.starts.get(tp).is_some_and(|start| offset < *start) {
+            return Check::BeforeStart;
+        }
         match self.ends.get(tp) {
             Some(end) if offset < *end => {
                 if self.window.contains(timestamp_ms) {
@@ -108,19 +130,30 @@ impl Bounds {
     /// The engine stored `next` as the next offset to commit of `tp` (every record before it
     /// has its final outcome).
     pub fn stored(&self, tp: &TopicPartition, next: i64) {
-        let mut progress = lock(&self.next);
-        if let Some(n) = progress.get_mut(tp) {
-            *n = (*n).max(next);
+        let mut state = lock(&self.state);
+        if let Some(p) = state.get_mut(tp) {
+            p.next = p.next.max(next);
         }
-        self.check_finished(&progress);
+        self.check_finished(&state);
     }
 
-    fn check_finished(&self, progress: &HashMap<TopicPartition, i64>) {
-        let done = self
-            .ends
-            .iter()
-            .all(|(tp, end)| progress.get(tp).is_some_and(|n| n >= end));
-        if done {
+    /// The consumer read a record at or past the end of `tp`: the records of the range are all
+    /// handed over, the last of them at `last` (`None`: none in this process). The partition is
+    /// then done once that one is, even if the offsets up to the end hold no record (a
+    /// transaction marker, or records removed by compaction, just before the end).
+    pub fn reached_end(&self, tp: &TopicPartition, last: Option<i64>) {
+        let mut state = lock(&self.state);
+        if let Some(p) = state.get_mut(tp) {
+            p.done_at = match last {
+                Some(last) => p.done_at.min(last + 1),
+                None => p.done_at.min(p.next),
+            };
+        }
+        self.check_finished(&state);
+    }
+
+    fn check_finished(&self, state: &HashMap<TopicPartition, Progress>) {
+        if state.values().all(|p| p.next >= p.done_at) {
             self.finished.cancel();
         }
     }
@@ -135,13 +168,12 @@ impl Bounds {
         self.finished.is_cancelled()
     }
 
-    /// Per partition: the next offset to process and the end, in partition order.
+    /// Per partition: the next offset to process and where it is done, in partition order.
     pub fn progress(&self) -> Vec<(TopicPartition, i64, i64)> {
-        let progress = lock(&self.next);
-        let mut out: Vec<(TopicPartition, i64, i64)> = self
-            .ends
+        let state = lock(&self.state);
+        let mut out: Vec<(TopicPartition, i64, i64)> = state
             .iter()
-            .map(|(tp, end)| (tp.clone(), progress.get(tp).copied().unwrap_or(*end), *end))
+            .map(|(tp, p)| (tp.clone(), p.next.min(p.done_at), p.done_at))
             .collect();
         out.sort_by(|a, b| (&*a.0.topic, a.0.partition).cmp(&(&*b.0.topic, b.0.partition)));
         out
@@ -169,6 +201,8 @@ mod tests {
     fn records_at_or_past_the_end_and_of_other_partitions_are_not_processed() {
         let b = Bounds::new(&[range(0, 10, 20)], TimeWindow::default());
         let tp = TopicPartition::new("in", 0);
+        assert_eq!(b.check(&tp, 9, None), Check::BeforeStart);
+        assert_eq!(b.check(&tp, 10, None), Check::Process);
         assert_eq!(b.check(&tp, 19, None), Check::Process);
         assert_eq!(b.check(&tp, 20, None), Check::PastEnd);
         assert_eq!(
@@ -215,6 +249,21 @@ mod tests {
                 (TopicPartition::new("in", 1), 5, 5)
             ]
         );
+    }
+
+    #[test]
+    fn a_partition_whose_last_offsets_hold_no_record_is_done_once_its_last_record_is() {
+        let b = Bounds::new(&[range(0, 0, 10), range(1, 4, 8)], TimeWindow::default());
+        let (p0, p1) = (TopicPartition::new("in", 0), TopicPartition::new("in", 1));
+        // Offsets 8 and 9 hold no record: the consumer's next record is at 10.
+        b.reached_end(&p0, Some(7));
+        assert!(!b.is_finished(), "record 7 is not done yet");
+        b.stored(&p0, 8);
+        assert!(!b.is_finished(), "partition 1 is not done");
+        // Partition 1 holds no record in its range at all.
+        b.reached_end(&p1, None);
+        assert!(b.is_finished());
+        assert_eq!(b.progress(), vec![(p0, 8, 8), (p1, 4, 4)]);
     }
 
     #[test]

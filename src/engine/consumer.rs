@@ -577,6 +577,7 @@ pub fn start(
         wait_held: Provider::ALL.map(|_| None),
         wait_last: HashMap::new(),
         ended: HashSet::new(),
+        last_in_range: HashMap::new(),
     };
     let thread = std::thread::Builder::new()
         .name("kafka-consumer".into())
@@ -619,6 +620,8 @@ struct PollLoop {
     wait_last: HashMap<TopicPartition, i64>,
     /// A bounded run: partitions that reached the end of their range (kept paused).
     ended: HashSet<TopicPartition>,
+    /// A bounded run: the last offset of each partition's range handed over.
+    last_in_range: HashMap<TopicPartition, i64>,
 }
 
 /// The records of one partition waiting for their lane, oldest first.
@@ -989,20 +992,27 @@ impl PollLoop {
     }
 
     /// A bounded run (`replay`): the job for a record inside its partition's range (marked
-    /// filtered when its timestamp is outside the window), or `None` for a record at or past the
-    /// end, whose partition is then paused (nothing after it is processed either).
+    /// filtered when its timestamp is outside the window), or `None` for a record before the
+    /// start (skipped) or at or past the end (its partition is then paused: nothing after it is
+    /// processed either).
     fn bounded(&mut self, record: InputRecord) -> Option<Job> {
         let Some(bounds) = &self.settings.bounds else {
             return Some(Job::new(record, &self.settings.decoder));
         };
         let tp = record.topic_partition();
         match bounds.check(&tp, record.offset, record.timestamp_ms) {
-            super::bounds::Check::Process => Some(Job::new(record, &self.settings.decoder)),
+            super::bounds::Check::Process => {
+                self.last_in_range.insert(tp, record.offset);
+                Some(Job::new(record, &self.settings.decoder))
+            }
             super::bounds::Check::Filtered => {
+                self.last_in_range.insert(tp, record.offset);
                 Some(Job::new(record, &self.settings.decoder).filtered_by_time())
             }
+            super::bounds::Check::BeforeStart => None,
             super::bounds::Check::PastEnd => {
                 if self.ended.insert(tp.clone()) {
+                    bounds.reached_end(&tp, self.last_in_range.get(&tp).copied());
                     let mut list = TopicPartitionList::new();
                     list.add_partition(&tp.topic, tp.partition);
                     if let Err(e) = self.consumer.pause(&list) {

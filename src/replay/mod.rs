@@ -253,6 +253,17 @@ pub async fn run(
     if !missing.is_empty() {
         return Err(ReplayError::OutputTopicsMissing { topics: missing });
     }
+    summary.partitions = {
+        let (client, mut partitions) = (client.clone(), std::mem::take(&mut summary.partitions));
+        blocking(move || {
+            for (topic, partition) in plan::fetch_starts(&client, &mut partitions)? {
+                tracing::warn!(topic, partition,
+                    "the broker does not return the record at this partition's start offset (Tansu cannot fetch from inside a stored batch; or compaction removed it): reading from the earliest offset and skipping the records before the start");
+            }
+            Ok(partitions)
+        })
+        .await?
+    };
     {
         let (client, partitions) = (client.clone(), summary.partitions.clone());
         let seeded = blocking(move || plan::seed(&client, &partitions)).await?;

@@ -24,6 +24,10 @@ pub struct PlannedPartition {
     /// The replay group's committed offset when the command started.
     pub committed: Option<i64>,
     pub range: Resolved,
+    /// Where the replay group's consumer is positioned: `range.resume_at`, or the earliest
+    /// offset when the broker cannot fetch from there ([`fetch_starts`]); records before
+    /// `resume_at` are then skipped.
+    pub fetch_from: i64,
 }
 
 /// Every input partition's range, in topic and partition order.
@@ -106,13 +110,15 @@ pub fn resolve(
                 start_for_time,
                 committed,
             };
+            let range = range::resolve(spec, topic, p, seen);
             planned.push(PlannedPartition {
                 topic: topic.clone(),
                 partition: p,
                 low,
                 high,
                 committed,
-                range: range::resolve(spec, topic, p, seen),
+                range,
+                fetch_from: range.resume_at,
             });
         }
     }
@@ -207,14 +213,93 @@ fn log_ends(
     Ok(ends)
 }
 
+/// How long a partition may take to return its first record from its start before the broker
+/// is taken to be unable to fetch from there.
+const PROBE: Duration = Duration::from_secs(5);
+
+/// Checks that the broker serves each partition's range from its start, and positions the
+/// partitions it does not serve at their earliest offset instead (`fetch_from`); the engine then
+/// skips the records before the start. Tansu returns nothing for a fetch from an offset inside a
+/// stored batch (it answers with the next batch, or nothing), so a range starting there would
+/// not be read; a Kafka broker answers at once with the record at the start. A partition whose
+/// start holds no record (compaction) is also read from its earliest offset: slower, and exact. Returns the partitions so repositioned.
+pub fn fetch_starts(
+    config: &ClientConfig,
+    planned: &mut [PlannedPartition],
+) -> Result<Vec<(String, i32)>, ReplayError> {
+    let mut list = TopicPartitionList::new();
+    let mut open: HashSet<(String, i32)> = HashSet::new();
+    for p in planned.iter() {
+        if p.range.resume_at > p.low && p.range.resume_at < p.range.end {
+            list.add_partition_offset(&p.topic, p.partition, Offset::Offset(p.range.resume_at))
+                .map_err(|source| ReplayError::Broker {
+                    what: "the start of the range",
+                    topic: p.topic.clone(),
+                    source,
+                })?;
+            open.insert((p.topic.clone(), p.partition));
+        }
+    }
+    if open.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut config = config.clone();
+    config
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false");
+    let reader: BaseConsumer<PlanContext> = config
+        .create_with_context(PlanContext)
+        .map_err(ReplayError::Client)?;
+    reader.assign(&list).map_err(|source| ReplayError::Broker {
+        what: "the start of the range",
+        topic: String::new(),
+        source,
+    })?;
+    let deadline = Instant::now() + PROBE;
+    while !open.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        if let Some(Ok(m)) = reader.poll(left.min(Duration::from_millis(200))) {
+            let key = (m.topic().to_string(), m.partition());
+            let start = planned
+                .iter()
+                .find(|p| p.topic == key.0 && p.partition == key.1)
+                .map(|p| p.range.resume_at);
+            // Served from the start: its first record is the start's. A later one means the
+            // broker skipped records (Tansu returns the next batch after the offset's own).
+            if start == Some(m.offset()) {
+                open.remove(&key);
+            } else {
+                reader
+                    .pause(&single(&key.0, key.1))
+                    .map_err(|source| ReplayError::Broker {
+                        what: "the start of the range",
+                        topic: key.0.clone(),
+                        source,
+                    })?;
+            }
+        }
+    }
+    let mut moved: Vec<(String, i32)> = open.into_iter().collect();
+    moved.sort();
+    for p in planned.iter_mut() {
+        if moved.contains(&(p.topic.clone(), p.partition)) {
+            p.fetch_from = p.low;
+        }
+    }
+    Ok(moved)
+}
+
 /// Commits each partition's starting point to the replay group where it differs from what the
 /// group has committed, so the engine's consumer (which joins the group) starts exactly there.
 /// The live group is never touched: this consumer's `group.id` is the replay group's.
 pub fn seed(config: &ClientConfig, planned: &[PlannedPartition]) -> Result<usize, ReplayError> {
     let mut list = TopicPartitionList::new();
     for p in planned {
-        if p.committed != Some(p.range.resume_at) {
-            list.add_partition_offset(&p.topic, p.partition, Offset::Offset(p.range.resume_at))
+        if p.committed != Some(p.fetch_from) {
+            list.add_partition_offset(&p.topic, p.partition, Offset::Offset(p.fetch_from))
                 .map_err(|source| ReplayError::Broker {
                     what: "the replay group's starting offsets",
                     topic: p.topic.clone(),
@@ -250,6 +335,12 @@ pub fn missing_topics(
         }
     }
     Ok(missing)
+}
+
+fn single(topic: &str, partition: i32) -> TopicPartitionList {
+    let mut list = TopicPartitionList::new();
+    list.add_partition(topic, partition);
+    list
 }
 
 /// A topic's partition numbers, `None` when it does not exist.

@@ -255,3 +255,166 @@ async fn end_to_end_against_a_real_tansu_broker() {
         Some("malformed_payload")
     );
 }
+
+/// Runs `webhook-enricher replay ARGS` (the built binary) with `config`; returns its exit code
+/// and its output (stdout and stderr).
+async fn replay_binary(
+    config: &webhook_enricher::config::Config,
+    args: &[&str],
+) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = support::write_config(config, dir.path());
+    let mut cmd = support::binary_command();
+    cmd.arg("--config")
+        .arg(&file)
+        .args(["--log-level", "warn", "replay"])
+        .args(args)
+        .envs(support::secret_env(config));
+    let log = support::log_dir().join(format!("{}.log", support::unique("tansu-replay")));
+    let mut child = ChildGuard::spawn(cmd, log.clone());
+    let status = child.wait_exit(Duration::from_secs(120)).await;
+    let output = std::fs::read_to_string(&log).unwrap_or_default();
+    (status.and_then(|s| s.code()), output)
+}
+
+/// The count a replay summary line gives (`  published             6`).
+fn summary_count(output: &str, label: &str) -> Option<u64> {
+    output
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(label))
+        .and_then(|rest| rest.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_ranges_by_offset_and_by_time_against_a_real_tansu_broker() {
+    let Some(binary) = tansu_binary() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "tansu is not on PATH, but CI must run this test (.ci/run installs it)"
+        );
+        eprintln!("SKIPPED replay_ranges_by_offset_and_by_time_against_a_real_tansu_broker: `tansu` is not on PATH");
+        return;
+    };
+    let tansu = Tansu::start(&binary).await;
+    let sim = support::start_simulator(SimulatorConfig::default()).await;
+    let input = support::unique("tansu-replay");
+    let config = support::config_for(&tansu.bootstrap, &sim, &input);
+    let mut topics = vec![(input.clone(), 2)];
+    for suffix in [
+        "clearsale",
+        "unico",
+        "dlq",
+        "clearsale.byoffset",
+        "unico.byoffset",
+        "clearsale.bytime",
+        "unico.bytime",
+    ] {
+        topics.push((format!("{input}.{suffix}"), 1));
+    }
+    let refs: Vec<(&str, i32)> = topics.iter().map(|(t, p)| (t.as_str(), *p)).collect();
+    tansu.create_topics(&refs).await;
+
+    // Ten Unico webhooks per partition, one minute apart, sent together so that Tansu stores
+    // them in batches (and reports the high watermark behind the last record).
+    let base = chrono::Utc::now().timestamp_millis() - 3_600_000;
+    let producer = support::producer_for(&tansu.bootstrap);
+    let mut sends = Vec::new();
+    for minute in 0..10i64 {
+        for partition in 0..2 {
+            let id = uuid::Uuid::new_v4().to_string();
+            let payload = support::unico(&id, "3");
+            let producer = producer.clone();
+            let topic = input.clone();
+            sends.push(async move {
+                let record: rdkafka::producer::FutureRecord<'_, (), str> =
+                    rdkafka::producer::FutureRecord::to(&topic)
+                        .partition(partition)
+                        .payload(payload.as_str())
+                        .timestamp(base + minute * 60_000);
+                let d = producer
+                    .send(record, Duration::from_secs(20))
+                    .await
+                    .expect("produce");
+                (d.partition, d.offset, minute, id)
+            });
+        }
+    }
+    let produced = futures::future::join_all(sends).await;
+    let ids_where = |keep: &dyn Fn(i64, i64) -> bool| -> std::collections::BTreeSet<String> {
+        produced
+            .iter()
+            .filter(|(_, offset, minute, _)| keep(*offset, *minute))
+            .map(|(_, _, _, id)| id.clone())
+            .collect()
+    };
+    let keys = |records: &[support::OutRecord]| -> std::collections::BTreeSet<String> {
+        records.iter().filter_map(|r| r.key.clone()).collect()
+    };
+
+    // By offset: [2, 8) of both partitions, to shadow topics.
+    let (code, output) = replay_binary(
+        &config,
+        &["--from", "2", "--to", "8", "--output-suffix", ".byoffset"],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{output}");
+    assert!(output.contains("replay completed"), "{output}");
+    assert_eq!(summary_count(&output, "published"), Some(12), "{output}");
+    let by_offset =
+        support::read_to_end(&tansu.bootstrap, &format!("{input}.unico.byoffset")).await;
+    assert_eq!(by_offset.len(), 12);
+    assert_eq!(
+        keys(&by_offset),
+        ids_where(&|offset, _| (2..8).contains(&offset))
+    );
+
+    // By time: minutes [3, 7). Tansu answers the start time with offset 0, so the range starts
+    // at the beginning of each partition, and the client-side filter makes it exact.
+    let at = |minute: i64| {
+        chrono::DateTime::from_timestamp_millis(base + minute * 60_000)
+            .expect("a time")
+            .to_rfc3339()
+    };
+    let time_args = [
+        "--from-timestamp".to_string(),
+        at(3),
+        "--to-timestamp".to_string(),
+        at(7),
+        "--output-suffix".to_string(),
+        ".bytime".to_string(),
+    ];
+    let time_args: Vec<&str> = time_args.iter().map(String::as_str).collect();
+    let mut dry = time_args.clone();
+    dry.push("--dry-run");
+    let (code, plan) = replay_binary(&config, &dry).await;
+    assert_eq!(code, Some(0), "{plan}");
+    let starts: Vec<&str> = plan
+        .lines()
+        .filter(|l| l.trim_start().starts_with(&input))
+        .map(|l| l.split_whitespace().nth(2).unwrap_or_default())
+        .collect();
+    assert_eq!(starts, vec!["0", "0"], "Tansu's coarse answer: {plan}");
+    let (code, output) = replay_binary(&config, &time_args).await;
+    assert_eq!(code, Some(0), "{output}");
+    assert_eq!(summary_count(&output, "published"), Some(8), "{output}");
+    assert_eq!(
+        summary_count(&output, "filtered out by time"),
+        Some(12),
+        "{output}"
+    );
+    let by_time = support::read_to_end(&tansu.bootstrap, &format!("{input}.unico.bytime")).await;
+    assert_eq!(
+        keys(&by_time),
+        ids_where(&|_, minute| (3..7).contains(&minute))
+    );
+    assert_eq!(by_time.len(), 8, "each record once");
+
+    // The live output topic and the live group were never touched.
+    assert!(
+        support::read_to_end(&tansu.bootstrap, &config.output.unico_topic)
+            .await
+            .is_empty()
+    );
+    let live = support::inspector(&tansu.bootstrap, &config.kafka.group_id);
+    assert!(support::committed_by(&live, &input, 2).is_empty());
+}
