@@ -31,6 +31,7 @@ pub mod provider;
 pub mod receive;
 pub mod record;
 pub mod registry;
+pub mod renormalize;
 pub mod replay;
 pub mod retry;
 pub mod secret;

@@ -145,6 +145,10 @@ struct ReplayArgs {
     /// (`off`).
     #[arg(long, value_enum, default_value_t = Switch::On)]
     dedupe: Switch,
+    /// Rebuild the records of the output topics from their `raw_response` with the current
+    /// normalizer and schema, and publish them again: no provider call.
+    #[arg(long)]
+    renormalize: bool,
     /// Print, per partition, the resolved start and end offsets and the number of records, and
     /// stop: no provider call, nothing produced.
     #[arg(long)]
@@ -177,6 +181,7 @@ impl ReplayArgs {
             },
             max_provider_rps: self.max_provider_rps,
             dedupe: self.dedupe == Switch::On,
+            renormalize: self.renormalize,
             dry_run: self.dry_run,
             progress: ProgressSettings {
                 interval: self.progress_interval,

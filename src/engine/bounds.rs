@@ -72,6 +72,8 @@ pub struct Bounds {
     starts: HashMap<TopicPartition, i64>,
     ends: HashMap<TopicPartition, i64>,
     window: TimeWindow,
+    /// `replay --renormalize`: the records are enriched records to rebuild, not webhooks.
+    renormalize: bool,
     /// Per partition: the next offset to process (stored progress, or the start) and where
     /// the partition is done (its end, or less once the consumer saw the end, see
     /// [`Bounds::reached_end`]).
@@ -92,6 +94,7 @@ impl Bounds {
             starts: ranges.iter().map(|r| (r.tp.clone(), r.start)).collect(),
             ends: ranges.iter().map(|r| (r.tp.clone(), r.end)).collect(),
             window,
+            renormalize: false,
             state: Mutex::new(
                 ranges
                     .iter()
@@ -108,6 +111,18 @@ impl Bounds {
         };
         bounds.check_finished(&lock(&bounds.state));
         bounds
+    }
+
+    /// The records are enriched records to rebuild from their `raw_response`
+    /// (`replay --renormalize`, see `crate::renormalize`), not webhooks to enrich.
+    pub fn renormalizing(mut self) -> Self {
+        self.renormalize = true;
+        self
+    }
+
+    /// True when the records are to be rebuilt rather than enriched.
+    pub fn renormalize(&self) -> bool {
+        self.renormalize
     }
 
     /// What to do with the record at `offset` of `tp`, with this timestamp.

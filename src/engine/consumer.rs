@@ -1003,7 +1003,12 @@ impl PollLoop {
         match bounds.check(&tp, record.offset, record.timestamp_ms) {
             super::bounds::Check::Process => {
                 self.last_in_range.insert(tp, record.offset);
-                Some(Job::new(record, &self.settings.decoder))
+                let job = Job::new(record, &self.settings.decoder);
+                Some(if bounds.renormalize() {
+                    job.renormalizing()
+                } else {
+                    job
+                })
             }
             super::bounds::Check::Filtered => {
                 self.last_in_range.insert(tp, record.offset);

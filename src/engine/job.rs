@@ -51,6 +51,9 @@ pub struct Job {
     /// A bounded run (`replay`): the record's timestamp is outside the time window, so it is
     /// finished at once as filtered (see `bounds.rs`).
     pub filtered: bool,
+    /// A bounded run with `--renormalize`: the record is an enriched record to rebuild from its
+    /// `raw_response` (see `crate::renormalize`), not a webhook.
+    pub renormalize: bool,
 }
 
 impl Job {
@@ -111,7 +114,16 @@ impl Job {
             wait,
             origin,
             filtered: false,
+            renormalize: false,
         }
+    }
+
+    /// This record, to be rebuilt from its `raw_response` rather than enriched: it calls no
+    /// provider, so it takes no provider's place in the budget; it stays in its Kafka key's order.
+    pub fn renormalizing(mut self) -> Self {
+        self.renormalize = true;
+        self.lane = Lane::Other;
+        self
     }
 
     /// This record, finished as filtered out by time: it calls no provider, so it takes no

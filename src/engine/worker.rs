@@ -124,6 +124,9 @@ pub async fn process(ctx: &WorkerContext, job: &Job, drain: &CancellationToken) 
         ctx.events.filtered_by_time(job.source());
         return Processed::Final(Final::Skipped);
     }
+    if job.renormalize {
+        return renormalize(ctx, job).await.into();
+    }
     let event = match &job.decoded {
         Err(rejection) => {
             let reason = DeadLetterReason {
@@ -418,6 +421,45 @@ async fn publish(
         enriched.state.symbol(),
     );
     Ok(Final::Published)
+}
+
+/// `replay --renormalize`: rebuilds an enriched record from its `raw_response` with the current
+/// normalizer and schema, and publishes it like an enriched one (dedupe included). No provider
+/// call. A record without `raw_response` is counted and reported; one that cannot be rebuilt is
+/// dead-lettered.
+async fn renormalize(ctx: &WorkerContext, job: &Job) -> Result<Final, ProduceError> {
+    use crate::renormalize::{rebuild, Rebuilt};
+    let include_raw = ctx.enricher.settings().include_raw_response;
+    let rebuilt = match job.record.payload.as_deref() {
+        Some(value) => rebuild(value, include_raw, chrono::Utc::now()).map_err(|e| e.to_string()),
+        None => Err("the record has no value".to_string()),
+    };
+    match rebuilt {
+        Ok(Rebuilt::Record { event, record }) => {
+            if ctx.dedupe.is_duplicate(&event.event_id) {
+                ctx.events
+                    .deduplicated(event.provider, job.source(), &event.event_id);
+                return Ok(Final::Deduplicated);
+            }
+            publish(ctx, job, &event, &record, 0).await
+        }
+        Ok(Rebuilt::NoRawResponse { provider, event_id }) => {
+            ctx.events
+                .without_raw_response(provider, job.source(), &event_id);
+            Ok(Final::Skipped)
+        }
+        Err(message) => {
+            let reason = DeadLetterReason {
+                class: ErrorClass::MalformedPayload,
+                stage: Stage::Decode,
+                message,
+                attempts: 0,
+                http_status: None,
+                provider: None,
+            };
+            dead_letter(ctx, job, reason).await
+        }
+    }
 }
 
 /// Dead-letters a record whose processing panicked (a defect), so its key and offset move on.

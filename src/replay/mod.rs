@@ -87,6 +87,9 @@ pub struct ReplayOptions {
     /// Most provider requests per second, per provider (lowers the configured limit).
     pub max_provider_rps: Option<u32>,
     pub dedupe: bool,
+    /// Rebuild the output topics' records from their `raw_response` instead of enriching the
+    /// input topics' webhooks (no provider call).
+    pub renormalize: bool,
     pub dry_run: bool,
     pub progress: progress::ProgressSettings,
 }
@@ -111,12 +114,17 @@ pub struct ReplaySummary {
     pub window: TimeWindow,
     pub stats: StatsSnapshot,
     pub ending: Ending,
+    /// `--renormalize`: the records were rebuilt from the output topics.
+    pub renormalize: bool,
 }
 
 /// The configuration a replay runs with: the replay group, the chosen output topics, the rate
 /// limit, dedupe on or off, and provider isolation off.
 pub fn replay_config(config: &Config, options: &ReplayOptions) -> Config {
     let mut c = config.clone();
+    if options.renormalize {
+        c.input.topics = config.output.all_record_topics();
+    }
     let out = &mut c.output;
     if let Some(suffix) = &options.output.suffix {
         out.clearsale_topic.push_str(suffix);
@@ -165,7 +173,8 @@ pub fn replay_config(config: &Config, options: &ReplayOptions) -> Config {
 fn default_group(live: &Config, replay: &Config, options: &ReplayOptions) -> String {
     let spec = &options.range;
     let identity = [
-        live.input.topics.join(","),
+        replay.input.topics.join(","),
+        options.renormalize.to_string(),
         spec.from
             .as_ref()
             .map(ToString::to_string)
@@ -232,6 +241,7 @@ pub async fn run(
         window,
         stats: StatsSnapshot::default(),
         ending: Ending::DryRun,
+        renormalize: options.renormalize,
     };
     write_plan(out, &summary, &effective, options.dry_run).map_err(ReplayError::Report)?;
     tracing::info!(
@@ -278,7 +288,11 @@ pub async fn run(
             end: p.range.end,
         })
         .collect();
-    let bounds = Arc::new(Bounds::new(&ranges, window));
+    let mut bounds = Bounds::new(&ranges, window);
+    if options.renormalize {
+        bounds = bounds.renormalizing();
+    }
+    let bounds = Arc::new(bounds);
     if bounds.is_finished() {
         summary.ending = Ending::Completed;
         write_summary(out, &summary).map_err(ReplayError::Report)?;
@@ -307,7 +321,12 @@ fn write_plan(
 ) -> std::io::Result<()> {
     writeln!(
         out,
-        "replay{}: group {}, input {}",
+        "replay{}{}: group {}, input {}",
+        if summary.renormalize {
+            " --renormalize"
+        } else {
+            ""
+        },
         if dry_run { " (dry run)" } else { "" },
         summary.group,
         config.input.topics.join(", ")
@@ -372,6 +391,13 @@ fn write_summary(out: &mut (dyn Write + Send), summary: &ReplaySummary) -> std::
     writeln!(out, "  deduplicated          {}", s.deduplicated)?;
     writeln!(out, "  skipped               {}", s.skipped)?;
     writeln!(out, "  filtered out by time  {}", s.filtered_by_time)?;
+    if summary.renormalize {
+        writeln!(
+            out,
+            "  without raw_response  {} (not re-normalized: each is logged with its offset)",
+            s.without_raw_response
+        )?;
+    }
     writeln!(out, "  dead-lettered         {}", s.dead_lettered_total())?;
     for (class, n) in &s.dead_lettered {
         writeln!(out, "    {:<20}{n}", class.as_str())?;

@@ -707,6 +707,27 @@ impl RecordEvents {
         );
     }
 
+    /// `replay --renormalize`: an output record without `raw_response` cannot be rebuilt; it is
+    /// counted for the summary and logged with its id and offset.
+    pub fn without_raw_response(
+        &self,
+        provider: Provider,
+        source: Source<'_>,
+        event_id: &uuid::Uuid,
+    ) {
+        self.stats
+            .without_raw_response
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            provider = provider.as_str(),
+            event_id = %event_id,
+            topic = source.topic,
+            partition = source.partition,
+            offset = source.offset,
+            "record without raw_response: not re-normalized"
+        );
+    }
+
     /// A record was acknowledged by the dead-letter topic.
     pub fn dead_lettered(&self, class: ErrorClass, source: Source<'_>, message: &str) {
         self.stats.add_dead_lettered(class);

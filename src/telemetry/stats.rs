@@ -28,6 +28,8 @@ pub struct EngineStats {
     /// A bounded run (`replay`): records whose timestamp was outside the time window, finished
     /// without processing.
     pub filtered_by_time: AtomicU64,
+    /// `replay --renormalize`: output records without `raw_response`, not rebuilt.
+    pub without_raw_response: AtomicU64,
     dead_lettered: Mutex<BTreeMap<ErrorClass, u64>>,
 }
 
@@ -45,6 +47,7 @@ pub struct StatsSnapshot {
     pub returned: u64,
     pub retry_rounds: u64,
     pub filtered_by_time: u64,
+    pub without_raw_response: u64,
     pub dead_lettered: BTreeMap<ErrorClass, u64>,
 }
 
@@ -57,6 +60,7 @@ impl StatsSnapshot {
             + self.skipped
             + self.diverted
             + self.filtered_by_time
+            + self.without_raw_response
             + self.dead_lettered_total()
     }
 
@@ -86,6 +90,7 @@ impl EngineStats {
             returned: self.returned.load(Ordering::Relaxed),
             retry_rounds: self.retry_rounds.load(Ordering::Relaxed),
             filtered_by_time: self.filtered_by_time.load(Ordering::Relaxed),
+            without_raw_response: self.without_raw_response.load(Ordering::Relaxed),
             dead_lettered: self
                 .dead_lettered
                 .lock()

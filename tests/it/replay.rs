@@ -28,6 +28,7 @@ fn options(from: &str, to: &str) -> ReplayOptions {
         output: OutputChoice::default(),
         max_provider_rps: None,
         dedupe: true,
+        renormalize: false,
         dry_run: false,
         progress: ProgressSettings::default(),
     }
@@ -373,4 +374,126 @@ async fn refuses_missing_shadow_topics_and_foreign_partition_offsets_before_proc
         0,
         "nothing produced"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renormalize_rebuilds_the_output_records_with_no_provider_call() {
+    let input = support::unique("replay-renorm");
+    let shadow = [format!("{input}.clearsale.v2"), format!("{input}.unico.v2")];
+    let kafka = setup(&input, &[&shadow[0], &shadow[1]]);
+    let sim = support::start_simulator(SimulatorConfig::default()).await;
+    let config = support::config(&kafka, &sim, &input);
+    // The live service enriched four webhooks (with raw_response, the default).
+    let producer = kafka.producer();
+    let cs = uuid::Uuid::new_v4().to_string();
+    let webhooks = [
+        support::clearsale(&cs, "mfa", "2025-09-26T17:21:11Z"),
+        support::unico(&uuid::Uuid::new_v4().to_string(), "3"),
+        support::unico(&uuid::Uuid::new_v4().to_string(), "2"),
+        support::unico(&uuid::Uuid::new_v4().to_string(), "4"),
+    ];
+    kafka
+        .produce_spread(&producer, &input, PARTITIONS, &webhooks)
+        .await;
+    let live = support::RunningEngine::start(&config).await;
+    assert!(
+        support::eventually(Duration::from_secs(30), || live.snapshot().published == 4).await,
+        "{:?}",
+        live.snapshot()
+    );
+    live.stop().await.expect("the live run");
+    // Also on the Unico output topic: a record written without raw_response, and one that is
+    // not an enriched record at all.
+    let subject = uuid::Uuid::new_v4();
+    let trigger = webhook_enricher::event::Trigger::Unico { status: 3 };
+    let event = webhook_enricher::event::WebhookEvent {
+        provider: webhook_enricher::provider::Provider::Unico,
+        subject_id: subject,
+        event_id: webhook_enricher::event::event_id(
+            webhook_enricher::provider::Provider::Unico,
+            subject,
+            &trigger,
+        ),
+        trigger,
+    };
+    let bare = webhook_enricher::record::normalize(
+        &event,
+        &webhook_enricher::provider::Fetched::UnicoGone,
+        None,
+        true,
+        chrono::Utc::now(),
+    );
+    let encoder = webhook_enricher::avro::RecordEncoder::single_object().expect("encoder");
+    let value = encoder.encode("any", &bare).expect("encodes");
+    let unico_topic = config.output.unico_topic.clone();
+    kafka
+        .produce(
+            &producer,
+            &unico_topic,
+            None,
+            Some(&subject.to_string()),
+            &value,
+            &[],
+        )
+        .await;
+    kafka
+        .produce(
+            &producer,
+            &unico_topic,
+            None,
+            Some("junk"),
+            b"not avro",
+            &[],
+        )
+        .await;
+    let calls_before = sim.stats().total_calls;
+    let originals: HashMap<String, String> = kafka
+        .read_now(&config.output.clearsale_topic)
+        .into_iter()
+        .chain(kafka.read_now(&unico_topic))
+        .filter(|r| r.key.as_deref() != Some("junk") && r.key != Some(subject.to_string()))
+        .map(|r| {
+            (
+                r.header("event_id").to_string(),
+                r.header("state").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(originals.len(), 4);
+
+    let mut opts = options("earliest", "latest");
+    opts.renormalize = true;
+    opts.output.suffix = Some(".v2".into());
+    let (result, report) = replay(&config, &opts).await;
+    let summary = result.expect("the replay");
+    assert_eq!(summary.ending, Ending::Completed, "{report}");
+    assert_eq!(
+        sim.stats().total_calls,
+        calls_before,
+        "no provider call (the simulator's call log)"
+    );
+    assert_eq!(summary.stats.published, 4, "{report}");
+    assert_eq!(summary.stats.without_raw_response, 1, "{report}");
+    assert!(report.contains("without raw_response  1"), "{report}");
+    assert_eq!(summary.stats.dead_lettered_total(), 1, "{report}");
+
+    let rebuilt: HashMap<String, String> = kafka
+        .read_now(&shadow[0])
+        .into_iter()
+        .chain(kafka.read_now(&shadow[1]))
+        .map(|r| {
+            (
+                r.header("event_id").to_string(),
+                r.header("state").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rebuilt, originals,
+        "the same events, the same states, event_id kept"
+    );
+    let dlq = kafka.read_now(&config.output.dead_letter_topic);
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(dlq[0].value, b"not avro");
+    assert_eq!(dlq[0].header("__connect.errors.topic"), unico_topic);
 }
