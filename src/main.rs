@@ -153,9 +153,20 @@ struct ReplayArgs {
     /// stop: no provider call, nothing produced.
     #[arg(long)]
     dry_run: bool,
-    /// How often a progress line is logged.
+    /// How progress is shown: `bars` on stderr (per partition and in total, with rate and
+    /// ETA), `log` lines every --progress-interval, or `auto` (bars when stderr is a terminal).
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    progress: ProgressMode,
+    /// How often a progress line is logged (`--progress log`).
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     progress_interval: std::time::Duration,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ProgressMode {
+    Auto,
+    Bars,
+    Log,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -185,6 +196,11 @@ impl ReplayArgs {
             dry_run: self.dry_run,
             progress: ProgressSettings {
                 interval: self.progress_interval,
+                bars: match self.progress {
+                    ProgressMode::Bars => true,
+                    ProgressMode::Log => false,
+                    ProgressMode::Auto => std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                },
             },
         }
     }

@@ -1,5 +1,6 @@
-//! A replay's progress while it runs: periodic log lines (records done of the range, rate, ETA),
-//! read from the committed progress of each partition ([`Bounds::progress`]).
+//! A replay's progress while it runs, read from each partition's stored progress
+//! ([`Bounds::progress`]): on a terminal, progress bars (indicatif) per partition and in total
+//! with rate and ETA; otherwise periodic log lines (done, total, rate, ETA).
 
 use crate::engine::bounds::Bounds;
 use crate::engine::stats::EngineStats;
@@ -9,17 +10,23 @@ use std::time::{Duration, Instant};
 /// How progress is shown.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProgressSettings {
-    /// How often a progress line is logged.
+    /// How often a progress line is logged (without bars).
     pub interval: Duration,
+    /// Draw progress bars on stderr instead of logging progress lines.
+    pub bars: bool,
 }
 
 impl Default for ProgressSettings {
     fn default() -> Self {
         Self {
             interval: Duration::from_secs(10),
+            bars: false,
         }
     }
 }
+
+/// How often the bars are redrawn.
+const BAR_TICK: Duration = Duration::from_millis(200);
 
 /// The progress of the whole range at one moment.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -76,8 +83,11 @@ impl Drop for Reporter {
     }
 }
 
-/// Starts logging progress every `settings.interval`.
+/// Starts showing progress: bars, or a log line every `settings.interval`.
 pub fn start(settings: ProgressSettings, bounds: Arc<Bounds>, stats: Arc<EngineStats>) -> Reporter {
+    if settings.bars {
+        return start_bars(bounds);
+    }
     let starts: Vec<i64> = bounds.progress().iter().map(|(_, next, _)| *next).collect();
     let began = Instant::now();
     let task = tokio::spawn(async move {
@@ -107,6 +117,60 @@ pub fn start(settings: ProgressSettings, bounds: Arc<Bounds>, stats: Arc<EngineS
                 filtered_by_time = s.filtered_by_time,
                 "replay progress"
             );
+        }
+    });
+    Reporter { task: Some(task) }
+}
+
+/// Bars on stderr: one per partition and one in total, updated from the stored progress.
+fn start_bars(bounds: Arc<Bounds>) -> Reporter {
+    use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+    let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+    let style = |template: &str| {
+        ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar())
+    };
+    let initial = bounds.progress();
+    let bars: Vec<(ProgressBar, i64)> = initial
+        .iter()
+        .map(|(tp, next, end)| {
+            let bar = multi.add(ProgressBar::new((end - next).max(0) as u64));
+            bar.set_style(style(
+                "{prefix:>28} [{bar:30}] {pos}/{len} {per_sec} ETA {eta}",
+            ));
+            bar.set_prefix(tp.to_string());
+            (bar, *next)
+        })
+        .collect();
+    let total_len: i64 = initial
+        .iter()
+        .map(|(_, next, end)| (end - next).max(0))
+        .sum();
+    let total = multi.add(ProgressBar::new(total_len as u64));
+    total.set_style(style(
+        "{prefix:>28} [{bar:30}] {pos}/{len} {per_sec} ETA {eta} ({elapsed})",
+    ));
+    total.set_prefix("total");
+    let task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(BAR_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = bounds.progress();
+            let mut sum = 0;
+            for ((bar, start), (_, next, end)) in bars.iter().zip(&now) {
+                let len = (end - start).max(0) as u64;
+                let done = (next - start).max(0) as u64;
+                bar.set_length(len);
+                bar.set_position(done);
+                sum += done;
+            }
+            total.set_length(
+                bars.iter()
+                    .zip(&now)
+                    .map(|((_, start), (_, _, end))| (end - start).max(0) as u64)
+                    .sum(),
+            );
+            total.set_position(sum);
         }
     });
     Reporter { task: Some(task) }
