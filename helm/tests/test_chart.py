@@ -701,7 +701,11 @@ def test_backfill_job(chart):
     job = rendered.one("Job")
     pod_spec = job["spec"]["template"]["spec"]
     c = container(pod_spec)
-    assert c["args"] == values["backfill"]["args"]
+    # The replay values become the command's options (log lines for progress: no terminal).
+    assert c["args"] == [
+        "replay", "--from", "-6h", "--to", "latest", "--output-suffix", ".backfill",
+        "--max-provider-rps", "5", "--progress", "log",
+    ]
     assert pod_spec["restartPolicy"] == "Never"
     assert job["spec"]["activeDeadlineSeconds"] == 21600
     deployment = rendered.enricher("Deployment")
@@ -712,13 +716,72 @@ def test_backfill_job(chart):
     assert not selector.items() <= job["spec"]["template"]["metadata"]["labels"].items()
     # New arguments give a new Job (its pod template is immutable); the same ones, the same Job.
     assert render(chart, values).one("Job")["metadata"]["name"] == job["metadata"]["name"]
-    other = merge(values, {"backfill": {"args": ["replay", "--from-offset", "0", "--to", "100"]}})
+    other = merge(values, {"backfill": {"replay": {"from": "-12h"}}})
     assert render(chart, other).one("Job")["metadata"]["name"] != job["metadata"]["name"]
 
 
-def test_backfill_needs_args(chart):
-    with pytest.raises(helm.HelmRenderError, match="backfill.args"):
+def test_backfill_replay_values_cover_every_option(chart):
+    replay = {
+        "from": "2024-05-01T00:00:00Z",
+        "to": "2024-05-02T00:00:00Z",
+        "partitionOffsets": "0=120,3=998",
+        "group": "backfill-may",
+        "clearsaleTopic": "cs.shadow",
+        "unicoTopic": "unico.shadow",
+        "deadLetterTopic": "dlq.shadow",
+        "dedupe": False,
+        "renormalize": True,
+        "dryRun": True,
+    }
+    job = render(chart, {"backfill": {"enabled": True, "replay": replay}}).one("Job")
+    assert container(job["spec"]["template"]["spec"])["args"] == [
+        "replay", "--from", "2024-05-01T00:00:00Z", "--to", "2024-05-02T00:00:00Z",
+        "--partition-offsets", "0=120,3=998", "--group", "backfill-may",
+        "--clearsale-topic", "cs.shadow", "--unico-topic", "unico.shadow",
+        "--dead-letter-topic", "dlq.shadow", "--dedupe", "off", "--renormalize", "--dry-run",
+        "--progress", "log",
+    ]
+
+
+def test_backfill_shadow_topics_get_kafkatopics(chart):
+    values = merge(scenario_values("backfill"), {"topics": {"strimzi": {"enabled": True, "cluster": "main"}}})
+    roles = {
+        t["spec"]["topicName"]: t["metadata"]["labels"]["webhook-enricher.io/topic-role"]
+        for t in render(chart, values).all("KafkaTopic")
+    }
+    assert roles["clearsale.analysis.enriched.backfill"] == "backfill-output"
+    assert roles["unico.process.enriched.backfill"] == "backfill-output"
+    assert roles["unico.process.enriched"] == "output"
+    # Without a shadow, the backfill writes to the release's own topics: nothing more.
+    plain = merge(values, {"backfill": {"replay": {"outputSuffix": ""}}})
+    names = [t["spec"]["topicName"] for t in render(chart, plain).all("KafkaTopic")]
+    assert not [n for n in names if "backfill" in n]
+    assert len(names) == len(set(names))
+
+
+def test_backfill_args_are_an_escape_hatch(chart):
+    args = ["replay", "--from", "earliest", "--to", "100"]
+    values = {"backfill": {"enabled": True, "args": args, "replay": {"from": "-6h"}}}
+    job = render(chart, values).one("Job")
+    assert container(job["spec"]["template"]["spec"])["args"] == args
+
+
+def test_backfill_needs_a_start(chart):
+    with pytest.raises(helm.HelmRenderError, match="backfill.replay.from"):
         render(chart, {"backfill": {"enabled": True}})
+    # partitionOffsets alone is a start.
+    job = render(chart, {"backfill": {"enabled": True, "replay": {"partitionOffsets": "0=5"}}}).one("Job")
+    assert "--partition-offsets" in container(job["spec"]["template"]["spec"])["args"]
+
+
+def test_backfill_replay_values_are_checked(chart):
+    for bad, where in (
+        ({"maxProviderRps": 0}, "maxProviderRps"),
+        ({"partitionOffsets": "0:5"}, "partitionOffsets"),
+        ({"bogus": 1}, "bogus"),
+    ):
+        with pytest.raises(helm.HelmValuesError, match=where):
+            render(chart, {"backfill": {"enabled": True, "replay": {"from": "-1h", **bad}}})
 
 
 # --------------------------------------------------------------------------------------------

@@ -195,6 +195,26 @@ unless config.engine.isolation.enabled is false: the service only uses those).
 {{- $all = append $all (dict "topic" (dig "output" "unico_topic" "unico.process.enriched" $cfg) "role" "output") }}
 {{- end }}
 {{- $all = append $all (dict "topic" (dig "output" "dead_letter_topic" "webhooks.dead-letter" $cfg) "role" "dead-letter") }}
+{{- /* The backfill Job's shadow topics (backfill.replay.outputSuffix or explicit topics). */}}
+{{- $b := .Values.backfill }}
+{{- if and $b.enabled (not $b.args) }}
+{{- $r := $b.replay }}
+{{- $sfx := $r.outputSuffix | default "" }}
+{{- if include "webhook-enricher.clearsaleEnabled" . }}
+{{- $cs := printf "%s%s" (dig "output" "clearsale_topic" "clearsale.analysis.enriched" $cfg) $sfx }}
+{{- $all = append $all (dict "topic" ($r.clearsaleTopic | default $cs) "role" "backfill-output") }}
+{{- range $module, $topic := (dig "output" "clearsale_module_topics" dict $cfg) }}
+{{- $all = append $all (dict "topic" (printf "%s%s" $topic $sfx) "role" "backfill-output") }}
+{{- end }}
+{{- end }}
+{{- if include "webhook-enricher.unicoEnabled" . }}
+{{- $un := printf "%s%s" (dig "output" "unico_topic" "unico.process.enriched" $cfg) $sfx }}
+{{- $all = append $all (dict "topic" ($r.unicoTopic | default $un) "role" "backfill-output") }}
+{{- end }}
+{{- with $r.deadLetterTopic }}
+{{- $all = append $all (dict "topic" . "role" "backfill-dead-letter") }}
+{{- end }}
+{{- end }}
 {{- if $isolated }}
 {{- if include "webhook-enricher.clearsaleEnabled" . }}
 {{- $all = append $all (dict "topic" (dig "clearsale_wait_topic" "webhooks.wait.clearsale" $iso) "role" "wait") }}
@@ -293,8 +313,37 @@ Checks that the templates cannot express as types; each fails the render with a 
 {{- fail (printf "autoscaling.hpa.maxReplicas (%v) must be at most autoscaling.partitions (%v)" $a.hpa.maxReplicas $a.partitions) }}
 {{- end }}
 {{- end }}
-{{- if and .Values.backfill.enabled (not .Values.backfill.args) }}
-{{- fail "backfill.args is required with backfill.enabled, e.g. [replay, --from-timestamp, 2024-05-01T00:00:00Z, --to, 2024-05-02T00:00:00Z]" }}
+{{- $r := .Values.backfill.replay }}
+{{- if and .Values.backfill.enabled (not .Values.backfill.args) (not $r.from) (not $r.partitionOffsets) }}
+{{- fail "backfill.replay.from (or backfill.replay.partitionOffsets) is required with backfill.enabled, e.g. from: \"-6h\"; or give backfill.args verbatim" }}
+{{- end }}
+{{- end }}
+
+{{/*
+The backfill Job's arguments, as a JSON list: backfill.args verbatim when set, else
+`replay ...` built from backfill.replay.
+*/}}
+{{- define "webhook-enricher.backfillArgs" -}}
+{{- $b := .Values.backfill }}
+{{- if $b.args }}
+{{- toJson $b.args }}
+{{- else }}
+{{- $r := $b.replay }}
+{{- $args := list "replay" }}
+{{- with $r.from }}{{ $args = concat $args (list "--from" (toString .)) }}{{ end }}
+{{- with $r.to }}{{ $args = concat $args (list "--to" (toString .)) }}{{ end }}
+{{- with $r.partitionOffsets }}{{ $args = concat $args (list "--partition-offsets" (toString .)) }}{{ end }}
+{{- with $r.group }}{{ $args = concat $args (list "--group" .) }}{{ end }}
+{{- with $r.outputSuffix }}{{ $args = concat $args (list "--output-suffix" .) }}{{ end }}
+{{- with $r.clearsaleTopic }}{{ $args = concat $args (list "--clearsale-topic" .) }}{{ end }}
+{{- with $r.unicoTopic }}{{ $args = concat $args (list "--unico-topic" .) }}{{ end }}
+{{- with $r.deadLetterTopic }}{{ $args = concat $args (list "--dead-letter-topic" .) }}{{ end }}
+{{- with $r.maxProviderRps }}{{ $args = concat $args (list "--max-provider-rps" (toString (int64 .))) }}{{ end }}
+{{- if not $r.dedupe }}{{ $args = concat $args (list "--dedupe" "off") }}{{ end }}
+{{- if $r.renormalize }}{{ $args = append $args "--renormalize" }}{{ end }}
+{{- if $r.dryRun }}{{ $args = append $args "--dry-run" }}{{ end }}
+{{- $args = concat $args (list "--progress" "log") }}
+{{- toJson $args }}
 {{- end }}
 {{- end }}
 
