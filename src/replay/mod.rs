@@ -104,6 +104,9 @@ pub enum Ending {
     Completed,
     /// Stopped by a signal: running the same command again resumes.
     Interrupted,
+    /// Stopped on an error (the error is returned after the summary is printed): running the
+    /// same command again resumes once the cause is fixed.
+    Failed,
 }
 
 /// The result of a replay.
@@ -303,14 +306,25 @@ pub async fn run(
     let reporter = progress::start(options.progress.clone(), bounds.clone(), stats.clone());
     let result = crate::engine::run_bounded(&settings, parts, bounds.clone(), shutdown).await;
     reporter.finish();
-    summary.stats = result?;
-    summary.ending = if bounds.is_finished() {
-        Ending::Completed
-    } else {
-        Ending::Interrupted
-    };
-    write_summary(out, &summary).map_err(ReplayError::Report)?;
-    Ok(summary)
+    match result {
+        Ok(stats) => {
+            summary.stats = stats;
+            summary.ending = if bounds.is_finished() {
+                Ending::Completed
+            } else {
+                Ending::Interrupted
+            };
+            write_summary(out, &summary).map_err(ReplayError::Report)?;
+            Ok(summary)
+        }
+        Err(e) => {
+            summary.stats = stats.snapshot();
+            summary.ending = Ending::Failed;
+            // The error matters more than the report: it is returned even if printing fails.
+            let _ = write_summary(out, &summary);
+            Err(e.into())
+        }
+    }
 }
 
 fn write_plan(
@@ -384,6 +398,7 @@ fn write_summary(out: &mut (dyn Write + Send), summary: &ReplaySummary) -> std::
         Ending::Interrupted => {
             "interrupted (run the same command again to resume from the committed progress)"
         }
+        Ending::Failed => "stopped on an error (the same command resumes once it is fixed)",
     };
     writeln!(out, "replay {ending}: group {}", summary.group)?;
     writeln!(out, "  consumed              {}", s.consumed)?;

@@ -332,6 +332,26 @@ async fn a_time_range_is_exact_though_the_broker_answers_offsets_for_times_with_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_does_not_answer_is_an_error_naming_what_was_asked() {
+    let sim = support::start_simulator(SimulatorConfig::default()).await;
+    let mut config = support::config_for("127.0.0.1:1", &sim, "webhooks.raw");
+    config.kafka.group_id = support::unique("group");
+    let (result, report) = replay(&config, &options("earliest", "latest")).await;
+    match result {
+        Err(e @ ReplayError::Broker { .. }) => {
+            let message = e.to_string();
+            assert!(
+                message.contains("metadata") && message.contains("webhooks.raw"),
+                "{message}"
+            );
+        }
+        other => panic!("expected a broker error, got {other:?}"),
+    }
+    assert!(report.is_empty(), "no plan without the broker: {report}");
+    assert_eq!(sim.stats().total_calls, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refuses_missing_shadow_topics_and_foreign_partition_offsets_before_processing() {
     let input = support::unique("replay-refuse");
     let kafka = setup(&input, &[]);
