@@ -43,9 +43,20 @@ enum Command {
     /// Serve the providers' webhooks: each accepted request is written to the raw topic and
     /// answered 200 once Kafka acknowledged it. Until SIGTERM/SIGINT (then drain and exit 0).
     Receive,
+    /// Write dead letters back to their source topic (`__connect.errors.topic`), with their
+    /// original key, value and headers and a redrive count; then print a summary.
+    ///
+    /// Reads the dead-letter topic (`output.dead_letter_topic`) from the redrive group's
+    /// committed offsets up to its end offsets at start, so it always ends by itself and the
+    /// same command run again resumes. A dead letter is committed only once its republish is
+    /// acknowledged. Exit status: 0 done (or stopped by a signal after committing what was
+    /// acknowledged), 1 a republish or commit failed, 2 bad arguments or configuration, 130 a
+    /// second signal.
+    Redrive(webhook_enricher::redrive::RedriveOptions),
     /// Print the effective configuration (secrets redacted) and exit; non-zero if invalid.
     CheckConfig {
-        /// Validate for this command: `run` (the enricher) or `receive` (the webhook receiver).
+        /// Validate for this command: `run` (the enricher), `receive` (the webhook receiver) or
+        /// `redrive`.
         #[arg(long = "for", value_enum, default_value_t = Role::Run)]
         role: Role,
     },
@@ -185,6 +196,31 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                 webhook_enricher::app::receive(&config, webhook_enricher::shutdown::signal())
                     .await?;
             tracing::info!(summary = ?summary, "webhook receiver stopped");
+            Ok(())
+        }
+        Command::Redrive(options) => {
+            logging::init(
+                cli.log_format.unwrap_or(LogFormat::Auto),
+                cli.log_level.as_deref(),
+            )
+            .map_err(anyhow::Error::msg)?;
+            let config = load(Role::Redrive)?;
+            let settings = options.settings(&config, chrono::Utc::now());
+            let summary =
+                webhook_enricher::redrive::run(&settings, webhook_enricher::shutdown::signal())
+                    .await?;
+            print!("{}", summary.render());
+            if summary.failed() {
+                anyhow::bail!(
+                    "the redrive did not finish: {} republish(es) failed{}",
+                    summary.errors.count,
+                    if summary.commit_error.is_some() {
+                        ", and its progress could not be committed"
+                    } else {
+                        ""
+                    }
+                );
+            }
             Ok(())
         }
         Command::CheckConfig { role } => {
