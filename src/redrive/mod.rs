@@ -43,7 +43,7 @@ pub const DEFAULT_MESSAGE_TIMEOUT_MS: &str = "30000";
 pub const DEFAULT_MAX_REDRIVES: u32 = 3;
 
 /// The command line of `redrive`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
 pub struct RedriveOptions {
     /// Redrive only dead letters of this error class (repeatable; every class when absent):
     /// malformed_payload, invalid_id, unsupported_event, provider_rejected, not_found,
@@ -79,6 +79,23 @@ pub struct RedriveOptions {
     /// List what would be redriven, grouped by class; produce nothing, commit nothing.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+impl Default for RedriveOptions {
+    /// What the command line gives without options: every dead letter, `--max-redrives 3`.
+    fn default() -> Self {
+        Self {
+            classes: Vec::new(),
+            from: None,
+            to: None,
+            from_offset: None,
+            to_offset: None,
+            partitions: Vec::new(),
+            max_redrives: DEFAULT_MAX_REDRIVES,
+            group: None,
+            dry_run: false,
+        }
+    }
 }
 
 fn parse_class(s: &str) -> Result<ErrorClass, String> {
@@ -742,7 +759,7 @@ mod tests {
         assert_eq!(o.partitions, [0]);
         assert_eq!(o.max_redrives, 5);
         assert!(o.dry_run);
-        assert_eq!(parse(&[]).unwrap().max_redrives, DEFAULT_MAX_REDRIVES);
+        assert_eq!(parse(&[]).unwrap(), RedriveOptions::default());
         for bad in [
             &["--class", "nope"][..],
             &["--from", "yesterday"],
