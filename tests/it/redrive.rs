@@ -526,3 +526,97 @@ async fn a_missing_dead_letter_topic_or_partition_is_an_error() {
         "{result:?}"
     );
 }
+
+/// The README's worked example, end to end: the engine dead-letters a ClearSale webhook as
+/// `not_found`; a redrive while the provider still does not know the id dead-letters it again,
+/// and that dead letter keeps the redrive count (the engine keeps every original header); after
+/// the provider is fixed, the same redrive command resumes, and the record is published with the
+/// `event_id` it always had (pinned), though it now sits at another input offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_not_found_dead_letter_is_redriven_after_the_provider_fix_with_the_same_event_id() {
+    const SUBJECT: &str = "5b0d6a52-3c4e-4f7a-9d21-8e6f1a2b3c4d";
+    const EVENT_ID: &str = "bd0607e5-7624-525e-bd50-e0aa346e8709";
+    let input = support::unique("raw");
+    let kafka = Kafka::new(&[(&input, 1)]);
+    let mut broken = webhook_enricher::simulator::SimulatorConfig::default();
+    broken.faults.not_found_ids = vec![SUBJECT.parse().unwrap()];
+    let sim = support::start_simulator(broken).await;
+    let mut config = support::config(&kafka, &sim, &input);
+    // The second engine joins the same group: the mock cluster lets it in once the first
+    // member's session has expired.
+    for (k, v) in [
+        ("session.timeout.ms", "4000"),
+        ("heartbeat.interval.ms", "300"),
+    ] {
+        config.kafka.consumer.0.insert(k.into(), v.into());
+    }
+    let dlt = config.output.dead_letter_topic.clone();
+    kafka.cluster.create_topic(&dlt, 1, 1).unwrap();
+    let webhook = support::clearsale(SUBJECT, "mfa", "2025-09-26T17:21:11.0367845Z");
+    let producer = kafka.producer();
+    kafka
+        .produce(
+            &producer,
+            &input,
+            Some(0),
+            Some(SUBJECT),
+            webhook.as_bytes(),
+            &[("provider", "clearsale"), ("request-id", "req-1")],
+        )
+        .await;
+
+    let engine = support::RunningEngine::start(&config).await;
+    assert!(
+        support::eventually(Duration::from_secs(30), || kafka.count(&dlt) == 1).await,
+        "dead-lettered"
+    );
+    let options = RedriveOptions {
+        classes: vec![ErrorClass::NotFound],
+        ..RedriveOptions::default()
+    };
+    // The provider is not fixed yet: redriven, it fails again, and its new dead letter carries
+    // the count.
+    let first = run(&settings(&config, &options)).await;
+    assert_eq!(first.redriven_total(), 1, "{}", first.render());
+    assert!(
+        support::eventually(Duration::from_secs(30), || kafka.count(&dlt) == 2).await,
+        "dead-lettered again"
+    );
+    engine.stop().await.expect("engine stops");
+    let dead = kafka.read_now(&dlt);
+    assert_eq!(dead[1].header("__connect.errors.class.name"), "not_found");
+    assert_eq!(dead[1].header(COUNT), "1");
+    assert_eq!(dead[1].header(FROM), format!("{dlt}/0/0"));
+    assert_eq!(dead[1].header("__connect.errors.offset"), "1");
+    assert_eq!(dead[1].header("request-id"), "req-1");
+
+    // The provider fix, then the same command: it resumes after the first dead letter.
+    let fixed =
+        support::start_simulator(webhook_enricher::simulator::SimulatorConfig::default()).await;
+    config.clearsale.base_url = fixed.base_url();
+    let engine = support::RunningEngine::start(&config).await;
+    let second = run(&settings(&config, &options)).await;
+    assert_eq!(second.group, first.group);
+    assert_eq!(second.redriven_total(), 1, "{}", second.render());
+    assert_eq!(second.redriven["not_found"].lines[0].offset, 1);
+    assert_eq!(second.redriven["not_found"].lines[0].count, Some(2));
+    let published = kafka.read_all(&config.output.clearsale_topic, 1, Duration::from_secs(30));
+    engine.stop().await.expect("engine stops");
+    assert_eq!(published.len(), 1);
+    let record = &published[0];
+    assert_eq!(record.header("event_id"), EVENT_ID);
+    assert_eq!(
+        record.header("schema-name"),
+        "io.webhookenricher.v1.EnrichedEvent"
+    );
+    assert_eq!(record.header("schema-version"), "1");
+    let value = webhook_enricher::avro::to_json(
+        &webhook_enricher::avro::decode(&record.value, webhook_enricher::avro::schema().unwrap())
+            .unwrap()
+            .value,
+    );
+    assert_eq!(value["event_id"].as_str(), Some(EVENT_ID));
+    // Lineage names where this copy was read: the third record of the input.
+    assert_eq!(value["lineage"]["offset"].as_i64(), Some(2));
+    assert_eq!(kafka.count(&dlt), 2, "not dead-lettered a third time");
+}
