@@ -16,19 +16,19 @@ use webhook_enricher::redrive::{self, RedriveOptions, RedriveSettings};
 
 /// A dead letter as the engine writes it: the original key, value and headers, then the
 /// `__connect.errors.*` headers.
-struct DeadLetter {
-    partition: i32,
-    class: &'static str,
+pub struct DeadLetter {
+    pub partition: i32,
+    pub class: &'static str,
     /// `None`: no `__connect.errors.topic` header.
-    source: Option<String>,
-    key: String,
-    value: String,
-    redrive_count: Option<&'static str>,
-    timestamp_ms: Option<i64>,
+    pub source: Option<String>,
+    pub key: String,
+    pub value: String,
+    pub redrive_count: Option<&'static str>,
+    pub timestamp_ms: Option<i64>,
 }
 
 impl DeadLetter {
-    fn new(partition: i32, class: &'static str, source: &str) -> Self {
+    pub fn new(partition: i32, class: &'static str, source: &str) -> Self {
         let key = support::new_id();
         Self {
             partition,
@@ -54,7 +54,8 @@ impl DeadLetter {
     }
 }
 
-async fn write(producer: &FutureProducer, topic: &str, dls: &[DeadLetter]) -> Vec<(i32, i64)> {
+/// Writes the dead letters, in order, and returns where each landed.
+pub async fn write(producer: &FutureProducer, topic: &str, dls: &[DeadLetter]) -> Vec<(i32, i64)> {
     let mut at = Vec::new();
     for dl in dls {
         let mut hs = OwnedHeaders::new();
@@ -619,4 +620,48 @@ async fn a_not_found_dead_letter_is_redriven_after_the_provider_fix_with_the_sam
     // Lineage names where this copy was read: the third record of the input.
     assert_eq!(value["lineage"]["offset"].as_i64(), Some(2));
     assert_eq!(kafka.count(&dlt), 2, "not dead-lettered a third time");
+}
+
+/// The built binary's exit status: 2 for bad arguments or configuration, 1 when the redrive
+/// cannot run, with the reason on stderr.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_exits_2_on_bad_arguments_and_1_when_the_redrive_cannot_run() {
+    let kafka = Kafka::new(&[]);
+    let absent = support::unique("absent-dlq");
+    let status = |args: &[&str]| {
+        let mut cmd = support::binary_command();
+        cmd.args(["--log-level", "warn"])
+            .args([
+                "--set",
+                &format!("kafka.bootstrap_servers={}", kafka.bootstrap),
+            ])
+            .args(["--set", &format!("output.dead_letter_topic={absent}")])
+            .arg("redrive")
+            .args(args);
+        let out = support::blocking(|| cmd.output()).expect("run the binary");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = status(&["--class", "nope"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("not an error class; one of: malformed_payload"),
+        "{stderr}"
+    );
+    let (code, stderr) = status(&["--from", "yesterday"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    let (code, stderr) = status(&["--set", "kafka.group_id=", "--dry-run"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("kafka.group_id must not be empty"),
+        "{stderr}"
+    );
+    let (code, stderr) = status(&[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("the dead-letter topic {absent} does not exist")),
+        "{stderr}"
+    );
 }
