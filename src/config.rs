@@ -109,6 +109,16 @@ impl Config {
         }
     }
 
+    /// What `redrive` reads from this configuration (the Kafka connection, `kafka.group_id` for
+    /// its default group, the dead-letter topic), with its command-line options.
+    pub fn redrive_settings(
+        &self,
+        options: &crate::redrive::RedriveOptions,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> crate::redrive::RedriveSettings {
+        options.settings(&self.kafka, &self.output.dead_letter_topic, now)
+    }
+
     /// Loads, merges and validates the configuration for `run`; every problem is reported at
     /// once.
     pub fn load(sources: &ConfigSources) -> Result<Config, ConfigError> {

@@ -205,7 +205,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             )
             .map_err(anyhow::Error::msg)?;
             let config = load(Role::Redrive)?;
-            let settings = options.settings(&config, chrono::Utc::now());
+            let settings = config.redrive_settings(&options, chrono::Utc::now());
             let summary =
                 webhook_enricher::redrive::run(&settings, webhook_enricher::shutdown::signal())
                     .await?;

@@ -131,20 +131,21 @@ impl RedriveOptions {
         format!("{base}.redrive.{}", &hex[..8])
     }
 
-    /// The settings of one run, with relative times resolved against `now`.
+    /// The settings of one run against `kafka` and `dead_letter_topic`, with relative times
+    /// resolved against `now` (built by `Config::redrive_settings`).
     pub fn settings(
         &self,
-        config: &crate::config::Config,
+        kafka: &KafkaSettings,
+        dead_letter_topic: &str,
         now: chrono::DateTime<chrono::Utc>,
     ) -> RedriveSettings {
-        let dead_letter_topic = config.output.dead_letter_topic.clone();
         RedriveSettings {
-            kafka: config.kafka.clone(),
+            kafka: kafka.clone(),
             group_id: self
                 .group
                 .clone()
-                .unwrap_or_else(|| self.default_group(&config.kafka.group_id, &dead_letter_topic)),
-            dead_letter_topic,
+                .unwrap_or_else(|| self.default_group(&kafka.group_id, dead_letter_topic)),
+            dead_letter_topic: dead_letter_topic.to_string(),
             filter: Filter {
                 classes: self.classes.iter().copied().collect(),
                 from: self.from.map(|t| t.resolve(now)),
@@ -801,10 +802,13 @@ mod tests {
         }
         assert_ne!(base.default_group("enricher", "other-dlq"), group);
         let explicit = parse(&["--group", "mine"]).unwrap();
-        let config = crate::config::Config::default();
+        let kafka = KafkaSettings::default();
+        let settings = explicit.settings(&kafka, "dlq", chrono::Utc::now());
+        assert_eq!(settings.group_id, "mine");
+        let settings = base.settings(&kafka, "dlq", chrono::Utc::now());
         assert_eq!(
-            explicit.settings(&config, chrono::Utc::now()).group_id,
-            "mine"
+            settings.group_id,
+            base.default_group("webhook-enricher", "dlq")
         );
     }
 

@@ -106,7 +106,7 @@ fn config(kafka: &Kafka, dead_letter_topic: &str) -> Config {
 }
 
 fn settings(config: &Config, options: &RedriveOptions) -> RedriveSettings {
-    options.settings(config, chrono::Utc::now())
+    config.redrive_settings(options, chrono::Utc::now())
 }
 
 async fn run(settings: &RedriveSettings) -> Summary {
