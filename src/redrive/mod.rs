@@ -221,6 +221,11 @@ impl ClientContext for RedriveLog {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        // The end of a partition is an event the consumer asks for (`recv` returns it too, and
+        // the redrive uses it there), not an error.
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) {
+            return;
+        }
         crate::telemetry::librdkafka_error(&error, reason);
     }
 }
