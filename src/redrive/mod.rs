@@ -111,7 +111,8 @@ fn parse_class(s: &str) -> Result<ErrorClass, String> {
 impl RedriveOptions {
     /// The default redrive group: `<base>.redrive.` and the first 8 hex digits of a UUID v5 over
     /// the dead-letter topic and every option that changes which dead letters are redriven, as
-    /// written (so `--from -6h` gives the same group every time it is run).
+    /// given (so `--from -6h` gives the same group every time it is run; durations normalized:
+    /// `-48h` and `-2days` are the same).
     pub fn default_group(&self, base: &str, dead_letter_topic: &str) -> String {
         let classes: BTreeSet<&str> = self.classes.iter().map(|c| c.as_str()).collect();
         let partitions: BTreeSet<i32> = self.partitions.iter().copied().collect();
