@@ -208,6 +208,10 @@ pub enum RedriveError {
     Assign { topic: String, source: KafkaError },
     #[error("reading the dead-letter topic {topic}: {source}")]
     Consume { topic: String, source: KafkaError },
+    #[error("reading the end of the dead-letter topic {topic}: {source}")]
+    LogEnd { topic: String, source: KafkaError },
+    #[error("the end of the dead-letter topic {topic} could not be read within 30 s (partitions {partitions:?})")]
+    LogEndTimeout { topic: String, partitions: Vec<i32> },
     #[error("a Kafka request task failed: {0}")]
     Task(String),
 }
@@ -338,19 +342,20 @@ pub async fn run(
                     let record = InputRecord::from_message(&message, Arc::from(topic.as_str()));
                     drop(message);
                     let Some(end) = ends.get(&record.partition).copied() else { continue };
-                    if record.offset >= end {
+                    if record.offset + 1 >= end {
                         ends.remove(&record.partition);
-                    } else {
-                        if record.offset + 1 >= end {
-                            ends.remove(&record.partition);
-                        }
+                        finished(&consumer, &topic, record.partition);
+                    }
+                    if record.offset < end {
                         in_flight.push_back(handle(record, settings, producer.as_ref()));
                     }
                     reading = !ends.is_empty();
                 }
                 Err(KafkaError::PartitionEOF(partition)) => {
                     // The partition's current end is at or past the end captured at start.
-                    ends.remove(&partition);
+                    if ends.remove(&partition).is_some() {
+                        finished(&consumer, &topic, partition);
+                    }
                     reading = !ends.is_empty();
                 }
                 Err(error) => {
@@ -392,6 +397,14 @@ pub async fn run(
         summary.interrupted,
     );
     Ok(summary)
+}
+
+/// Stops fetching a partition read to its end (what lies past the end is for the next run).
+fn finished(consumer: &RedriveConsumer, topic: &str, partition: i32) {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    // Failing to pause costs only fetches whose records are ignored.
+    let _ = consumer.pause(&tpl);
 }
 
 /// Consumer errors that reading again will not fix.
@@ -488,7 +501,7 @@ async fn resolve_ranges(
         _ => None,
     };
 
-    let mut ranges = Vec::with_capacity(partitions.len());
+    let mut watermarks = Vec::with_capacity(partitions.len());
     for p in partitions {
         let wm_topic = topic.clone();
         let (low, high) = blocking(consumer, move |c| {
@@ -500,6 +513,23 @@ async fn resolve_ranges(
             partition: p,
             source,
         })?;
+        watermarks.push((p, low, high));
+    }
+    let ends = {
+        let (kafka, group, topic, watermarks) = (
+            settings.kafka.clone(),
+            settings.group_id.clone(),
+            topic.clone(),
+            watermarks.clone(),
+        );
+        tokio::task::spawn_blocking(move || log_ends(&kafka, &group, &topic, &watermarks))
+            .await
+            .map_err(|e| RedriveError::Task(e.to_string()))??
+    };
+
+    let mut ranges = Vec::with_capacity(watermarks.len());
+    for (p, low, reported) in watermarks {
+        let high = ends.get(&p).copied().unwrap_or(reported);
         let committed = offset_in(Some(&committed), p);
         let start = [
             Some(low),
@@ -525,6 +555,83 @@ async fn resolve_ranges(
         });
     }
     Ok(ranges)
+}
+
+/// The end of each partition's log (the offset after its last record) when the command starts,
+/// from `(partition, low, high)` watermarks: read from the high watermark's last record to the
+/// end of the partition, because a broker may report the high watermark behind the last record
+/// (Tansu reports the last batch's first offset + 1). On a broker that reports it right, this
+/// reads one record per partition. Blocking (librdkafka polls).
+fn log_ends(
+    kafka: &KafkaSettings,
+    group: &str,
+    topic: &str,
+    watermarks: &[(i32, i64, i64)],
+) -> Result<BTreeMap<i32, i64>, RedriveError> {
+    use rdkafka::consumer::BaseConsumer;
+    use rdkafka::Message;
+    let mut ends: BTreeMap<i32, i64> = watermarks.iter().map(|(p, _, h)| (*p, *h)).collect();
+    let mut list = TopicPartitionList::new();
+    let mut open = BTreeSet::new();
+    for (p, low, high) in watermarks {
+        if high > low {
+            list.add_partition_offset(topic, *p, Offset::Offset(high - 1))
+                .map_err(|source| RedriveError::LogEnd {
+                    topic: topic.to_string(),
+                    source,
+                })?;
+            open.insert(*p);
+        }
+    }
+    if open.is_empty() {
+        return Ok(ends);
+    }
+    // The redrive's own configuration (partition ends reported, nothing committed); it only reads.
+    let reader: BaseConsumer<RedriveLog> =
+        crate::kafka::client_config::redrive_consumer_config(kafka, group)
+            .create_with_context(RedriveLog)
+            .map_err(|source| RedriveError::Client {
+                client: "consumer",
+                source,
+            })?;
+    reader
+        .assign(&list)
+        .map_err(|source| RedriveError::LogEnd {
+            topic: topic.to_string(),
+            source,
+        })?;
+    let deadline = std::time::Instant::now() + REQUEST_TIMEOUT;
+    while !open.is_empty() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(RedriveError::LogEndTimeout {
+                topic: topic.to_string(),
+                partitions: open.into_iter().collect(),
+            });
+        }
+        match reader.poll(left.min(Duration::from_millis(200))) {
+            Some(Ok(m)) => {
+                let end = ends.entry(m.partition()).or_default();
+                *end = (*end).max(m.offset() + 1);
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                open.remove(&p);
+            }
+            Some(Err(error)) if is_permanent(&error) => {
+                return Err(RedriveError::LogEnd {
+                    topic: topic.to_string(),
+                    source: error,
+                })
+            }
+            // Transient (a broker connection): librdkafka retries until the deadline.
+            Some(Err(error)) => crate::telemetry::librdkafka_error(
+                &error,
+                "reading the end of the dead-letter topic",
+            ),
+            None => {}
+        }
+    }
+    Ok(ends)
 }
 
 /// One dead letter's outcome, in the order the dead letters were read.

@@ -54,9 +54,11 @@ impl DeadLetter {
     }
 }
 
-/// Writes the dead letters, in order, and returns where each landed.
+/// Writes the dead letters, in order, and returns where each landed. They are all handed to the
+/// producer before any acknowledgement is awaited, so consecutive ones share record batches (as
+/// the engine's dead letters do).
 pub async fn write(producer: &FutureProducer, topic: &str, dls: &[DeadLetter]) -> Vec<(i32, i64)> {
-    let mut at = Vec::new();
+    let mut pending = Vec::with_capacity(dls.len());
     for dl in dls {
         let mut hs = OwnedHeaders::new();
         let mut added = vec![
@@ -88,9 +90,18 @@ pub async fn write(producer: &FutureProducer, topic: &str, dls: &[DeadLetter]) -
         if let Some(ts) = dl.timestamp_ms {
             record = record.timestamp(ts);
         }
-        let d = producer
-            .send(record, Duration::from_secs(10))
+        pending.push(
+            producer
+                .send_result(record)
+                .map_err(|(e, _)| e)
+                .expect("dead letter queued"),
+        );
+    }
+    let mut at = Vec::with_capacity(pending.len());
+    for delivery in pending {
+        let d = delivery
             .await
+            .expect("delivery reported")
             .expect("dead letter written");
         at.push((d.partition, d.offset));
     }
