@@ -212,10 +212,15 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             print!("{}", summary.render());
             if summary.failed() {
                 anyhow::bail!(
-                    "the redrive did not finish: {} republish(es) failed{}",
+                    "the redrive did not finish (see the summary above): {} republish(es) failed{}{}",
                     summary.errors.count,
+                    if summary.read_error.is_some() {
+                        ", the dead-letter topic could not be read"
+                    } else {
+                        ""
+                    },
                     if summary.commit_error.is_some() {
-                        ", and its progress could not be committed"
+                        ", its progress could not be committed"
                     } else {
                         ""
                     }

@@ -206,8 +206,6 @@ pub enum RedriveError {
     Committed { group: String, source: KafkaError },
     #[error("assigning the partitions of {topic}: {source}")]
     Assign { topic: String, source: KafkaError },
-    #[error("reading the dead-letter topic {topic}: {source}")]
-    Consume { topic: String, source: KafkaError },
     #[error("reading the end of the dead-letter topic {topic}: {source}")]
     LogEnd { topic: String, source: KafkaError },
     #[error("the end of the dead-letter topic {topic} could not be read within 30 s (partitions {partitions:?})")]
@@ -360,6 +358,8 @@ pub async fn run(
                 }
                 Err(error) => {
                     if is_permanent(&error) {
+                        // Reported in the summary (exit 1); what is in flight finishes.
+                        crate::telemetry::redrive_read_failed(&topic, &error);
                         consume_error = Some(error);
                         reading = false;
                     } else {
@@ -374,10 +374,8 @@ pub async fn run(
             }
         }
     }
-    if let Some(producer) = &producer {
-        // Every republish was awaited; this only returns librdkafka's own bookkeeping.
-        let _ = producer.flush(Timeout::After(REQUEST_TIMEOUT));
-    }
+    // Every republish was awaited above: the producer holds nothing more to flush.
+    drop(producer);
     if !settings.dry_run {
         if let Err(error) = commit(&consumer, &topic, &mut progress).await? {
             crate::telemetry::redrive_commit_failed(&settings.group_id, &error);
@@ -385,9 +383,7 @@ pub async fn run(
         }
     }
     summary.committed = progress.committed.clone();
-    if let Some(source) = consume_error {
-        return Err(RedriveError::Consume { topic, source });
-    }
+    summary.read_error = consume_error.map(|e| e.to_string());
     crate::telemetry::redrive_finished(
         summary.redriven_total(),
         summary.filtered_out_total(),

@@ -110,6 +110,8 @@ pub struct Summary {
     pub interrupted: bool,
     /// The last progress commit failed (the next run redrives those again).
     pub commit_error: Option<String>,
+    /// Reading the dead-letter topic failed for good (it was deleted, or access was revoked).
+    pub read_error: Option<String>,
     /// The offsets committed to the redrive group, per partition.
     pub committed: BTreeMap<i32, i64>,
 }
@@ -157,7 +159,7 @@ impl Summary {
     /// True when the command must exit non-zero: a republish failed or the progress could not
     /// be committed.
     pub fn failed(&self) -> bool {
-        self.errors.count > 0 || self.commit_error.is_some()
+        self.errors.count > 0 || self.commit_error.is_some() || self.read_error.is_some()
     }
 
     /// The printed report.
@@ -225,6 +227,9 @@ impl Summary {
         write_lines(out, &self.no_source)?;
         writeln!(out, "errors: {}", self.errors.count)?;
         write_lines(out, &self.errors)?;
+        if let Some(error) = &self.read_error {
+            writeln!(out, "reading the dead-letter topic failed: {error}")?;
+        }
         if let Some(error) = &self.commit_error {
             writeln!(out, "committing the progress failed: {error}")?;
         }
@@ -384,6 +389,14 @@ errors: 0
         assert!(commit_failed
             .render()
             .contains("committing the progress failed: broker down"));
+        let read_failed = Summary {
+            read_error: Some("UnknownTopicOrPartition".into()),
+            ..Summary::default()
+        };
+        assert!(read_failed.failed());
+        assert!(read_failed
+            .render()
+            .contains("reading the dead-letter topic failed: UnknownTopicOrPartition"));
     }
 
     #[test]

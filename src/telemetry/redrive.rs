@@ -65,6 +65,11 @@ pub fn redrive_failed(partition: i32, offset: i64, class: &str, target: &str, er
         "redrive failed: stopping; this dead letter and the later ones of its partition stay uncommitted");
 }
 
+/// Reading the dead-letter topic failed for good: the redrive stops after the ones in flight.
+pub fn redrive_read_failed(topic: &str, error: &rdkafka::error::KafkaError) {
+    tracing::error!(topic, error = %error, "redrive stopped: the dead-letter topic cannot be read");
+}
+
 /// A signal asked the redrive to stop.
 pub fn redrive_interrupted(in_flight: usize) {
     tracing::info!(in_flight,

@@ -676,3 +676,39 @@ async fn the_binary_exits_2_on_bad_arguments_and_1_when_the_redrive_cannot_run()
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_topic_that_cannot_be_read_is_an_error() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let dlt = support::unique("dlq");
+    let raw = support::unique("raw");
+    let kafka = Kafka::new(&[(&dlt, 1), (&raw, 1)]);
+    write(
+        &kafka.producer(),
+        &dlt,
+        &[DeadLetter::new(0, "not_found", &raw)],
+    )
+    .await;
+    kafka.cluster.request_errors(
+        RDKafkaApiKey::Fetch,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 50],
+    );
+    let config = config(&kafka, &dlt);
+    let result = tokio::time::timeout(
+        Duration::from_secs(60),
+        redrive::run(
+            &settings(&config, &RedriveOptions::default()),
+            std::future::pending(),
+        ),
+    )
+    .await
+    .expect("the redrive ends by itself");
+    kafka.cluster.clear_request_errors(RDKafkaApiKey::Fetch);
+    let error = result.expect_err("the topic cannot be read");
+    assert!(
+        error.to_string().contains("TopicAuthorizationFailed")
+            || error.to_string().contains("Topic authorization failed"),
+        "{error}"
+    );
+    assert_eq!(kafka.count(&raw), 0);
+}
