@@ -670,6 +670,7 @@ fn handle(
         &settings.dead_letter_topic,
     );
     let class = decide::class_name(&record);
+    crate::telemetry::redrive_read(partition, offset, &class);
     let line = |target: Option<&str>, count: Option<u32>, note: &str| Line {
         partition,
         offset,

@@ -24,6 +24,11 @@ pub fn redrive_started(
     }
 }
 
+/// A dead letter was read and decided on (its republish, if any, is under way).
+pub fn redrive_read(partition: i32, offset: i64, class: &str) {
+    tracing::debug!(partition, offset, class, "dead letter read");
+}
+
 /// A dead letter was republished and acknowledged.
 pub fn redriven(partition: i32, offset: i64, class: &str, target: &str, count: Option<u32>) {
     tracing::debug!(

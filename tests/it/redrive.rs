@@ -712,3 +712,138 @@ async fn a_dead_letter_topic_that_cannot_be_read_is_an_error() {
     );
     assert_eq!(kafka.count(&raw), 0);
 }
+
+/// The built binary, stopped by signals while its republishes wait for the broker (which refuses
+/// them, retriably, until the test lets them through).
+mod signals {
+    use super::*;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+    struct Stuck {
+        kafka: Kafka,
+        dlt: String,
+        raw: String,
+        child: support::ChildGuard,
+    }
+
+    /// Three dead letters, the produce requests refused, and the binary running until it has
+    /// read them all (their republishes are in flight).
+    async fn stuck() -> Stuck {
+        let dlt = support::unique("dlq");
+        let raw = support::unique("raw");
+        let kafka = Kafka::new(&[(&dlt, 1), (&raw, 1)]);
+        let dls: Vec<DeadLetter> = (0..3)
+            .map(|_| DeadLetter::new(0, "not_found", &raw))
+            .collect();
+        write(&kafka.producer(), &dlt, &dls).await;
+        kafka.cluster.request_errors(
+            RDKafkaApiKey::Produce,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 500],
+        );
+        let mut cmd = support::binary_command();
+        cmd.args([
+            "--log-format",
+            "json",
+            "--log-level",
+            "info,webhook_enricher::telemetry::redrive=debug",
+        ])
+        .args([
+            "--set",
+            &format!("kafka.bootstrap_servers={}", kafka.bootstrap),
+        ])
+        .args([
+            "--set",
+            &format!("kafka.group_id={}", support::unique("group")),
+        ])
+        .args(["--set", &format!("output.dead_letter_topic={dlt}")])
+        .arg("redrive");
+        let log = support::log_dir().join(format!("{}.log", support::unique("redrive")));
+        let mut child = support::ChildGuard::spawn(cmd, log);
+        assert!(
+            child
+                .wait_for_log(
+                    r#""message":"dead letter read","partition":0,"offset":2"#,
+                    Duration::from_secs(30)
+                )
+                .await,
+            "the three dead letters are read\n{}",
+            child.tail()
+        );
+        Stuck {
+            kafka,
+            dlt,
+            raw,
+            child,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_first_signal_waits_for_the_acknowledgements_then_commits_them_and_exits_0() {
+        let mut s = stuck().await;
+        s.child.signal("INT");
+        assert!(
+            s.child
+                .wait_for_log("redrive interrupted", Duration::from_secs(10))
+                .await,
+            "{}",
+            s.child.tail()
+        );
+        // The broker accepts the writes again: the republishes in flight are acknowledged.
+        s.kafka.cluster.clear_request_errors(RDKafkaApiKey::Produce);
+        let status = s.child.wait_exit(Duration::from_secs(60)).await;
+        assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", s.child.tail());
+        assert!(s.child.log_contains("redriven: 3\n"), "{}", s.child.tail());
+        assert!(
+            s.child
+                .log_contains("interrupted: run the same command again to resume"),
+            "{}",
+            s.child.tail()
+        );
+        assert_eq!(s.kafka.read_now(&s.raw).len(), 3);
+        let groups = std::fs::read_to_string(&s.child.log).unwrap_or_default();
+        let group = groups
+            .split("group ")
+            .nth(1)
+            .and_then(|rest| rest.split(',').next())
+            .expect("the summary names the group")
+            .to_string();
+        assert_eq!(
+            s.kafka.committed(&group, &s.dlt, 1),
+            HashMap::from([(0, 3)])
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_second_signal_exits_130_without_committing() {
+        let mut s = stuck().await;
+        s.child.signal("INT");
+        assert!(
+            s.child
+                .wait_for_log("redrive interrupted", Duration::from_secs(10))
+                .await,
+            "{}",
+            s.child.tail()
+        );
+        s.child.signal("INT");
+        let status = s.child.wait_exit(Duration::from_secs(30)).await;
+        s.kafka.cluster.clear_request_errors(RDKafkaApiKey::Produce);
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(130),
+            "{}",
+            s.child.tail()
+        );
+        assert!(!s.child.log_contains("redriven:"), "{}", s.child.tail());
+        let log = std::fs::read_to_string(&s.child.log).unwrap_or_default();
+        let group = log
+            .split(r#""group":""#)
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .expect("the log names the group")
+            .to_string();
+        assert!(
+            s.kafka.committed(&group, &s.dlt, 1).is_empty(),
+            "nothing committed"
+        );
+    }
+}
