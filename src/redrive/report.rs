@@ -264,8 +264,11 @@ impl Summary {
     }
 }
 
+/// A group's lines by partition and offset (they arrive interleaved across partitions).
 fn write_lines(out: &mut String, group: &Group) -> fmt::Result {
-    for line in &group.lines {
+    let mut lines: Vec<&Line> = group.lines.iter().collect();
+    lines.sort_by_key(|l| (l.partition, l.offset));
+    for line in lines {
         writeln!(out, "    {line}")?;
     }
     let more = group.count.saturating_sub(group.lines.len() as u64);
@@ -325,8 +328,9 @@ mod tests {
             }],
             ..Summary::default()
         };
-        s.record(done(Outcome::Listed(line(0, 1, "not_found"))));
+        // Read interleaved across partitions, listed in partition and offset order.
         s.record(done(Outcome::Listed(line(0, 2, "not_found"))));
+        s.record(done(Outcome::Listed(line(0, 1, "not_found"))));
         s.record(done(Outcome::Listed(line(0, 3, "retries_exhausted"))));
         s.record(done(Outcome::FilteredOut(FilteredBy::Time)));
         let mut refused = line(0, 4, "not_found");
