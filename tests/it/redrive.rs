@@ -386,7 +386,7 @@ async fn a_dry_run_lists_by_class_and_produces_and_commits_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_redrive_resumes_without_repeating_or_missing_one() {
-    const N: usize = 200;
+    const N: usize = 400;
     let dlt = support::unique("dlq");
     let raw = support::unique("raw");
     let kafka = Kafka::new(&[(&dlt, 2), (&raw, 2)]);
