@@ -57,6 +57,9 @@ pub enum Role {
     Run,
     /// `webhook-enricher receive`: Kafka, `[receive]` (and `input.max_payload_bytes`), admin.
     Receive,
+    /// `webhook-enricher redrive`: Kafka (`kafka.group_id` names its default group) and
+    /// `output.dead_letter_topic`; no provider or webhook credentials.
+    Redrive,
 }
 
 /// Where to read configuration from.
@@ -104,6 +107,16 @@ impl Config {
             receive: self.receive.clone(),
             statistics_interval: self.admin.statistics_interval,
         }
+    }
+
+    /// What `redrive` reads from this configuration (the Kafka connection, `kafka.group_id` for
+    /// its default group, the dead-letter topic), with its command-line options.
+    pub fn redrive_settings(
+        &self,
+        options: &crate::redrive::RedriveOptions,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> crate::redrive::RedriveSettings {
+        options.settings(&self.kafka, &self.output.dead_letter_topic, now)
     }
 
     /// Loads, merges and validates the configuration for `run`; every problem is reported at
@@ -230,8 +243,18 @@ impl Config {
         match role {
             Role::Run => self.validate_run(&mut p),
             Role::Receive => p.extend(self.receive.validate(self.input.max_payload_bytes)),
+            Role::Redrive => self.validate_redrive(&mut p),
         }
         p
+    }
+
+    fn validate_redrive(&self, p: &mut Vec<String>) {
+        if self.kafka.group_id.trim().is_empty() {
+            p.push("kafka.group_id must not be empty".into());
+        }
+        if self.output.dead_letter_topic.trim().is_empty() {
+            p.push("output.dead_letter_topic must not be empty".into());
+        }
     }
 
     fn validate_run(&self, p: &mut Vec<String>) {
@@ -833,6 +856,29 @@ private_key_pem = "-----BEGIN PRIVATE KEY-----\nMIIfake\n-----END PRIVATE KEY---
         assert!(err.problems.join("\n").contains("clearsale.user"), "{err}");
         // And the enricher does not check the webhook settings.
         assert!(load(VALID, &[], &[]).is_ok());
+    }
+
+    #[test]
+    fn redrive_needs_kafka_and_the_dead_letter_topic_only() {
+        let empty = ConfigSources::default();
+        // Neither provider API credentials nor webhook credentials.
+        let c = Config::load_for(&empty, Role::Redrive).unwrap();
+        assert_eq!(c.output.dead_letter_topic, "webhooks.dead-letter");
+        let blank = ConfigSources {
+            overrides: vec![
+                "output.dead_letter_topic= ".into(),
+                "kafka.group_id=".into(),
+            ],
+            ..ConfigSources::default()
+        };
+        let err = Config::load_for(&blank, Role::Redrive).unwrap_err();
+        let all = err.problems.join("\n");
+        assert!(
+            all.contains("output.dead_letter_topic must not be empty"),
+            "{all}"
+        );
+        assert!(all.contains("kafka.group_id must not be empty"), "{all}");
+        assert!(!all.contains("clearsale.user"), "{all}");
     }
 
     #[test]

@@ -616,4 +616,30 @@ mod tests {
         );
         assert_eq!(u3.event_id.get_version_num(), 5);
     }
+
+    /// `event_id` is the downstream idempotency key: the same webhook gives the same id on every
+    /// reprocessing (a restart, a redrive, a replay), whatever offset it is read at, and in every
+    /// version of the service. The expected values were computed independently (Python's
+    /// `uuid.uuid5` over the documented name `provider|subject|type|date` or
+    /// `provider|subject|status`); a change here breaks every consumer's deduplication.
+    #[test]
+    fn event_ids_are_pinned_to_fixed_values() {
+        const SUBJECT: &str = "5b0d6a52-3c4e-4f7a-9d21-8e6f1a2b3c4d";
+        let clearsale = event(dec(
+            r#"{"analysisId":"5B0D6A52-3C4E-4F7A-9D21-8E6F1A2B3C4D","date":"2025-09-26T14:21:11.0367845-03:00","type":"mfa"}"#,
+        ));
+        assert_eq!(
+            clearsale.event_id.to_string(),
+            "bd0607e5-7624-525e-bd50-e0aa346e8709"
+        );
+        let unico = event(dec(&format!(r#"{{"processId":"{SUBJECT}","status":"3"}}"#)));
+        assert_eq!(
+            unico.event_id.to_string(),
+            "ce149d7b-38ba-5bcf-be34-3c43ba05b01b"
+        );
+        assert_eq!(
+            EVENT_ID_NAMESPACE.to_string(),
+            "6f1c2b0e-4a57-4d1b-9f3e-8d2a5c7be410"
+        );
+    }
 }

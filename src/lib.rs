@@ -30,6 +30,7 @@ pub mod output;
 pub mod provider;
 pub mod receive;
 pub mod record;
+pub mod redrive;
 pub mod registry;
 pub mod renormalize;
 pub mod replay;

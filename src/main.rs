@@ -53,9 +53,20 @@ enum Command {
     /// the end of each partition when the command starts). A time bound is exact: records are
     /// also filtered by their own timestamp. Ctrl-C drains like `run`.
     Replay(Box<ReplayArgs>),
+    /// Write dead letters back to their source topic (`__connect.errors.topic`), with their
+    /// original key, value and headers and a redrive count; then print a summary.
+    ///
+    /// Reads the dead-letter topic (`output.dead_letter_topic`) from the redrive group's
+    /// committed offsets up to its end offsets at start, so it always ends by itself and the
+    /// same command run again resumes. A dead letter is committed only once its republish is
+    /// acknowledged. Exit status: 0 done (or stopped by a signal after committing what was
+    /// acknowledged), 1 a republish or commit failed, 2 bad arguments or configuration, 130 a
+    /// second signal.
+    Redrive(webhook_enricher::redrive::RedriveOptions),
     /// Print the effective configuration (secrets redacted) and exit; non-zero if invalid.
     CheckConfig {
-        /// Validate for this command: `run` (the enricher) or `receive` (the webhook receiver).
+        /// Validate for this command: `run` (the enricher), `receive` (the webhook receiver) or
+        /// `redrive`.
         #[arg(long = "for", value_enum, default_value_t = Role::Run)]
         role: Role,
     },
@@ -325,6 +336,36 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                 &mut stdout,
             )
             .await?;
+            Ok(())
+        }
+        Command::Redrive(options) => {
+            logging::init(
+                cli.log_format.unwrap_or(LogFormat::Auto),
+                cli.log_level.as_deref(),
+            )
+            .map_err(anyhow::Error::msg)?;
+            let config = load(Role::Redrive)?;
+            let settings = config.redrive_settings(&options, chrono::Utc::now());
+            let summary =
+                webhook_enricher::redrive::run(&settings, webhook_enricher::shutdown::signal())
+                    .await?;
+            print!("{}", summary.render());
+            if summary.failed() {
+                anyhow::bail!(
+                    "the redrive did not finish (see the summary above): {} republish(es) failed{}{}",
+                    summary.errors.count,
+                    if summary.read_error.is_some() {
+                        ", the dead-letter topic could not be read"
+                    } else {
+                        ""
+                    },
+                    if summary.commit_error.is_some() {
+                        ", its progress could not be committed"
+                    } else {
+                        ""
+                    }
+                );
+            }
             Ok(())
         }
         Command::CheckConfig { role } => {

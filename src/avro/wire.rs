@@ -25,6 +25,11 @@ pub const CONTENT_TYPE: &str = "application/vnd.webhook-enricher.enriched-event+
 pub const SCHEMA_ID_HEADER: &str = "schema-id";
 /// Header carrying the schema fingerprint (single-object format): the 8 header bytes in hex.
 pub const SCHEMA_FINGERPRINT_HEADER: &str = "schema-fingerprint";
+/// Header carrying the schema's full name (`io.webhookenricher.v1.EnrichedEvent`), in both
+/// formats: with the version, the schema identity a reader can act on without the registry.
+pub const SCHEMA_NAME_HEADER: &str = "schema-name";
+/// Header carrying the record's `schema_version` (decimal), in both formats.
+pub const SCHEMA_VERSION_HEADER: &str = "schema-version";
 
 const CONFLUENT_MAGIC: u8 = 0;
 const SINGLE_OBJECT_MAGIC: [u8; 2] = [0xC3, 0x01];
@@ -295,17 +300,29 @@ struct ContentHeaders {
 }
 
 impl ContentHeaders {
+    /// `content-type`, the wire format's schema reference (`schema-id` or `schema-fingerprint`),
+    /// then `schema-name` and `schema-version`.
     fn new(framing: &Framing) -> Self {
         let content_type = ("content-type", CONTENT_TYPE.to_string());
+        let identity = [
+            (SCHEMA_NAME_HEADER, ENRICHED_EVENT_FULL_NAME.to_string()),
+            (
+                SCHEMA_VERSION_HEADER,
+                crate::record::SCHEMA_VERSION.to_string(),
+            ),
+        ];
+        let with = |reference: Option<(&'static str, String)>| {
+            let mut headers = vec![content_type.clone()];
+            headers.extend(reference);
+            headers.extend(identity.iter().cloned());
+            headers
+        };
         match framing {
             Framing::SingleObject {
                 fingerprint_hex, ..
             } => Self {
                 per_topic: HashMap::new(),
-                default: vec![
-                    content_type,
-                    (SCHEMA_FINGERPRINT_HEADER, fingerprint_hex.clone()),
-                ],
+                default: with(Some((SCHEMA_FINGERPRINT_HEADER, fingerprint_hex.clone()))),
             },
             Framing::Confluent { ids } => Self {
                 per_topic: ids
@@ -313,11 +330,11 @@ impl ContentHeaders {
                     .map(|(topic, id)| {
                         (
                             topic.clone(),
-                            vec![content_type.clone(), (SCHEMA_ID_HEADER, id.to_string())],
+                            with(Some((SCHEMA_ID_HEADER, id.to_string()))),
                         )
                     })
                     .collect(),
-                default: vec![content_type],
+                default: with(None),
             },
         }
     }

@@ -180,6 +180,24 @@ pub fn wait_consumer_config(
     c
 }
 
+/// The consumer of `redrive`: reads the dead-letter topic by assignment (it never joins its
+/// group) and commits its progress itself, only for dead letters that are done
+/// (`enable.auto.commit=false`); end-of-partition events tell it where a partition ends.
+pub fn redrive_consumer_config(settings: &KafkaSettings, group_id: &str) -> ClientConfig {
+    let mut c = base(settings);
+    c.set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "true")
+        .set("queued.max.messages.kbytes", "4096");
+    for (k, v) in &settings.consumer.0 {
+        c.set(k, v);
+    }
+    c.set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("isolation.level", "read_committed");
+    c
+}
+
 /// The producer: idempotent, `acks=all`, retried by librdkafka until `message.timeout.ms`.
 pub fn producer_config(settings: &KafkaSettings) -> ClientConfig {
     producer_config_with(settings, &[])
@@ -289,6 +307,23 @@ mod tests {
         assert_eq!(p.get("statistics.interval.ms"), Some("1000"));
         assert_eq!(p.get("acks"), Some("all"));
         assert_eq!(p.get("enable.idempotence"), Some("true"));
+    }
+
+    #[test]
+    fn the_redrive_consumer_commits_only_by_itself_in_its_own_group() {
+        let mut s = KafkaSettings::default();
+        s.consumer
+            .0
+            .insert("enable.auto.commit".into(), "true".into());
+        s.consumer
+            .0
+            .insert("fetch.max.bytes".into(), "1048576".into());
+        let c = redrive_consumer_config(&s, "enricher.redrive.0a1b2c3d");
+        assert_eq!(c.get("group.id"), Some("enricher.redrive.0a1b2c3d"));
+        assert_eq!(c.get("enable.auto.commit"), Some("false"));
+        assert_eq!(c.get("enable.auto.offset.store"), Some("false"));
+        assert_eq!(c.get("enable.partition.eof"), Some("true"));
+        assert_eq!(c.get("fetch.max.bytes"), Some("1048576"));
     }
 
     #[test]

@@ -8,7 +8,10 @@
 //! coordinates), never engine types.
 
 pub mod receive;
+mod redrive;
 pub mod stats;
+
+pub use redrive::*;
 
 use crate::failure::ErrorClass;
 use crate::provider::Provider;

@@ -212,7 +212,12 @@ fn confluent_framing_carries_the_topic_schema_id_and_headers() {
                 "content-type",
                 "application/vnd.webhook-enricher.enriched-event+avro".to_string()
             ),
-            ("schema-id", "42".to_string())
+            ("schema-id", "42".to_string()),
+            (
+                "schema-name",
+                "io.webhookenricher.v1.EnrichedEvent".to_string()
+            ),
+            ("schema-version", "1".to_string()),
         ]
     );
 }
@@ -349,6 +354,19 @@ fn golden_bytes() {
             .unwrap()
             .content_headers("enriched")[1],
         ("schema-fingerprint", V1_FINGERPRINT.to_string())
+    );
+    // Every record names its schema and version, whatever the wire format.
+    assert_eq!(
+        RecordEncoder::single_object()
+            .unwrap()
+            .content_headers("enriched")[2..],
+        [
+            (
+                "schema-name",
+                "io.webhookenricher.v1.EnrichedEvent".to_string()
+            ),
+            ("schema-version", "1".to_string()),
+        ]
     );
 }
 

@@ -12,6 +12,7 @@ mod engine_lifecycle;
 mod engine_order;
 mod enrich;
 mod receive;
+mod redrive;
 mod registry;
 mod replay;
 mod simulator;

@@ -418,3 +418,105 @@ async fn replay_ranges_by_offset_and_by_time_against_a_real_tansu_broker() {
     let live = support::inspector(&tansu.bootstrap, &config.kafka.group_id);
     assert!(support::committed_by(&live, &input, 2).is_empty());
 }
+
+/// `redrive` as a user runs it (the built binary) against a real broker: a dry run, then the
+/// redrive of the `not_found` dead letters of a time range, then the same command again. Tansu
+/// answers offsets-for-times with offset 0 for a mid-log time: the client-side time filter
+/// keeps the result exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redrive_against_a_real_tansu_broker() {
+    use crate::redrive::{write, DeadLetter};
+    let Some(binary) = tansu_binary() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "tansu is not on PATH, but CI must run this test (.ci/run installs it)"
+        );
+        eprintln!("SKIPPED redrive_against_a_real_tansu_broker: `tansu` is not on PATH");
+        return;
+    };
+    let tansu = Tansu::start(&binary).await;
+    let dlt = support::unique("tansu-dlq");
+    let raw = support::unique("tansu-raw");
+    tansu.create_topics(&[(&dlt, 2), (&raw, 2)]).await;
+    let t0 = chrono::DateTime::parse_from_rfc3339("2026-12-03T08:00:00Z")
+        .expect("time")
+        .timestamp_millis();
+    let dls: Vec<DeadLetter> = (0..10)
+        .map(|i| {
+            let class = if i % 3 == 2 {
+                "malformed_payload"
+            } else {
+                "not_found"
+            };
+            let mut dl = DeadLetter::new(i % 2, class, &raw);
+            dl.timestamp_ms = Some(t0 + i64::from(i) * 60_000);
+            dl
+        })
+        .collect();
+    write(&support::producer_for(&tansu.bootstrap), &dlt, &dls).await;
+    // From 08:02 (inclusive) to 08:08 (exclusive): i = 2..=7, of which 2 and 5 are malformed.
+    let expected: std::collections::BTreeSet<String> = dls[2..8]
+        .iter()
+        .filter(|d| d.class == "not_found")
+        .map(|d| d.key.clone())
+        .collect();
+    assert_eq!(expected.len(), 4);
+
+    let group = support::unique("group");
+    let redrive = |extra: &[&str]| {
+        let mut cmd = support::binary_command();
+        cmd.args(["--log-level", "warn", "--log-format", "text"])
+            .args([
+                "--set",
+                &format!("kafka.bootstrap_servers={}", tansu.bootstrap),
+            ])
+            .args(["--set", &format!("kafka.group_id={group}")])
+            .args(["--set", &format!("output.dead_letter_topic={dlt}")])
+            .args(["redrive", "--class", "not_found"])
+            .args([
+                "--from",
+                "2026-12-03T08:02:00Z",
+                "--to",
+                "2026-12-03T08:08:00Z",
+            ])
+            .args(extra);
+        let out = support::blocking(|| cmd.output()).expect("run the binary");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let (code, stdout, stderr) = redrive(&["--dry-run"]);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("would redrive: 4\n  not_found: 4\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("filtered out: 6 (by class 3, time 3)"),
+        "{stdout}"
+    );
+    for key in &expected {
+        assert!(stdout.contains(key.as_str()), "{key} listed\n{stdout}");
+    }
+    let (code, stdout, stderr) = redrive(&[]);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("redriven: 4\n"), "{stdout}");
+    // Reaching the end of a partition is how it stops, not a warning.
+    assert!(!stderr.contains("PartitionEOF"), "{stderr}");
+    let out = support::read_to_end(&tansu.bootstrap, &raw).await;
+    let keys: std::collections::BTreeSet<String> =
+        out.iter().filter_map(|r| r.key.clone()).collect();
+    assert_eq!(out.len(), 4, "{out:#?}");
+    assert_eq!(keys, expected);
+    assert!(out
+        .iter()
+        .all(|r| r.header("webhook_enricher.redrive.count") == "1"));
+    // The same command again resumes after what it did: nothing redriven twice.
+    let (code, stdout, stderr) = redrive(&[]);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("redriven: 0\n"), "{stdout}");
+    assert_eq!(support::read_to_end(&tansu.bootstrap, &raw).await.len(), 4);
+}
