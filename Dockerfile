@@ -2,7 +2,7 @@
 #
 # webhook-enricher image: a Rust builder stage and a slim Debian runtime holding only the binary.
 # The production binary: built with --no-default-features, so it holds the service (`run`,
-# `receive`, `redrive`, `check-config`) without the demo and the provider simulator (the `demo` and
+# `receive`, `replay`, `redrive`, `check-config`) without the demo and the provider simulator (the `demo` and
 # `simulator` cargo features, on by default for `cargo run -- demo` and the tests; README
 # "Cargo features"). `docker run ... demo` exits 2 with a note saying so.
 #
