@@ -4,6 +4,7 @@
 //! It knows nothing of either: both depend on it, it depends on neither.
 
 pub mod client_config;
+pub mod log_end;
 
 use crate::secret::Secret;
 use serde::{Deserialize, Serialize, Serializer};

@@ -564,70 +564,23 @@ fn log_ends(
     topic: &str,
     watermarks: &[(i32, i64, i64)],
 ) -> Result<BTreeMap<i32, i64>, RedriveError> {
-    use rdkafka::consumer::BaseConsumer;
-    use rdkafka::Message;
-    let mut ends: BTreeMap<i32, i64> = watermarks.iter().map(|(p, _, h)| (*p, *h)).collect();
-    let mut list = TopicPartitionList::new();
-    let mut open = BTreeSet::new();
-    for (p, low, high) in watermarks {
-        if high > low {
-            list.add_partition_offset(topic, *p, Offset::Offset(high - 1))
-                .map_err(|source| RedriveError::LogEnd {
-                    topic: topic.to_string(),
-                    source,
-                })?;
-            open.insert(*p);
-        }
+    use crate::kafka::log_end::{read, LogEndError};
+    // The redrive's own configuration; this reader only reads.
+    let config = crate::kafka::client_config::redrive_consumer_config(kafka, group);
+    match read(
+        &config,
+        RedriveLog,
+        topic,
+        watermarks,
+        REQUEST_TIMEOUT,
+        is_permanent,
+    ) {
+        Ok(ends) => Ok(ends),
+        Err(LogEndError::Kafka { topic, source }) => Err(RedriveError::LogEnd { topic, source }),
+        Err(LogEndError::Timeout {
+            topic, partitions, ..
+        }) => Err(RedriveError::LogEndTimeout { topic, partitions }),
     }
-    if open.is_empty() {
-        return Ok(ends);
-    }
-    // The redrive's own configuration (partition ends reported, nothing committed); it only reads.
-    let reader: BaseConsumer<RedriveLog> =
-        crate::kafka::client_config::redrive_consumer_config(kafka, group)
-            .create_with_context(RedriveLog)
-            .map_err(|source| RedriveError::Client {
-                client: "consumer",
-                source,
-            })?;
-    reader
-        .assign(&list)
-        .map_err(|source| RedriveError::LogEnd {
-            topic: topic.to_string(),
-            source,
-        })?;
-    let deadline = std::time::Instant::now() + REQUEST_TIMEOUT;
-    while !open.is_empty() {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            return Err(RedriveError::LogEndTimeout {
-                topic: topic.to_string(),
-                partitions: open.into_iter().collect(),
-            });
-        }
-        match reader.poll(left.min(Duration::from_millis(200))) {
-            Some(Ok(m)) => {
-                let end = ends.entry(m.partition()).or_default();
-                *end = (*end).max(m.offset() + 1);
-            }
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                open.remove(&p);
-            }
-            Some(Err(error)) if is_permanent(&error) => {
-                return Err(RedriveError::LogEnd {
-                    topic: topic.to_string(),
-                    source: error,
-                })
-            }
-            // Transient (a broker connection): librdkafka retries until the deadline.
-            Some(Err(error)) => crate::telemetry::librdkafka_error(
-                &error,
-                "reading the end of the dead-letter topic",
-            ),
-            None => {}
-        }
-    }
-    Ok(ends)
 }
 
 /// One dead letter's outcome, in the order the dead letters were read.

@@ -153,64 +153,18 @@ fn log_ends(
     topic: &str,
     watermarks: &[(i32, i64, i64)],
 ) -> Result<HashMap<i32, i64>, ReplayError> {
-    let mut ends: HashMap<i32, i64> = watermarks.iter().map(|(p, _, h)| (*p, *h)).collect();
-    let mut list = TopicPartitionList::new();
-    let mut open: HashSet<i32> = HashSet::new();
-    for (p, low, high) in watermarks {
-        if high > low {
-            list.add_partition_offset(topic, *p, Offset::Offset(high - 1))
-                .map_err(|source| ReplayError::Broker {
-                    what: "the end of the log",
-                    topic: topic.to_string(),
-                    source,
-                })?;
-            open.insert(*p);
-        }
+    use crate::kafka::log_end::{read, LogEndError};
+    match read(config, PlanContext, topic, watermarks, TIMEOUT, |_| true) {
+        Ok(ends) => Ok(ends.into_iter().collect()),
+        Err(LogEndError::Kafka { topic, source }) => Err(ReplayError::Broker {
+            what: "the end of the log",
+            topic,
+            source,
+        }),
+        Err(LogEndError::Timeout {
+            topic, partitions, ..
+        }) => Err(ReplayError::LogEnd { topic, partitions }),
     }
-    if open.is_empty() {
-        return Ok(ends);
-    }
-    let mut config = config.clone();
-    config
-        .set("enable.partition.eof", "true")
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false");
-    let reader: BaseConsumer<PlanContext> = config
-        .create_with_context(PlanContext)
-        .map_err(ReplayError::Client)?;
-    reader.assign(&list).map_err(|source| ReplayError::Broker {
-        what: "the end of the log",
-        topic: topic.to_string(),
-        source,
-    })?;
-    let deadline = Instant::now() + TIMEOUT;
-    while !open.is_empty() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(ReplayError::LogEnd {
-                topic: topic.to_string(),
-                partitions: open.into_iter().collect(),
-            });
-        }
-        match reader.poll(left.min(Duration::from_millis(200))) {
-            Some(Ok(m)) => {
-                let end = ends.entry(m.partition()).or_default();
-                *end = (*end).max(m.offset() + 1);
-            }
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                open.remove(&p);
-            }
-            Some(Err(e)) => {
-                return Err(ReplayError::Broker {
-                    what: "the end of the log",
-                    topic: topic.to_string(),
-                    source: e,
-                })
-            }
-            None => {}
-        }
-    }
-    Ok(ends)
 }
 
 /// How long a partition may take to return its first record from its start before the broker
