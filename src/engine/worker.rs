@@ -72,6 +72,19 @@ pub struct Diversion {
 }
 
 impl Diversion {
+    /// When the next retry round of a poison record that had `done` rounds ends, if it has
+    /// one more.
+    fn round_due(&self, done: u32) -> Option<chrono::DateTime<chrono::Utc>> {
+        let delay = *self.retry_rounds.get(usize::try_from(done).ok()?)?;
+        let now = chrono::Utc::now();
+        Some(
+            chrono::Duration::from_std(delay)
+                .ok()
+                .and_then(|d| now.checked_add_signed(d))
+                .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC),
+        )
+    }
+
     /// Resolves when `provider`'s circuit is reported not closed (never, if the engine is gone).
     async fn blocked(&self, provider: Provider) {
         let mut rx = self.circuit_blocked[provider.index()].subscribe();
@@ -254,16 +267,10 @@ pub async fn process(ctx: &WorkerContext, job: &Job, drain: &CancellationToken) 
                     breaker.successes(),
                 ) {
                     AfterSystemic::DeadLetterRetriesExhausted => {
-                        let next_round = ctx
-                            .diversion
-                            .as_ref()
-                            .and_then(|d| d.retry_rounds.get(round as usize).copied());
-                        if let Some(delay) = next_round {
+                        let next_round = ctx.diversion.as_ref().and_then(|d| d.round_due(round));
+                        if let Some(due) = next_round {
                             // A poison record: one more round before the dead letter.
                             round += 1;
-                            let due = chrono::Utc::now()
-                                + chrono::Duration::from_std(delay)
-                                    .unwrap_or(chrono::Duration::MAX);
                             ctx.events
                                 .retry_round(provider, job.source(), round, due, &reason);
                             if job.wait.is_none() {
@@ -322,6 +329,41 @@ pub async fn process(ctx: &WorkerContext, job: &Job, drain: &CancellationToken) 
                     }
                 }
             }
+        }
+    }
+}
+
+/// Writes the job's key and value with `headers` to `topic` (`partition`: `None` for the
+/// partitioner's choice) and waits for the acknowledgement. A write the topic refuses is
+/// reported through `refused` (with the error code) and tried again every 30 s until it is
+/// accepted: the record's partition stops advancing, it never skips. Dead letters and diverts
+/// are final outcomes, so neither may be dropped.
+async fn write_until_accepted(
+    ctx: &WorkerContext,
+    topic: &str,
+    partition: Option<i32>,
+    job: &Job,
+    headers: &[(&str, Option<&[u8]>)],
+    refused: impl Fn(&str),
+) -> Result<super::producer::Acked, ProduceError> {
+    let record = &job.record;
+    loop {
+        match ctx
+            .producer
+            .send_to(
+                topic,
+                partition,
+                record.key.as_deref(),
+                record.payload.as_deref(),
+                headers,
+            )
+            .await
+        {
+            Err(ProduceError::Refused { code, .. }) => {
+                refused(&format!("{code:?}"));
+                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+            }
+            written => return written,
         }
     }
 }
@@ -507,21 +549,10 @@ async fn dead_letter(
     );
     hs.extend(added.iter().map(|(k, v)| (*k, Some(v.as_bytes()))));
     let topic = &ctx.output.dead_letter_topic;
-    loop {
-        match ctx
-            .producer
-            .send(topic, record.key.as_deref(), record.payload.as_deref(), &hs)
-            .await
-        {
-            Ok(_) => break,
-            Err(ProduceError::Refused { code, .. }) => {
-                ctx.events
-                    .dead_letter_refused(topic, job.source(), &format!("{code:?}"));
-                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
-            }
-            Err(fatal) => return Err(fatal),
-        }
-    }
+    write_until_accepted(ctx, topic, None, job, &hs, |code| {
+        ctx.events.dead_letter_refused(topic, job.source(), code)
+    })
+    .await?;
     ctx.events
         .dead_lettered(reason.class, job.source(), &reason.message);
     Ok(Final::DeadLettered(reason.class))
@@ -576,30 +607,17 @@ pub async fn divert(
     );
     hs.extend(added.iter().map(|(k, v)| (*k, Some(v.as_bytes()))));
     let topic = &diversion.wait_topics[provider.index()];
-    loop {
-        match ctx
-            .producer
-            .send_to(
-                topic,
-                Some(record.partition),
-                record.key.as_deref(),
-                record.payload.as_deref(),
-                &hs,
-            )
-            .await
-        {
-            Ok(acked) => {
-                ctx.events.diverted(provider, job.source(), reason.as_str());
-                return Processed::Final(Final::Diverted {
-                    offset: acked.offset,
-                });
-            }
-            Err(ProduceError::Refused { code, .. }) => {
-                ctx.events
-                    .wait_write_refused(topic, job.source(), &format!("{code:?}"));
-                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
-            }
-            Err(fatal) => return Processed::Fatal(fatal),
+    let written = write_until_accepted(ctx, topic, Some(record.partition), job, &hs, |code| {
+        ctx.events.wait_write_refused(topic, job.source(), code)
+    })
+    .await;
+    match written {
+        Ok(acked) => {
+            ctx.events.diverted(provider, job.source(), reason.as_str());
+            Processed::Final(Final::Diverted {
+                offset: acked.offset,
+            })
         }
+        Err(fatal) => Processed::Fatal(fatal),
     }
 }
