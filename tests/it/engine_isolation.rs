@@ -639,9 +639,19 @@ async fn poison_records_get_retry_rounds_through_the_wait_topic_before_the_dead_
     // A poison record's first failure opens the circuit (it could be an outage), so it goes to
     // the wait topic with its lane; read back, its retries run out while the provider serves the
     // healthy records, and it waits out its retry rounds there, holding its key.
+    // (Both analyses are in the wait topic before `healed` heals: on a busy machine `always` can
+    // start its first round before `healed` has failed at all.)
+    let in_wait = |key: &str| {
+        s.kafka
+            .read_now(&s.wait_cs)
+            .iter()
+            .any(|r| r.key.as_deref() == Some(key))
+    };
     assert!(
         support::eventually(Duration::from_secs(60), || engine.snapshot().retry_rounds
-            >= 1)
+            >= 1
+            && in_wait(&always)
+            && in_wait(&healed))
         .await,
         "no retry round started: {:?}",
         engine.snapshot()
@@ -785,35 +795,24 @@ async fn a_provider_slower_than_its_arrivals_is_diverted_and_published_once_its_
     let (mut cs_count, mut unico_ids) = (0usize, Vec::new());
     for i in 0..4000 {
         let partition = Some((i % PARTITIONS as usize) as i32);
-        if i % 20 == 0 {
-            let id = new_id();
-            let payload = unico(&id, "3");
-            s.kafka
-                .produce(
-                    &producer,
-                    &s.input,
-                    partition,
-                    Some(&id),
-                    payload.as_bytes(),
-                    &[],
-                )
-                .await;
-            unico_ids.push(id);
+        let id = new_id();
+        let payload = if i % 20 == 0 {
+            unico_ids.push(id.clone());
+            unico(&id, "3")
         } else {
-            let id = new_id();
-            let payload = clearsale(&id, "mfa", "2025-09-26T17:21:00.0000000Z");
-            s.kafka
-                .produce(
-                    &producer,
-                    &s.input,
-                    partition,
-                    Some(&id),
-                    payload.as_bytes(),
-                    &[],
-                )
-                .await;
             cs_count += 1;
-        }
+            clearsale(&id, "mfa", "2025-09-26T17:21:00.0000000Z")
+        };
+        s.kafka
+            .produce(
+                &producer,
+                &s.input,
+                partition,
+                Some(&id),
+                payload.as_bytes(),
+                &[],
+            )
+            .await;
     }
     let engine = RunningEngine::start(&s.config).await;
     // ClearSale is not held back behind Unico: all of it is published while Unico still has
