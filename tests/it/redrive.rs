@@ -728,6 +728,20 @@ mod signals {
 
     /// Three dead letters, the produce requests refused, and the binary running until it has
     /// read them all (their republishes are in flight).
+    impl Stuck {
+        /// Sends the first SIGINT and waits until the redrive says it is interrupted.
+        async fn interrupt(&mut self) {
+            self.child.signal("INT");
+            assert!(
+                self.child
+                    .wait_for_log("redrive interrupted", Duration::from_secs(10))
+                    .await,
+                "{}",
+                self.child.tail()
+            );
+        }
+    }
+
     async fn stuck() -> Stuck {
         let dlt = support::unique("dlq");
         let raw = support::unique("raw");
@@ -780,14 +794,7 @@ mod signals {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_first_signal_waits_for_the_acknowledgements_then_commits_them_and_exits_0() {
         let mut s = stuck().await;
-        s.child.signal("INT");
-        assert!(
-            s.child
-                .wait_for_log("redrive interrupted", Duration::from_secs(10))
-                .await,
-            "{}",
-            s.child.tail()
-        );
+        s.interrupt().await;
         // The broker accepts the writes again: the republishes in flight are acknowledged.
         s.kafka.cluster.clear_request_errors(RDKafkaApiKey::Produce);
         let status = s.child.wait_exit(Duration::from_secs(60)).await;
@@ -816,14 +823,7 @@ mod signals {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_second_signal_exits_130_without_committing() {
         let mut s = stuck().await;
-        s.child.signal("INT");
-        assert!(
-            s.child
-                .wait_for_log("redrive interrupted", Duration::from_secs(10))
-                .await,
-            "{}",
-            s.child.tail()
-        );
+        s.interrupt().await;
         s.child.signal("INT");
         let status = s.child.wait_exit(Duration::from_secs(30)).await;
         s.kafka.cluster.clear_request_errors(RDKafkaApiKey::Produce);
