@@ -70,6 +70,9 @@ const MAX_BATCH: usize = 512;
 const POLL_WAIT: Duration = Duration::from_millis(100);
 /// How long one poll waits while a partition is parked (its lane may free up at any time).
 const POLL_WAIT_PARKED: Duration = Duration::from_millis(10);
+/// How long a wait consumer waits for its topic's metadata (at start-up and after an
+/// assignment; see [`WaitConsumer::learn_leaders`]).
+const WAIT_METADATA_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A revocation the engine must answer.
 #[derive(Debug)]
@@ -173,6 +176,23 @@ struct WaitConsumer {
     provider: Provider,
     topic: Arc<str>,
     consumer: BaseConsumer<WaitContext>,
+}
+
+impl WaitConsumer {
+    /// Asks the broker for the wait topic's partition leaders. A wait consumer never
+    /// subscribes, so librdkafka learns a newly assigned partition's leader only at its next
+    /// metadata refresh: the partition's start (committed offset, then a fetch to its end) waited
+    /// for it, and a new lane held its input records that long (about a second, measured in the
+    /// mixed benchmark). Asking once at start-up and once after each assignment starts the fetch
+    /// at once. Best effort: librdkafka's own refresh still follows if this fails.
+    fn learn_leaders(&self) {
+        if let Err(e) = self
+            .consumer
+            .fetch_metadata(Some(&self.topic), WAIT_METADATA_TIMEOUT)
+        {
+            tracing::debug!(topic = %self.topic, error = %e, "wait topic metadata not fetched");
+        }
+    }
 }
 
 struct WaitContext {
@@ -531,11 +551,13 @@ pub fn start(
                     assigned: Mutex::new(HashSet::new()),
                 })
                 .map_err(ConsumerError::Create)?;
-            wait_consumers.push(WaitConsumer {
+            let wait = WaitConsumer {
                 provider,
                 topic: Arc::from(topic.as_str()),
                 consumer,
-            });
+            };
+            wait.learn_leaders();
+            wait_consumers.push(wait);
         }
     }
     let context = EngineContext {
@@ -766,6 +788,11 @@ impl PollLoop {
         }
         if !changes.changed {
             return false;
+        }
+        for w in &self.consumer.context().wait {
+            if !lock(&w.consumer.context().assigned).is_empty() {
+                w.learn_leaders();
+            }
         }
         self.assignment = self
             .consumer
