@@ -44,8 +44,13 @@ struct Args {
     #[arg(long, default_value_t = 200_000)]
     events: usize,
     /// Scenarios to run, comma-separated: cpu (0 ms), latency (--latency-ms), mixed (Unico
-    /// held to its default 10 requests/s).
-    #[arg(long, value_delimiter = ',', default_value = "cpu,latency,mixed")]
+    /// held to its default 10 requests/s), mixed-unlimited (the same workload with Unico
+    /// unlimited: ClearSale's unimpeded rate, the reference of mixed's ClearSale rate).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "cpu,latency,mixed-unlimited,mixed"
+    )]
     scenarios: Vec<String>,
     /// Provider latency of the `latency` scenario, in ms.
     #[arg(long, default_value_t = 50)]
@@ -193,16 +198,24 @@ fn run(args: &Args) -> Result<bool, String> {
                 unico_share: args.unico_share,
                 unico_limited: false,
             },
-            "mixed" => Scenario {
-                name: "mixed",
+            "mixed" | "mixed-unlimited" => Scenario {
+                name: if name == "mixed" {
+                    "mixed"
+                } else {
+                    "mixed-unlimited"
+                },
                 latency: Duration::ZERO,
                 events: args
                     .mixed_events
                     .unwrap_or((args.events / 10).max(2_000).min(args.events)),
                 unico_share: args.mixed_unico_share,
-                unico_limited: true,
+                unico_limited: name == "mixed",
             },
-            other => return Err(format!("unknown scenario {other:?} (cpu, latency, mixed)")),
+            other => {
+                return Err(format!(
+                    "unknown scenario {other:?} (cpu, latency, mixed, mixed-unlimited)"
+                ))
+            }
         };
         eprintln!(
             "\n== scenario {} ({} events, latency {:?})",
@@ -320,7 +333,7 @@ fn run_scenario(
     let max_in_flight = setting_usize(&args.overrides, "engine.max_in_flight")
         .unwrap_or(webhook_enricher::engine::EngineSettings::default().max_in_flight);
 
-    let baselines = if args.no_baselines || s.name == "mixed" {
+    let baselines = if args.no_baselines || s.name.starts_with("mixed") {
         None
     } else {
         Some(run_baselines(
@@ -542,7 +555,7 @@ listen = "127.0.0.1:{admin_port}"
             inspector.count(wait_unico, partitions)?,
         ])
     };
-    let unico_rates = s.unico_limited.then(|| ProviderRates {
+    let unico_rates = s.name.starts_with("mixed").then(|| ProviderRates {
         clearsale_eps: progress.rate_of(|p| p.clearsale, expected.clearsale.len()),
         unico_eps: progress.rate_of(|p| p.unico, expected.unico.len()),
     });
