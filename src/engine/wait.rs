@@ -40,7 +40,8 @@ pub mod names {
 pub enum Reason {
     /// The provider's circuit is open (or probing).
     CircuitOpen,
-    /// The provider's share of the budget stayed full for `divert_after`.
+    /// The provider is slower than its arrivals: its share of the budget stayed full for
+    /// `divert_after`, or would take longer than that to drain at its measured pace.
     ProviderSlow,
     /// The lane was still diverted (catching up), so the record follows the ones before it.
     LaneDiverted,
