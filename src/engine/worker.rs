@@ -96,10 +96,25 @@ impl Diversion {
         wait_for_true(&self.circuit_blocked[provider.index()]).await;
     }
 
-    /// Resolves when `provider` is reported slower than its arrivals (never, if the engine is
-    /// gone).
-    async fn slow(&self, provider: Provider) {
-        wait_for_true(&self.slow[provider.index()]).await;
+    /// Resolves when `provider` is reported slower than its arrivals *while it answers*:
+    /// `breaker` counted a success since `since`. A provider that answered nothing since is
+    /// down, not slow: its records keep retrying until their failures open its circuit (which
+    /// diverts them as `circuit_open`); diverting them as slow would stop the circuit from
+    /// ever opening, and the lanes would return to a provider that is still down.
+    async fn slow_while_answering(&self, provider: Provider, breaker: &CircuitBreaker, since: u64) {
+        let mut rx = self.slow[provider.index()].subscribe();
+        loop {
+            if rx.wait_for(|slow| *slow).await.is_err() {
+                break;
+            }
+            if breaker.successes() > since {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                break;
+            }
+        }
+        std::future::pending::<()>().await;
     }
 }
 
@@ -231,15 +246,17 @@ pub async fn process(ctx: &WorkerContext, job: &Job, drain: &CancellationToken) 
             Budget::Full
         };
         // A record from the input leaves for the wait topic when its provider turns out slower
-        // than its arrivals while it waits for the provider's gate or between attempts (a
+        // than its arrivals, while still answering, as it waits for the provider's gate or
+        // between attempts (a
         // provider call cut short is a GET, safe to make again when it is read back). A probe
         // never does: the circuit waits on its answer.
+        let answered_before = breaker.successes();
         let enriching = ctx.enricher.enrich_within(event, budget, drain);
         let outcome = match diversion.filter(|_| budget == Budget::Full) {
             Some(d) => tokio::select! {
                 biased;
                 outcome = enriching => outcome,
-                () = d.slow(event.provider) => {
+                () = d.slow_while_answering(event.provider, breaker, answered_before) => {
                     return divert(ctx, job, event.provider, super::wait::Reason::ProviderSlow, attempts_so_far, None).await;
                 }
             },

@@ -121,7 +121,10 @@ async fn a_long_clearsale_outage_diverts_clearsale_while_unico_and_the_input_kee
         .try_init();
     let down = Arc::new(AtomicBool::new(true));
     // The in-flight limit is far below what the outage holds back.
-    let s = setup(&down, 32).await;
+    let mut s = setup(&down, 32).await;
+    // Retries outlast the second over which a full share is found slow, so ClearSale is
+    // found slow (no completions) before any record's retries run out.
+    s.config.enrich.retry.max_elapsed = Duration::from_secs(5);
     let producer = s.kafka.producer();
     // 20 analyses with 10 notifications each (different dates), interleaved with Unico.
     let analyses: Vec<String> = (0..20).map(|_| new_id()).collect();
@@ -209,6 +212,20 @@ async fn a_long_clearsale_outage_diverts_clearsale_while_unico_and_the_input_kee
             .contains(&first.header(wait_headers::REASON)),
         "reason {:?}",
         first.header(wait_headers::REASON)
+    );
+    // But the records already retrying were not diverted as slow: a provider that answers
+    // nothing is down, so they retried until their failures opened the circuit, and diverted
+    // as `circuit_open`. (Diverted as slow, they never opened it; the lanes then returned to a
+    // provider still down and the outage filled the budget again.)
+    assert!(
+        waiting
+            .iter()
+            .any(|r| r.header(wait_headers::REASON) == "circuit_open"),
+        "reasons {:?}",
+        waiting
+            .iter()
+            .map(|r| r.header(wait_headers::REASON))
+            .collect::<std::collections::BTreeSet<_>>()
     );
     for r in &waiting {
         let source_partition: i32 = r
