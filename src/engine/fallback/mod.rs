@@ -199,7 +199,7 @@ enum PollOutcome {
 
 enum Completion {
     Poll(EntryId, PollOutcome),
-    /// A dead letter (or nothing to write) for the expectation at this offset is done.
+    /// A dead letter for the expectation at this offset is done (`ok`: acknowledged).
     Resolved {
         tp: TopicPartition,
         offset: i64,
@@ -429,6 +429,7 @@ impl Task {
                 };
                 let provider = entry.expectation.provider;
                 let polls = entry.polls;
+                let give_up = entry.give_up;
                 events::polled(provider, &outcome_label(&outcome));
                 match outcome {
                     PollOutcome::Published
@@ -446,12 +447,8 @@ impl Task {
                     }
                     PollOutcome::NotFinal(_) => {
                         let now = Utc::now();
-                        match pending::after_not_final(
-                            &self.settings.fallback,
-                            entry.give_up,
-                            polls,
-                            now,
-                        ) {
+                        match pending::after_not_final(&self.settings.fallback, give_up, polls, now)
+                        {
                             Some(due) => self.pending.reschedule(id, due),
                             None => {
                                 if let Some(entry) = self.pending.detach(id) {
@@ -557,8 +554,8 @@ fn poll_job(record: &InputRecord, e: &Expectation) -> Job {
     }
 }
 
-/// One poll: the poll share, the provider's circuit (waited for like every record), one
-/// attempt through the enricher (the provider's gate), and the verdict.
+/// One poll: the poll share, the provider's circuit (waited for like every record), the
+/// enricher with a record's budget (the provider's gate), and the verdict.
 async fn poll(
     ctx: &WorkerContext,
     limiter: Option<&DefaultDirectRateLimiter>,
