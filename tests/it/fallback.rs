@@ -391,8 +391,8 @@ async fn disabled_fallback_changes_nothing() {
     assert!(committed.values().all(|o| *o <= 0), "{committed:?}");
 }
 
-/// A malformed expectation is dead-lettered with its class and the expectations topic as its
-/// source (never dropped, never a crash); one with no final result by its deadline is
+/// A malformed expectation, or one keyed unlike its webhooks, is dead-lettered with its class and
+/// the expectations topic as its source (never dropped, never a crash); one with no final result by its deadline is
 /// dead-lettered as `expectation_expired`. Both offsets are committed once acknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_and_expired_expectations_are_dead_lettered() {
@@ -411,17 +411,48 @@ async fn bad_and_expired_expectations_are_dead_lettered() {
             &[],
         )
         .await;
+    // Keyed unlike its webhooks: it could land away from them.
+    let other = support::new_id();
+    let value = format!(
+        r#"{{"provider":"unico","id":"{other}","created_at":"{}"}}"#,
+        chrono::Utc::now().to_rfc3339()
+    );
+    s.kafka
+        .produce(
+            &producer,
+            &s.expectations,
+            Some(1),
+            Some("order-42"),
+            value.as_bytes(),
+            &[],
+        )
+        .await;
     // The simulator never answers status 5 for this id: never final.
     let id = support::new_id();
     s.expect(&producer, &id, "[5]").await;
     let dead = s
         .kafka
-        .read_all(&s.config.output.dead_letter_topic, 2, WAIT);
-    assert_eq!(dead.len(), 2, "{dead:?}");
+        .read_all(&s.config.output.dead_letter_topic, 3, WAIT);
+    assert_eq!(dead.len(), 3, "{dead:?}");
     let class = |r: &OutRecord| r.header(dlq::CLASS).to_string();
     let mut classes: Vec<String> = dead.iter().map(class).collect();
     classes.sort();
-    assert_eq!(classes, ["expectation_expired", "malformed_payload"]);
+    assert_eq!(
+        classes,
+        [
+            "expectation_expired",
+            "malformed_payload",
+            "malformed_payload"
+        ]
+    );
+    assert!(dead
+        .iter()
+        .any(|r| r.header(dlq::MESSAGE).contains("record key")));
+    assert_eq!(
+        s.fetches(&other),
+        0,
+        "a wrongly keyed expectation is not polled"
+    );
     for r in &dead {
         assert_eq!(
             r.header(dlq::TOPIC),

@@ -196,6 +196,22 @@ pub fn verdict(expectation: &Expectation, fetched: &Fetched, now: DateTime<Utc>)
     Verdict::Final { event, result }
 }
 
+/// Checks that an expectation's Kafka key is its id as the receiver keys the webhooks
+/// (lowercase hyphenated): the key decides the partition, and only the instance that reads the
+/// webhooks' partition can match them. A wrong key is refused (dead-lettered), never guessed.
+pub fn check_key(key: Option<&[u8]>, e: &Expectation) -> Result<(), Rejection> {
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let wanted = e.subject_id.hyphenated().encode_lower(&mut buf);
+    if key == Some(wanted.as_bytes()) {
+        return Ok(());
+    }
+    Err(reject(
+        ErrorClass::MalformedPayload,
+        Some(e.provider),
+        "the record key must be the expectation's id, lowercase hyphenated (the key of its webhooks, so both land in partitions of the same number)",
+    ))
+}
+
 /// Decodes an expectation. `unico_default` is the set used when a Unico expectation has no
 /// `expect` (the final statuses the decoder enriches). Every refusal is a [`Rejection`] with a
 /// dead-letter class; the payload is never quoted.
@@ -679,6 +695,26 @@ mod tests {
     // Computed independently (Python `uuid.uuid5` over the same names and namespace).
     const PINNED_CLEARSALE: &str = "4ab9cb29-bab0-5086-88b0-bf824afb48af";
     const PINNED_UNICO: &str = "44069714-da8b-5228-9026-8829b8412026";
+
+    #[test]
+    fn the_key_must_be_the_id_as_the_webhooks_are_keyed() {
+        let e = dec(&format!(
+            r#"{{"provider":"unico","id":"{}","created_at":"2026-01-01T12:00:00Z"}}"#,
+            ID.to_uppercase()
+        ))
+        .unwrap();
+        assert_eq!(check_key(Some(ID.as_bytes()), &e), Ok(()));
+        for bad in [
+            None,
+            Some(ID.to_uppercase().into_bytes()),
+            Some(ID.replace('-', "").into_bytes()),
+            Some(b"order-42".to_vec()),
+        ] {
+            let r = check_key(bad.as_deref(), &e).unwrap_err();
+            assert_eq!(r.class, ErrorClass::MalformedPayload);
+            assert!(r.reason.contains("record key"), "{r}");
+        }
+    }
 
     #[test]
     fn a_webhook_result_matches_only_its_expectation() {

@@ -349,7 +349,8 @@ impl Task {
     fn take(&mut self, record: InputRecord) {
         let tp = TopicPartition::new(record.topic.clone(), record.partition);
         let offset = record.offset;
-        let decoded = expectation::decode(record.payload.as_deref(), &self.settings.unico_default);
+        let decoded = expectation::decode(record.payload.as_deref(), &self.settings.unico_default)
+            .and_then(|e| expectation::check_key(record.key.as_deref(), &e).map(|()| e));
         let e = match decoded {
             Ok(e) => e,
             Err(rejection) => {
