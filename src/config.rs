@@ -631,6 +631,42 @@ private_key_pem = "-----BEGIN PRIVATE KEY-----\nMIIfake\n-----END PRIVATE KEY---
     }
 
     #[test]
+    fn the_fallback_section_loads_and_is_validated_with_the_rest() {
+        let c = load(VALID, &[], &[]).unwrap();
+        assert!(!c.fallback.enabled, "off by default");
+        let settings = c.engine_run_settings();
+        assert_eq!(settings.fallback, c.fallback);
+        assert_eq!(settings.provider_rates, [50, 10], "ClearSale, Unico");
+
+        let text = format!(
+            "{VALID}\n[fallback]\nenabled = true\nafter = \"30s\"\npoll_share = 2.0\nexpectations_topic = \"webhooks.raw\"\ntypo = 1\n"
+        );
+        let err = load(&text, &[], &["input.unico_statuses=[2]"]).unwrap_err();
+        let all = err.problems.join("\n");
+        for expected in [
+            "unknown key `fallback.typo`",
+            "fallback.poll_share must be in (0, 1]",
+            "fallback.expectations_topic \"webhooks.raw\" is also an input",
+            "input.unico_statuses holds no final status",
+        ] {
+            assert!(all.contains(expected), "missing {expected} in:\n{all}");
+        }
+        let on = load(
+            &format!("{VALID}\n[fallback]\nenabled = true\nmax_wait = \"5m\"\n"),
+            &[],
+            &["clearsale.enabled=false"],
+        )
+        .unwrap();
+        assert!(on.fallback.enabled);
+        assert_eq!(on.fallback.max_wait, std::time::Duration::from_secs(300));
+        assert_eq!(
+            on.engine_run_settings().provider_rates,
+            [0, 10],
+            "a disabled provider"
+        );
+    }
+
+    #[test]
     fn precedence_is_file_then_env_then_flags() {
         let text = format!("{VALID}\n[kafka]\nbootstrap_servers = \"file:9092\"\ngroup_id = \"from-file\"\nclient_id = \"file-client\"\n");
         let env = [

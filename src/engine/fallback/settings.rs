@@ -6,7 +6,7 @@ use std::time::Duration;
 /// The `[fallback]` section. Disabled by default: then no expectations consumer exists, no topic
 /// is checked and nothing the engine writes changes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct FallbackSettings {
     /// Turns the fallback on (needs the expectations topic, co-partitioned with the input).
     pub enabled: bool,
