@@ -470,3 +470,42 @@ async fn bad_and_expired_expectations_are_dead_lettered() {
     assert_eq!(s.kafka.count(&s.unico_topic()), 0);
     engine.stop().await.expect("clean stop");
 }
+
+/// `fallback.max_pending` bounds the expectations held: at the limit the topic is not read, and
+/// nothing is dropped: once webhooks resolve the held ones, the rest are read and resolved too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pending_bound_stops_reading_and_drops_nothing() {
+    let mut s = Setup::new(PARTITIONS).await;
+    s.config.fallback.max_pending = 2;
+    // Nothing is polled in this test: only webhooks resolve.
+    s.config.fallback.after = Duration::from_secs(3600);
+    s.config.fallback.max_wait = Duration::from_secs(7200);
+    let producer = s.kafka.producer();
+    let ids: Vec<String> = (0..6).map(|_| support::new_id()).collect();
+    for id in &ids {
+        s.expect(&producer, id, ANY).await;
+    }
+    let engine = RunningEngine::start(&s.config).await;
+    let mut most = 0;
+    let full = support::eventually(WAIT, || {
+        let waiting = engine.snapshot().expectations_waiting;
+        most = most.max(waiting);
+        waiting == 2
+    })
+    .await;
+    assert!(full, "{:?}", engine.snapshot());
+    for id in &ids {
+        s.webhook(&producer, id).await;
+    }
+    let all = support::eventually(WAIT, || {
+        let now = engine.snapshot();
+        most = most.max(now.expectations_waiting);
+        now.resolved_by_webhook == ids.len() as u64
+    })
+    .await;
+    assert!(all, "{:?}", engine.snapshot());
+    assert!(most <= 2, "{most} expectations held at once");
+    assert_eq!(engine.snapshot().resolved_by_poll, 0);
+    assert!(support::eventually(WAIT, || s.expectations_committed()).await);
+    engine.stop().await.expect("clean stop");
+}
