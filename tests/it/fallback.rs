@@ -36,7 +36,10 @@ impl Setup {
         let mut config = support::config(&kafka, &sim, &input);
         config.fallback.enabled = true;
         config.fallback.expectations_topic = expectations.clone();
-        config.fallback.after = Duration::from_secs(1);
+        // Counted from each expectation's creation: long enough for the engine to join the
+        // group and publish the webhooks first on a busy machine, so the tests can tell which
+        // path published a result.
+        config.fallback.after = Duration::from_secs(5);
         config.fallback.poll_interval = Duration::from_millis(200);
         config.fallback.max_poll_interval = Duration::from_millis(500);
         config.fallback.max_wait = Duration::from_secs(120);
