@@ -26,13 +26,17 @@ struct Setup {
 
 impl Setup {
     async fn new(expectation_partitions: i32) -> Self {
+        Self::with_simulator(expectation_partitions, SimulatorConfig::default()).await
+    }
+
+    async fn with_simulator(expectation_partitions: i32, sim: SimulatorConfig) -> Self {
         let input = support::unique("fb");
         let expectations = format!("{input}.expectations");
         let kafka = Kafka::new(&[
             (&input, PARTITIONS),
             (&expectations, expectation_partitions),
         ]);
-        let sim = support::start_simulator(SimulatorConfig::default()).await;
+        let sim = support::start_simulator(sim).await;
         let mut config = support::config(&kafka, &sim, &input);
         config.fallback.enabled = true;
         config.fallback.expectations_topic = expectations.clone();
@@ -510,5 +514,31 @@ async fn the_pending_bound_stops_reading_and_drops_nothing() {
     assert!(most <= 2, "{most} expectations held at once");
     assert_eq!(engine.snapshot().resolved_by_poll, 0);
     assert!(support::eventually(WAIT, || s.expectations_committed()).await);
+    engine.stop().await.expect("clean stop");
+}
+
+/// A poll the provider refuses for good (an id it does not know, past the not-found grace):
+/// the expectation is dead-lettered with the provider's class, not polled until it expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_the_provider_refuses_dead_letters_the_expectation() {
+    let unknown = uuid::Uuid::new_v4();
+    let mut sim = SimulatorConfig::default();
+    sim.faults.not_found_ids = vec![unknown];
+    let mut s = Setup::with_simulator(PARTITIONS, sim).await;
+    s.config.fallback.after = Duration::ZERO;
+    let producer = s.kafka.producer();
+    let engine = RunningEngine::start(&s.config).await;
+    s.expect(&producer, &unknown.to_string(), ANY).await;
+    let dead = s
+        .kafka
+        .read_all(&s.config.output.dead_letter_topic, 1, WAIT);
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].header(dlq::CLASS), "not_found");
+    assert_eq!(dead[0].header(dlq::TOPIC), s.expectations);
+    assert!(dead[0].header(dlq::MESSAGE).starts_with("fallback poll: "));
+    assert!(support::eventually(WAIT, || s.expectations_committed()).await);
+    let snapshot = engine.snapshot();
+    assert_eq!(snapshot.expectations_given_up, 1, "{snapshot:?}");
+    assert_eq!(s.kafka.count(&s.unico_topic()), 0);
     engine.stop().await.expect("clean stop");
 }
