@@ -524,6 +524,12 @@ impl RecordEvents {
         fallback::pending(waiting);
     }
 
+    /// Polling fallback: a poll ended with `outcome`.
+    pub fn fallback_polled(&self, provider: Provider, outcome: &str) {
+        self.stats.fallback_polls.fetch_add(1, Ordering::Relaxed);
+        fallback::polled(provider, outcome);
+    }
+
     /// Polling fallback: an expectation was resolved.
     pub fn expectation_resolved(&self, provider: Provider, by: fallback::By, polls: u32) {
         let counter = match by {

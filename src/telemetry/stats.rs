@@ -38,6 +38,8 @@ pub struct EngineStats {
     pub resolved_by_poll: AtomicU64,
     /// Polling fallback: expectations given up and dead-lettered (expired or refused).
     pub expectations_given_up: AtomicU64,
+    /// Polling fallback: polls made (each may make several requests: retries).
+    pub fallback_polls: AtomicU64,
     dead_lettered: Mutex<BTreeMap<ErrorClass, u64>>,
 }
 
@@ -60,6 +62,7 @@ pub struct StatsSnapshot {
     pub resolved_by_webhook: u64,
     pub resolved_by_poll: u64,
     pub expectations_given_up: u64,
+    pub fallback_polls: u64,
     pub dead_lettered: BTreeMap<ErrorClass, u64>,
 }
 
@@ -107,6 +110,7 @@ impl EngineStats {
             resolved_by_webhook: self.resolved_by_webhook.load(Ordering::Relaxed),
             resolved_by_poll: self.resolved_by_poll.load(Ordering::Relaxed),
             expectations_given_up: self.expectations_given_up.load(Ordering::Relaxed),
+            fallback_polls: self.fallback_polls.load(Ordering::Relaxed),
             dead_lettered: self
                 .dead_lettered
                 .lock()

@@ -192,6 +192,7 @@ async fn healthy_webhooks_cause_no_polls() {
     for id in &ids {
         assert_eq!(s.fetches(id), 1, "{id} was polled");
     }
+    assert_eq!(engine.snapshot().fallback_polls, 0);
     engine.stop().await.expect("clean stop");
 }
 
@@ -540,5 +541,62 @@ async fn a_poll_the_provider_refuses_dead_letters_the_expectation() {
     let snapshot = engine.snapshot();
     assert_eq!(snapshot.expectations_given_up, 1, "{snapshot:?}");
     assert_eq!(s.kafka.count(&s.unico_topic()), 0);
+    engine.stop().await.expect("clean stop");
+}
+
+/// ClearSale's MFA module reads pending for the first two polls, then answered: the fallback
+/// polls again on its own schedule (no pending re-fetch inside a poll: one request per poll),
+/// and publishes the module's result once, to ClearSale's topic, its `event_id` being its
+/// `result_id` (a ClearSale webhook's identity holds a date a poll cannot know).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_clearsale_module_is_polled_until_final() {
+    #[derive(Clone)]
+    struct PendingTwice(std::sync::Arc<std::sync::atomic::AtomicU32>);
+    impl wiremock::Respond for PendingTwice {
+        fn respond(&self, _: &wiremock::Request) -> wiremock::ResponseTemplate {
+            let n = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let status = if n < 2 { "pending" } else { "approved" };
+            wiremock::ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"mfa": {"status": status}}))
+        }
+    }
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let peer = support::clearsale_peer(PendingTwice(calls.clone())).await;
+    let mut s = Setup::new(PARTITIONS).await;
+    s.config.clearsale.base_url = peer.uri();
+    s.config.fallback.after = Duration::ZERO;
+    let producer = s.kafka.producer();
+    let engine = RunningEngine::start(&s.config).await;
+    let id = support::new_id();
+    let created = chrono::Utc::now().to_rfc3339();
+    let value = format!(
+        r#"{{"provider":"clearsale","id":"{id}","created_at":"{created}","expect":"mfa"}}"#
+    );
+    s.kafka
+        .produce(
+            &producer,
+            &s.expectations,
+            None,
+            Some(&id),
+            value.as_bytes(),
+            &[],
+        )
+        .await;
+    let out = s.kafka.read_all(&s.config.output.clearsale_topic, 1, WAIT);
+    assert_eq!(out.len(), 1);
+    let r = &out[0];
+    assert_eq!(r.key.as_deref(), Some(id.as_str()));
+    assert_eq!(r.header("trigger_source"), "poll");
+    assert_eq!(r.header("trigger"), "mfa");
+    assert_eq!(r.header("state"), "COMPLETED");
+    assert_eq!(r.header("event_id"), r.header("result_id"));
+    assert!(support::eventually(WAIT, || s.expectations_committed()).await);
+    let snapshot = engine.snapshot();
+    assert_eq!(snapshot.fallback_polls, 3, "{snapshot:?}");
+    assert_eq!(
+        calls.load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "one request per poll"
+    );
     engine.stop().await.expect("clean stop");
 }

@@ -431,7 +431,9 @@ impl Task {
                 let provider = entry.expectation.provider;
                 let polls = entry.polls;
                 let give_up = entry.give_up;
-                events::polled(provider, &outcome_label(&outcome));
+                self.ctx
+                    .events
+                    .fallback_polled(provider, &outcome_label(&outcome));
                 match outcome {
                     PollOutcome::Published
                     | PollOutcome::AlreadyPublished
@@ -575,12 +577,12 @@ async fn poll(
             breaker.acquire().await
         } => permit,
     };
-    // The same budget as a webhook's record: one attempt when this poll probes a half-open
-    // circuit, else the full retry budget.
+    // One attempt when this poll probes a half-open circuit; else a record's retry and
+    // not-found budgets, without the pending re-fetch (the fallback's own schedule polls again).
     let budget = if permit.is_probe() {
         Budget::Probe
     } else {
-        Budget::Full
+        Budget::Poll
     };
     let probe = e.poll_event(Utc::now());
     match ctx.enricher.enrich_within(&probe, budget, cancel).await {
