@@ -46,6 +46,8 @@ pub struct Config {
     pub engine: crate::engine::EngineSettings,
     pub admin: crate::admin::AdminSettings,
     pub receive: crate::receive::ReceiveSettings,
+    /// The polling fallback (off by default).
+    pub fallback: crate::engine::fallback::FallbackSettings,
 }
 
 /// The command a configuration is loaded for: each validates the sections it uses, so a receiver
@@ -96,6 +98,16 @@ impl Config {
             output: self.output.clone(),
             engine: self.engine.clone(),
             statistics_interval: self.admin.statistics_interval,
+            fallback: self.fallback.clone(),
+            provider_rates: crate::provider::Provider::ALL.map(|p| match p {
+                crate::provider::Provider::ClearSale if self.clearsale.enabled => {
+                    self.clearsale.limits.rate_per_second
+                }
+                crate::provider::Provider::Unico if self.unico.enabled => {
+                    self.unico.limits.rate_per_second
+                }
+                _ => 0,
+            }),
         }
     }
 
@@ -300,6 +312,32 @@ impl Config {
                         "engine.isolation: wait topic {wait:?} is also an input, output or dead-letter topic"
                     ));
                 }
+            }
+        }
+        let fb = &self.fallback;
+        p.extend(fb.validate());
+        if fb.enabled {
+            let t = &fb.expectations_topic;
+            let clash = self.input.topics.contains(t)
+                || self.output.all_record_topics().iter().any(|o| o == t)
+                || *t == o.dead_letter_topic
+                || (iso.enabled != crate::engine::settings::Toggle::Off
+                    && crate::provider::Provider::ALL
+                        .iter()
+                        .any(|p| iso.wait_topic(*p) == t.as_str()));
+            if clash {
+                p.push(format!(
+                    "fallback.expectations_topic {t:?} is also an input, output, wait or dead-letter topic"
+                ));
+            }
+            if self.unico.enabled
+                && !self
+                    .input
+                    .unico_statuses
+                    .iter()
+                    .any(|s| crate::engine::fallback::expectation::UNICO_FINAL_STATUSES.contains(s))
+            {
+                p.push("fallback: input.unico_statuses holds no final status (3, 4, 5), so no Unico expectation could be resolved by a webhook".into());
             }
         }
         p.extend(
@@ -590,6 +628,42 @@ private_key_pem = "-----BEGIN PRIVATE KEY-----\nMIIfake\n-----END PRIVATE KEY---
                 "missing {key} in:\n{all}"
             );
         }
+    }
+
+    #[test]
+    fn the_fallback_section_loads_and_is_validated_with_the_rest() {
+        let c = load(VALID, &[], &[]).unwrap();
+        assert!(!c.fallback.enabled, "off by default");
+        let settings = c.engine_run_settings();
+        assert_eq!(settings.fallback, c.fallback);
+        assert_eq!(settings.provider_rates, [50, 10], "ClearSale, Unico");
+
+        let text = format!(
+            "{VALID}\n[fallback]\nenabled = true\nafter = \"30s\"\npoll_share = 2.0\nexpectations_topic = \"webhooks.raw\"\ntypo = 1\n"
+        );
+        let err = load(&text, &[], &["input.unico_statuses=[2]"]).unwrap_err();
+        let all = err.problems.join("\n");
+        for expected in [
+            "unknown key `fallback.typo`",
+            "fallback.poll_share must be in (0, 1]",
+            "fallback.expectations_topic \"webhooks.raw\" is also an input",
+            "input.unico_statuses holds no final status",
+        ] {
+            assert!(all.contains(expected), "missing {expected} in:\n{all}");
+        }
+        let on = load(
+            &format!("{VALID}\n[fallback]\nenabled = true\nmax_wait = \"5m\"\n"),
+            &[],
+            &["clearsale.enabled=false"],
+        )
+        .unwrap();
+        assert!(on.fallback.enabled);
+        assert_eq!(on.fallback.max_wait, std::time::Duration::from_secs(300));
+        assert_eq!(
+            on.engine_run_settings().provider_rates,
+            [0, 10],
+            "a disabled provider"
+        );
     }
 
     #[test]

@@ -32,11 +32,15 @@ pub enum ErrorClass {
     /// The record's processing failed inside the service (a panic: a defect to report). It is
     /// dead-lettered so that its key and partition move on.
     InternalError,
+    /// Polling fallback: an expectation got no final result, by webhook or by poll, before its
+    /// deadline (`fallback.max_wait`). The dead letter is the expectation; `redrive` puts it
+    /// back on the expectations topic, which arms it again.
+    ExpectationExpired,
 }
 
 impl ErrorClass {
     /// Every class, for documentation and tests.
-    pub const ALL: [ErrorClass; 9] = [
+    pub const ALL: [ErrorClass; 10] = [
         ErrorClass::MalformedPayload,
         ErrorClass::InvalidId,
         ErrorClass::UnsupportedEvent,
@@ -46,6 +50,7 @@ impl ErrorClass {
         ErrorClass::EncodingFailed,
         ErrorClass::RetriesExhausted,
         ErrorClass::InternalError,
+        ErrorClass::ExpectationExpired,
     ];
 
     /// The stable name used in headers, metrics and logs.
@@ -60,6 +65,7 @@ impl ErrorClass {
             ErrorClass::EncodingFailed => "encoding_failed",
             ErrorClass::RetriesExhausted => "retries_exhausted",
             ErrorClass::InternalError => "internal_error",
+            ErrorClass::ExpectationExpired => "expectation_expired",
         }
     }
 }

@@ -946,6 +946,74 @@ def test_isolation_settings_reach_the_config(chart):
     assert off["enabled"] is False
 
 
+FALLBACK_DEFAULTS = {
+    "enabled": False,
+    "expectations_topic": "webhooks.expectations",
+    "after": "10s",
+    "poll_interval": "5s",
+    "max_poll_interval": "1m",
+    "max_wait": "15m",
+    "max_pending": 10000,
+    "poll_share": 0.2,
+    "max_concurrent_polls": 32,
+    "seen_capacity": 100000,
+    "seen_ttl": "1h",
+}
+
+
+def test_fallback_settings_reach_the_config(chart):
+    """The chart's defaults are the service's (src/engine/fallback/settings.rs), and every
+    setting reaches config.toml with its type."""
+    assert chart.values["config"]["fallback"] == FALLBACK_DEFAULTS
+    assert render(chart).config["fallback"] == FALLBACK_DEFAULTS
+    fallback = {
+        "enabled": True,
+        "expectations_topic": "orders.expected",
+        "after": "30s",
+        "poll_interval": "2s",
+        "max_poll_interval": "20s",
+        "max_wait": "1h",
+        "max_pending": 500,
+        "poll_share": 0.5,
+        "max_concurrent_polls": 4,
+        "seen_capacity": 1000,
+        "seen_ttl": "10m",
+    }
+    rendered = render(chart, {"config": {"fallback": fallback}})
+    assert rendered.config["fallback"] == fallback
+    assert "max_pending = 500\n" in rendered.config_text  # an integer, not 500.0
+
+
+def test_fallback_expectations_topic_gets_the_input_partitions(chart):
+    values = {
+        "topics": {"strimzi": {"enabled": True, "cluster": "kafka", "partitions": 6}},
+        "config": {"fallback": {"enabled": True, "expectations_topic": "orders.expected"}},
+    }
+    topics = kafka_topics(render(chart, values))
+    assert topics["orders.expected"]["metadata"]["labels"]["webhook-enricher.io/topic-role"] == "expectations"
+    assert topics["orders.expected"]["spec"]["partitions"] == 6
+    assert "orders.expected" not in kafka_topics(render(chart, {"topics": values["topics"]}))
+    with pytest.raises(helm.HelmRenderError, match="expectations topics"):
+        render(chart, {**values, "topics": {"strimzi": {**values["topics"]["strimzi"], "overrides": {"orders.expected": {"partitions": 3}}}}})
+
+
+@pytest.mark.parametrize(
+    "fallback",
+    [
+        {"enabled": "yes"},
+        {"poll_share": 0},
+        {"poll_share": 1.5},
+        {"max_pending": 0},
+        {"after": "10"},
+        {"expectations_topic": "expected orders"},
+        {"typo": 1},
+    ],
+)
+def test_fallback_values_are_checked(chart, fallback):
+    with pytest.raises(helm.HelmValuesError):
+        render(chart, {"config": {"fallback": fallback}})
+
+
 def test_notes_name_the_wait_topics_and_group(chart):
     notes = render(chart).notes
     assert "wait topics webhooks.wait.clearsale, webhooks.wait.unico" in notes
@@ -1005,6 +1073,9 @@ def expected_topics(config: dict[str, Any], values: dict[str, Any]) -> dict[str,
             topics.setdefault(isolation.get("clearsale_wait_topic", "webhooks.wait.clearsale"), "wait")
         if unico:
             topics.setdefault(isolation.get("unico_wait_topic", "webhooks.wait.unico"), "wait")
+    fallback = config.get("fallback", {})
+    if fallback.get("enabled"):
+        topics.setdefault(fallback.get("expectations_topic", "webhooks.expectations"), "expectations")
     return topics
 
 
@@ -1034,7 +1105,9 @@ def test_kafka_topics_cover_every_topic_of_the_configuration(scenario):
         assert doc["spec"]["replicas"] == override.get("replicas", strimzi.get("replicas", 3))
         assert doc["spec"].get("config", {}) == merge(strimzi.get("config", {}), override.get("config", {}))
     # A wait partition is read back by the owner of the input partition with the same number.
-    partitions = {topics[t]["spec"]["partitions"] for t, role in expected.items() if role in ("input", "wait")}
+    partitions = {
+        topics[t]["spec"]["partitions"] for t, role in expected.items() if role in ("input", "wait", "expectations")
+    }
     assert partitions == {strimzi.get("partitions", 12)}
     if values.get("autoscaling", {}).get("partitions"):
         assert partitions == {values["autoscaling"]["partitions"]}

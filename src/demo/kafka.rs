@@ -125,6 +125,28 @@ pub(super) async fn produce(
     Ok(landed)
 }
 
+/// Produces one keyed record (the withheld webhook's expectation) and waits for its ack; the
+/// partitioner places it as the receiver places the webhooks of its key.
+pub(super) async fn produce_one(
+    bootstrap: &str,
+    topic: &str,
+    key: &str,
+    value: &[u8],
+) -> Result<(), DemoError> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("message.timeout.ms", KAFKA_TIMEOUT.as_millis().to_string())
+        .create()
+        .map_err(|e| kafka_error("create the expectation producer", e))?;
+    let record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).payload(value).key(key);
+    producer
+        .send(record, KAFKA_TIMEOUT)
+        .await
+        .map_err(|(e, _)| kafka_error("produce the expectation", e))?;
+    Ok(())
+}
+
 /// A record read back from a topic.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct ReadRecord {

@@ -16,8 +16,12 @@
 //!    wait topic is read back, and its records get their outcomes in per-key order, so the demo
 //!    shows an outage that stops only ClearSale and dead-letters nothing.
 //! 4. When every input has a final outcome (a diverted one counts once, by the outcome of its
-//!    copy read back) the shutdown future resolves: the engine drains, flushes and commits as on
-//!    SIGTERM. The output and dead-letter topics are read back and printed ([`report`]).
+//!    copy read back), one more Unico process is announced only by its expectation (the polling
+//!    fallback is on): its webhook is withheld, so the fallback polls it `fallback.after` (1 s)
+//!    past its creation and publishes its result. The simulator answers every poll.
+//! 5. Then the shutdown future resolves: the engine drains, flushes and commits as on SIGTERM.
+//!    The output and dead-letter topics are read back and printed ([`report`]); the polled record
+//!    is listed apart, since it is no input's outcome.
 
 mod kafka;
 pub mod report;
@@ -201,6 +205,7 @@ pub async fn run(options: &DemoOptions, out: &mut impl Write) -> Result<DemoRepo
         (output.dead_letter_topic.clone(), 1),
         (isolation.clearsale_wait_topic.clone(), PARTITIONS),
         (isolation.unico_wait_topic.clone(), PARTITIONS),
+        (defaults.fallback.expectations_topic.clone(), PARTITIONS),
     ])
     .await?;
     let (private_key, public_key) = keygen.await.map_err(task_error)??;
@@ -237,6 +242,7 @@ pub async fn run(options: &DemoOptions, out: &mut impl Write) -> Result<DemoRepo
         });
     }
     let samples = build_samples(&config, options.seed, count).await?;
+    let withheld = withheld_webhook(&config, options.seed).await?;
     let landed = kafka::produce(kafka.bootstrap(), INPUT_TOPIC, &samples).await?;
     let repeats = samples
         .iter()
@@ -256,7 +262,7 @@ pub async fn run(options: &DemoOptions, out: &mut impl Write) -> Result<DemoRepo
         ),
     )?;
 
-    let run = run_pipeline(&config, &sim, &samples, format, out).await?;
+    let run = run_pipeline(&config, &sim, &samples, &withheld, format, out).await?;
 
     let at: HashMap<(i32, i64), usize> = landed
         .iter()
@@ -264,9 +270,16 @@ pub async fn run(options: &DemoOptions, out: &mut impl Write) -> Result<DemoRepo
         .map(|(i, place)| (*place, i + 1))
         .collect();
     let mut records = Vec::new();
+    let mut polled = Vec::new();
     for topic in [&output.clearsale_topic, &output.unico_topic] {
         for r in kafka::read_topic(kafka.bootstrap(), topic, PARTITIONS).await? {
-            records.push(published_record(topic, r, &at)?);
+            let record = published_record(topic, r, &at)?;
+            // A record published by the fallback's poll names the expectation as its lineage.
+            if record.record["lineage"]["topic"] == config.fallback.expectations_topic.as_str() {
+                polled.push(record);
+            } else {
+                records.push(record);
+            }
         }
     }
     records.sort_by_key(|r| r.input);
@@ -282,6 +295,7 @@ pub async fn run(options: &DemoOptions, out: &mut impl Write) -> Result<DemoRepo
         inputs: samples.len(),
         samples,
         records,
+        polled,
         dead_letters,
         stats: run.stats,
         outage: run.outage,
@@ -353,7 +367,54 @@ fn demo_config(bootstrap: &str, sim: &SimulatorHandle, private_key: Secret) -> C
     iso.divert_after = Duration::from_secs(5);
     iso.catch_up_initial = 4;
     iso.catch_up_ramp_every = Duration::from_millis(100);
+    // The polling fallback on: one Unico webhook is withheld after the others are done, and its
+    // expectation is polled 1 s after its creation (10 s in production).
+    let fb = &mut c.fallback;
+    fb.enabled = true;
+    fb.after = Duration::from_secs(1);
+    fb.poll_interval = Duration::from_millis(200);
+    fb.max_poll_interval = Duration::from_secs(1);
+    fb.max_wait = Duration::from_secs(60);
     c
+}
+
+/// The webhook the demo withholds: a Unico process whose webhook never comes, announced only by
+/// its expectation. The simulator is asked for its status, which the expectation expects.
+struct Withheld {
+    id: Uuid,
+    status: u8,
+}
+
+impl Withheld {
+    fn expectation(&self) -> String {
+        format!(
+            r#"{{"provider":"unico","id":"{}","created_at":"{}","expect":[{}]}}"#,
+            self.id,
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            self.status
+        )
+    }
+}
+
+async fn withheld_webhook(config: &Config, seed: u64) -> Result<Withheld, DemoError> {
+    let unico = UnicoClient::new(&config.unico).map_err(AppError::from)?;
+    let id = Uuid::new_v5(
+        &crate::event::EVENT_ID_NAMESPACE,
+        format!("demo-withheld-webhook-{seed}").as_bytes(),
+    );
+    let answer = unico
+        .get_process(id)
+        .await
+        .map_err(|source| DemoError::Catalog { id, source })?;
+    let status = match answer {
+        ProcessAnswer::Found { process, .. } => process
+            .status
+            .and_then(|s| u8::try_from(s).ok())
+            .filter(|s| (2..=5).contains(s))
+            .unwrap_or(3),
+        ProcessAnswer::Gone => 5,
+    };
+    Ok(Withheld { id, status })
 }
 
 /// Builds the samples, first asking the simulated providers (with the clients the pipeline
@@ -425,6 +486,7 @@ async fn run_pipeline(
     config: &Config,
     sim: &SimulatorHandle,
     samples: &[Sample],
+    withheld: &Withheld,
     format: OutputFormat,
     out: &mut impl Write,
 ) -> Result<PipelineRun, DemoError> {
@@ -463,6 +525,8 @@ async fn run_pipeline(
         .await
     });
     let mut first_pause: Option<Instant> = None;
+    // When the withheld webhook's expectation was written.
+    let mut expectation: Option<Instant> = None;
     loop {
         tokio::select! {
             ended = &mut engine => {
@@ -529,8 +593,42 @@ async fn run_pipeline(
                 outage = Some(o);
             }
         }
-        if report::accounted(&now) >= inputs {
-            break;
+        if report::accounted(&now) >= inputs && expectation.is_none() {
+            // Every input has its outcome. Now the withheld webhook: only its expectation is
+            // written; the fallback polls it `fallback.after` past its creation.
+            let key = withheld.id.to_string();
+            kafka::produce_one(
+                &config.kafka.bootstrap_servers,
+                &config.fallback.expectations_topic,
+                &key,
+                withheld.expectation().as_bytes(),
+            )
+            .await?;
+            expectation = Some(Instant::now());
+            progress(
+                out,
+                format,
+                &format!(
+                    "  ! one Unico webhook withheld (process {}): only its expectation is on {}; \
+                     the fallback polls it {:?} after its creation",
+                    &key[..8],
+                    config.fallback.expectations_topic,
+                    config.fallback.after
+                ),
+            )?;
+        }
+        if let Some(written) = expectation {
+            if now.resolved_by_poll >= 1 {
+                progress(
+                    out,
+                    format,
+                    &format!(
+                        "  ✓ its result recovered by polling {:.1}s after the expectation was written",
+                        written.elapsed().as_secs_f64()
+                    ),
+                )?;
+                break;
+            }
         }
         if started.elapsed() >= PIPELINE_TIMEOUT {
             let _ = stop.send(());

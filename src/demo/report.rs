@@ -27,6 +27,9 @@ pub struct DemoReport {
     pub samples: Vec<Sample>,
     /// The records on the output topics, in input order.
     pub records: Vec<PublishedRecord>,
+    /// The records the polling fallback published (the withheld webhook's result): not the
+    /// outcome of an input, so not in `records`.
+    pub polled: Vec<PublishedRecord>,
     /// The records on the dead-letter topic, in input order.
     pub dead_letters: Vec<DeadLetter>,
     /// The engine's counters at the end of the run.
@@ -103,8 +106,16 @@ pub struct DeadLetter {
 /// includes `diverted`), and the copy read back from the wait topic is consumed and finished
 /// again, by one of the four outcomes. So a diverted input is accounted here by the outcome of
 /// its copy, not twice; a divert alone is not an outcome.
+///
+/// A record the polling fallback published answers an expectation, not an input: it is not
+/// counted ([`inputs_published`]).
 pub fn accounted(s: &StatsSnapshot) -> u64 {
-    s.published + s.deduplicated + s.skipped + s.dead_lettered_total()
+    inputs_published(s) + s.deduplicated + s.skipped + s.dead_lettered_total()
+}
+
+/// Records published for inputs (webhooks), without those the fallback's polls published.
+pub fn inputs_published(s: &StatsSnapshot) -> u64 {
+    s.published.saturating_sub(s.resolved_by_poll)
 }
 
 impl DemoReport {
@@ -169,6 +180,17 @@ fn write_json(out: &mut impl Write, report: &DemoReport, topics: &Topics<'_>) ->
         });
         writeln!(out, "{line}")?;
     }
+    for r in &report.polled {
+        let line = json!({
+            "kind": "polled_record",
+            "topic": r.topic,
+            "partition": r.partition,
+            "offset": r.offset,
+            "key": r.key,
+            "record": r.record,
+        });
+        writeln!(out, "{line}")?;
+    }
     for d in &report.dead_letters {
         let line = json!({
             "kind": "dead_letter",
@@ -186,7 +208,8 @@ fn write_json(out: &mut impl Write, report: &DemoReport, topics: &Topics<'_>) ->
     let line = json!({
         "kind": "summary",
         "inputs": report.inputs,
-        "published": s.published,
+        "published": inputs_published(s),
+        "recovered_by_polling": s.resolved_by_poll,
         "deduplicated": s.deduplicated,
         "skipped": s.skipped,
         "dead_lettered": s.dead_lettered,
@@ -238,6 +261,31 @@ fn write_table(out: &mut impl Write, report: &DemoReport, topics: &Topics<'_>) -
 
     writeln!(
         out,
+        "\nRecovered by polling: {}  (webhook withheld; its expectation was polled, the record has trigger_source poll)",
+        report.polled.len()
+    )?;
+    let rows: Vec<Vec<String>> = report
+        .polled
+        .iter()
+        .map(|r| {
+            vec![
+                "-".to_string(),
+                text(&r.record["provider"]).to_lowercase(),
+                short_id(&text(&r.record["subject_id"])),
+                trigger(&r.record),
+                text(&r.record["state"]),
+                details(&r.record),
+            ]
+        })
+        .collect();
+    table(
+        out,
+        &["#", "PROVIDER", "SUBJECT", "TRIGGER", "STATE", "DETAILS"],
+        &rows,
+    )?;
+
+    writeln!(
+        out,
         "\nDead letters: {}  ({}; original key, value and headers kept)",
         report.dead_letters.len(),
         topics.dead_letter
@@ -273,7 +321,7 @@ fn write_summary(out: &mut impl Write, report: &DemoReport, topics: &Topics<'_>)
         ("inputs", report.inputs as u64, String::new()),
         (
             "published",
-            s.published,
+            inputs_published(s),
             format!(
                 "clearsale {}, unico {}",
                 report.published_by("clearsale"),
@@ -307,6 +355,12 @@ fn write_summary(out: &mut impl Write, report: &DemoReport, topics: &Topics<'_>)
             s.returned,
             "of them read back once their provider was back; counted above by outcome".to_string(),
         ),
+        (
+            "polled",
+            s.resolved_by_poll,
+            "results of a withheld webhook, recovered by the polling fallback (not an input)"
+                .to_string(),
+        ),
     ];
     writeln!(out, "\nSummary")?;
     for (name, value, note) in lines {
@@ -336,7 +390,7 @@ fn write_summary(out: &mut impl Write, report: &DemoReport, topics: &Topics<'_>)
     writeln!(
         out,
         "{verdict}: {} published + {} deduplicated + {} skipped + {} dead-lettered.",
-        s.published,
+        inputs_published(s),
         s.deduplicated,
         s.skipped,
         s.dead_lettered_total()

@@ -155,6 +155,20 @@ pub struct WaitSettings {
     pub config: ClientConfig,
 }
 
+/// The expectations topic to read (polling fallback) and its consumer's configuration.
+pub struct ExpectationsSettings {
+    pub config: ClientConfig,
+    pub link: Arc<super::fallback::Link>,
+}
+
+/// The expectations consumer (polling fallback): assigned the expectations partitions with the
+/// numbers of the input partitions this instance owns, like the wait consumers; its records go
+/// to the fallback task, not to the dispatcher.
+struct ExpectationsConsumer {
+    consumer: BaseConsumer<WaitContext>,
+    link: Arc<super::fallback::Link>,
+}
+
 /// The engine's side of the consumer thread.
 pub struct ConsumerHandle {
     pub commands: std_mpsc::Sender<ToConsumer>,
@@ -241,6 +255,8 @@ struct EngineContext {
     events: mpsc::UnboundedSender<FromConsumer>,
     /// The wait-topic consumers (empty without provider isolation).
     wait: Vec<WaitConsumer>,
+    /// The expectations consumer (polling fallback on).
+    expectations: Option<ExpectationsConsumer>,
     health: Arc<crate::health::Health>,
     /// The assignment epoch of each assigned partition.
     epochs: Mutex<HashMap<TopicPartition, u64>>,
@@ -328,6 +344,16 @@ impl ConsumerContext for EngineContext {
                 }
             }
         }
+        let mut expectations_revoked = Vec::new();
+        if let Some(x) = &self.expectations {
+            let topic = x.link.topic();
+            let mut owned = lock(&x.consumer.context().assigned);
+            for p in &numbers {
+                if owned.remove(p) {
+                    expectations_revoked.push(TopicPartition::new(topic.clone(), *p));
+                }
+            }
+        }
         lock(&self.changes)
             .revoked
             .extend(partitions.iter().cloned());
@@ -365,13 +391,31 @@ impl ConsumerContext for EngineContext {
                 tracing::warn!(topic = %w.topic, error = %e, "cannot unassign wait partitions");
             }
         }
+        if let Some(x) = &self.expectations {
+            // Only resolved expectations were stored: the unresolved ones are read again by the
+            // next owner.
+            let _ = commit(&x.consumer, "revocation");
+            let owned: Vec<i32> = lock(&x.consumer.context().assigned)
+                .iter()
+                .copied()
+                .collect();
+            if let Err(e) = x.consumer.assign(&wait_list(x.link.topic(), &owned)) {
+                tracing::warn!(topic = %x.link.topic(), error = %e, "cannot unassign expectations partitions");
+            }
+            if !expectations_revoked.is_empty() {
+                x.link.revoked(expectations_revoked.clone());
+            }
+        }
         let mut epochs = lock(&self.epochs);
-        for tp in &partitions {
+        for tp in partitions.iter().chain(&expectations_revoked) {
             epochs.remove(tp);
         }
-        self.health
-            .consumer_lag()
-            .remove(partitions.iter().map(|tp| (&*tp.topic, tp.partition)));
+        self.health.consumer_lag().remove(
+            partitions
+                .iter()
+                .chain(&expectations_revoked)
+                .map(|tp| (&*tp.topic, tp.partition)),
+        );
         lock(&self.changes).changed = true;
     }
 
@@ -406,6 +450,30 @@ impl ConsumerContext for EngineContext {
                         (tp, epoch)
                     })
                     .collect();
+                if let Some(x) = &self.expectations {
+                    // The expectations partitions with the numbers of the input partitions,
+                    // read from the expectations group's committed offsets.
+                    let topic = x.link.topic();
+                    let owned: Vec<i32> = {
+                        let mut owned = lock(&x.consumer.context().assigned);
+                        owned.extend(numbers.iter().copied());
+                        owned.iter().copied().collect()
+                    };
+                    let mine: Vec<(TopicPartition, u64)> = numbers
+                        .iter()
+                        .map(|p| {
+                            let tp = TopicPartition::new(topic.clone(), *p);
+                            let epoch = self.next_epoch.fetch_add(1, Ordering::SeqCst) + 1;
+                            epochs.insert(tp.clone(), epoch);
+                            (tp, epoch)
+                        })
+                        .collect();
+                    // The task learns the epochs before the first record can be polled.
+                    x.link.assigned(mine);
+                    if let Err(e) = x.consumer.assign(&wait_list(topic, &owned)) {
+                        tracing::error!(topic = %topic, error = %e, "cannot assign expectations partitions");
+                    }
+                }
                 drop(epochs);
                 lock(&self.changes).changed = true;
                 tracing::info!(partitions = assigned.len(), "partitions assigned");
@@ -425,6 +493,18 @@ impl EngineContext {
 
     /// Stores offsets with the consumer that reads their topic.
     fn store_routed(&self, main: &BaseConsumer<EngineContext>, offsets: &[(TopicPartition, i64)]) {
+        let offsets: Vec<(TopicPartition, i64)> = match &self.expectations {
+            None => offsets.to_vec(),
+            Some(x) => {
+                let (mine, rest): (Vec<_>, Vec<_>) = offsets
+                    .iter()
+                    .cloned()
+                    .partition(|(tp, _)| tp.topic == *x.link.topic());
+                store(&x.consumer, &mine);
+                rest
+            }
+        };
+        let offsets = &offsets[..];
         if self.wait.is_empty() {
             return store(main, offsets);
         }
@@ -538,6 +618,7 @@ pub fn start(
     settings: PollSettings,
     health: Arc<crate::health::Health>,
     wait: Option<WaitSettings>,
+    expectations: Option<ExpectationsSettings>,
 ) -> Result<ConsumerHandle, ConsumerError> {
     let (events_tx, events) = mpsc::unbounded_channel();
     let mut wait_consumers = Vec::new();
@@ -560,9 +641,24 @@ pub fn start(
             wait_consumers.push(wait);
         }
     }
+    let expectations = match expectations {
+        Some(x) => Some(ExpectationsConsumer {
+            consumer: x
+                .config
+                .create_with_context(WaitContext {
+                    health: health.clone(),
+                    topic: x.link.topic().to_string(),
+                    assigned: Mutex::new(HashSet::new()),
+                })
+                .map_err(ConsumerError::Create)?,
+            link: x.link,
+        }),
+        None => None,
+    };
     let context = EngineContext {
         events: events_tx,
         wait: wait_consumers,
+        expectations,
         health,
         epochs: Mutex::new(HashMap::new()),
         next_epoch: AtomicU64::new(0),
@@ -668,6 +764,7 @@ impl PollLoop {
             let mut batch = Vec::new();
             if !stopping {
                 self.poll_wait();
+                self.poll_expectations();
                 self.admit_waiting(&mut batch);
             }
             let full = self.held.is_some()
@@ -734,6 +831,12 @@ impl PollLoop {
                             committed = wait_committed;
                         }
                     }
+                    if let Some(x) = &self.consumer.context().expectations {
+                        let x_committed = commit(&x.consumer, "shutdown");
+                        if committed.is_ok() {
+                            committed = x_committed;
+                        }
+                    }
                     self.close();
                     let _ = done.send(committed);
                     return Step::Exit;
@@ -743,6 +846,9 @@ impl PollLoop {
                     let _ = commit(&self.consumer, "shutdown");
                     for w in &self.consumer.context().wait {
                         let _ = commit(&w.consumer, "shutdown");
+                    }
+                    if let Some(x) = &self.consumer.context().expectations {
+                        let _ = commit(&x.consumer, "shutdown");
                     }
                     self.close();
                     return Step::Exit;
@@ -857,6 +963,29 @@ impl PollLoop {
             }
         }
         send_jobs(context, &self.flow, batch);
+    }
+
+    /// Reads expectations (polling fallback) for the fallback task while it has room under
+    /// `fallback.max_pending`; at the limit the topic is simply not read (librdkafka keeps at
+    /// most its small prefetch), so nothing is dropped.
+    fn poll_expectations(&mut self) {
+        let Some(x) = &self.consumer.context().expectations else {
+            return;
+        };
+        let mut batch = Vec::new();
+        while x.link.has_room(batch.len()) && batch.len() < MAX_BATCH {
+            let Some(message) = x.consumer.poll(Duration::ZERO) else {
+                break;
+            };
+            match message {
+                Ok(m) => batch.push(InputRecord::from_message(&m, x.link.topic().clone())),
+                Err(e) => {
+                    crate::telemetry::consumer_poll_error(&e);
+                    break;
+                }
+            }
+        }
+        x.link.records(batch);
     }
 
     /// Hands over the held record and the parked ones whose lane has room, in order.

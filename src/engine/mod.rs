@@ -17,6 +17,7 @@ pub mod consumer;
 pub mod dead_letter;
 pub mod dedupe;
 pub mod dispatcher;
+pub mod fallback;
 pub mod flow;
 pub mod input;
 pub mod job;
@@ -65,6 +66,10 @@ pub enum EngineError {
     /// Provider isolation cannot start: a wait topic is missing or has the wrong partitions.
     #[error("{0}")]
     WaitTopics(String),
+    /// The polling fallback cannot start: the expectations topic is missing or is not
+    /// co-partitioned with the input topics.
+    #[error("{0}")]
+    Expectations(String),
     /// A defect of the service (a panic in the engine loop).
     #[error("internal error: {0}")]
     Internal(String),
@@ -183,6 +188,30 @@ async fn run_with(
             ),
         })
     };
+    let fallback = if config.fallback.enabled {
+        check_expectations_topic(
+            consumer_config.clone(),
+            &config.input.topics,
+            &config.fallback.expectations_topic,
+        )
+        .await?;
+        let (link, inbox) = fallback::link(&config.fallback);
+        tracing::info!(topic = %config.fallback.expectations_topic, "polling fallback is on");
+        Some((link, inbox))
+    } else {
+        None
+    };
+    let expectations = fallback
+        .as_ref()
+        .map(|(link, _)| consumer::ExpectationsSettings {
+            config: crate::kafka::client_config::wait_consumer_config(
+                &config.kafka,
+                &config.fallback.expectations_group(&config.kafka.group_id),
+                settings.commit_interval,
+                config.statistics_interval,
+            ),
+            link: link.clone(),
+        });
     let handle = consumer::start(
         consumer_config,
         &config.input.topics,
@@ -194,6 +223,7 @@ async fn run_with(
         },
         parts.health.clone(),
         wait,
+        expectations,
     )?;
     let breakers = worker::Breakers::new(settings.breaker);
     for provider in Provider::ALL {
@@ -234,6 +264,7 @@ async fn run_with(
         producer: producer.clone(),
         events: events.clone(),
         diversion,
+        fallback: fallback.as_ref().map(|(link, _)| link.clone()),
     });
     let (done_tx, done_rx) = mpsc::unbounded_channel();
     let consumer::ConsumerHandle {
@@ -244,6 +275,30 @@ async fn run_with(
     let root = CancellationToken::new();
     // Dropping `run`'s future cancels every task it started.
     let _cancel_on_drop = root.clone().drop_guard();
+    // The fallback task stops polling as soon as the shutdown begins (its unresolved
+    // expectations are not committed, so they are read again).
+    let fallback_stop = root.child_token();
+    let _fallback_task = fallback.map(|(link, inbox)| {
+        let unico_default: std::collections::BTreeSet<u8> = config
+            .input
+            .unico_statuses
+            .iter()
+            .copied()
+            .filter(|s| fallback::expectation::UNICO_FINAL_STATUSES.contains(s))
+            .collect();
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(fallback::run(
+            ctx.clone(),
+            link,
+            inbox,
+            fallback::TaskSettings {
+                fallback: config.fallback.clone(),
+                provider_rates: config.provider_rates,
+                unico_default,
+            },
+            commands.clone(),
+            fallback_stop.clone(),
+        )))
+    });
     let runner = Runner {
         ctx,
         dispatcher,
@@ -281,6 +336,7 @@ async fn run_with(
         joined = &mut looping => joined,
         () = &mut shutdown => {
             stop.cancel();
+            fallback_stop.cancel();
             (&mut looping).await
         }
     };
@@ -754,6 +810,55 @@ impl Drop for Completion {
 ///
 /// `Ok(false)` when `auto` and no wait topic exists (isolation stays off); with `auto` and only
 /// some missing, or without `auto` and any missing, an error names them.
+/// Checks at start-up that the expectations topic exists and has as many partitions as every
+/// input topic (co-partitioning: the owner of input partition p reads expectations partition p).
+async fn check_expectations_topic(
+    config: rdkafka::ClientConfig,
+    inputs: &[String],
+    expectations: &str,
+) -> Result<(), EngineError> {
+    let inputs = inputs.to_vec();
+    let expectations = expectations.to_string();
+    tokio::task::spawn_blocking(move || {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let fail = |m: String| EngineError::Expectations(m);
+        let consumer: BaseConsumer = config
+            .create()
+            .map_err(|e| fail(format!("cannot check the expectations topic: {e}")))?;
+        let timeout = Duration::from_secs(10);
+        let partitions = |topic: &str| -> Result<Option<usize>, EngineError> {
+            let metadata = consumer.fetch_metadata(Some(topic), timeout).map_err(|e| {
+                fail(format!(
+                    "cannot read the metadata of topic {topic:?} to check the expectations topic: {e}"
+                ))
+            })?;
+            Ok(metadata
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+                .map(|t| t.partitions().len()))
+        };
+        let Some(n) = partitions(&expectations)? else {
+            return Err(fail(format!(
+                "fallback.enabled: the expectations topic {expectations:?} does not exist: create it with as many partitions as the input topics, or set fallback.enabled = false"
+            )));
+        };
+        for input in &inputs {
+            match partitions(input)? {
+                Some(m) if m != n => {
+                    return Err(fail(format!(
+                        "fallback.enabled: the expectations topic {expectations:?} has {n} partitions but input topic {input:?} has {m}: they must be co-partitioned (same partition count, keyed like the raw webhooks), so the instance that reads a webhook also holds its expectation"
+                    )))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| EngineError::Internal(format!("the expectations-topic check failed: {e}")))?
+}
+
 async fn check_wait_topics(
     config: rdkafka::ClientConfig,
     inputs: &[String],
@@ -851,6 +956,7 @@ mod tests {
             producer: producer::OutputProducer::new(producer),
             events: events.clone(),
             diversion: None,
+            fallback: None,
         });
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         // The consumer thread's command channel: nobody reads it.

@@ -87,6 +87,18 @@ impl PartitionOffsets {
         self.pending.len()
     }
 
+    /// Records received and not finished yet.
+    pub fn unfinished(&self) -> usize {
+        self.pending.iter().filter(|(_, done)| !done).count()
+    }
+
+    /// True when the record at `offset` was received and is not finished yet.
+    pub fn is_unfinished(&self, offset: i64) -> bool {
+        self.pending
+            .binary_search_by_key(&offset, |(o, _)| *o)
+            .is_ok_and(|i| !self.pending[i].1)
+    }
+
     /// The oldest unfinished offset.
     pub fn oldest_unfinished(&self) -> Option<i64> {
         self.pending.iter().find(|(_, done)| !done).map(|(o, _)| *o)

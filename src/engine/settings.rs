@@ -22,6 +22,11 @@ pub struct RunSettings {
     pub engine: EngineSettings,
     /// librdkafka statistics interval (readiness and lag gauges).
     pub statistics_interval: Duration,
+    /// The `[fallback]` section (polling fallback; off by default).
+    pub fallback: super::fallback::FallbackSettings,
+    /// Each provider's request rate (`<provider>.limits.rate_per_second`, 0 when unlimited or
+    /// disabled), indexed by `Provider::index`: the fallback's polls take `poll_share` of it.
+    pub provider_rates: [u32; crate::provider::Provider::ALL.len()],
 }
 
 /// The `[engine]` settings.

@@ -6,6 +6,8 @@
 use super::breaker::CircuitBreaker;
 use super::dead_letter::{self, DeadLetterReason, Stage};
 use super::dedupe::Dedupe;
+use super::fallback::expectation::{final_result, FinalResult};
+use super::fallback::TriggerSource;
 use super::job::Job;
 use super::producer::{OutputProducer, ProduceError};
 use crate::avro::RecordEncoder;
@@ -30,6 +32,11 @@ pub mod headers {
     pub const STATE: &str = "state";
     /// What the provider's webhook said (the ClearSale type, the Unico status).
     pub const TRIGGER: &str = "trigger";
+    /// With the polling fallback on: the identity of the result, shared by the webhook and the
+    /// poll that return the same result (`fallback::expectation::result_id`).
+    pub const RESULT_ID: &str = "result_id";
+    /// With the polling fallback on: `webhook` or `poll`.
+    pub const TRIGGER_SOURCE: &str = "trigger_source";
 }
 
 /// One circuit breaker per provider.
@@ -56,6 +63,8 @@ pub struct WorkerContext {
     pub events: Arc<RecordEvents>,
     /// Provider isolation (`engine.isolation.enabled`).
     pub diversion: Option<Diversion>,
+    /// The polling fallback (`fallback.enabled`): told of every final webhook result published.
+    pub fallback: Option<Arc<super::fallback::Link>>,
 }
 
 /// Where diverted records go, and the signal that makes waiting records divert themselves.
@@ -279,6 +288,20 @@ pub async fn process(ctx: &WorkerContext, job: &Job, drain: &CancellationToken) 
                         .timestamp_ms
                         .and_then(chrono::DateTime::from_timestamp_millis),
                 };
+                if ctx.fallback.is_some() {
+                    if let Some(result) = final_result(event, &fetched) {
+                        return publish_result(
+                            ctx,
+                            job,
+                            event,
+                            &fetched,
+                            attempts,
+                            &result,
+                            TriggerSource::Webhook,
+                        )
+                        .await;
+                    }
+                }
                 let include_raw = ctx.enricher.settings().include_raw_response;
                 let enriched = normalize(
                     event,
@@ -287,7 +310,9 @@ pub async fn process(ctx: &WorkerContext, job: &Job, drain: &CancellationToken) 
                     include_raw,
                     chrono::Utc::now(),
                 );
-                return publish(ctx, job, event, &enriched, attempts).await.into();
+                return publish(ctx, job, event, &enriched, attempts, None)
+                    .await
+                    .into();
             }
             EnrichOutcome::Failed(failure) => {
                 if decision::permanent_failure_reached_provider(budget, failure.attempts) {
@@ -451,12 +476,62 @@ async fn sleep_until_wall(due: chrono::DateTime<chrono::Utc>, drain: &Cancellati
     }
 }
 
+/// Publishes a final result (fallback on): from a webhook (`source` webhook) or a poll. A result
+/// whose identity was already published in this process (by the other path) is not published
+/// again: counted as deduplicated.
+pub(crate) async fn publish_result(
+    ctx: &WorkerContext,
+    job: &Job,
+    event: &WebhookEvent,
+    fetched: &crate::provider::Fetched,
+    attempts: u32,
+    result: &FinalResult,
+    source: TriggerSource,
+) -> Processed {
+    if ctx.dedupe.is_duplicate(&result.result_id) {
+        ctx.events
+            .deduplicated(event.provider, job.source(), &result.result_id);
+        return Processed::Final(Final::Deduplicated);
+    }
+    let src = job.source();
+    let lineage = Lineage {
+        topic: src.topic.to_string(),
+        partition: src.partition,
+        offset: src.offset,
+        timestamp: src
+            .timestamp_ms
+            .and_then(chrono::DateTime::from_timestamp_millis),
+    };
+    let include_raw = ctx.enricher.settings().include_raw_response;
+    let enriched = normalize(
+        event,
+        fetched,
+        Some(lineage),
+        include_raw,
+        chrono::Utc::now(),
+    );
+    publish(ctx, job, event, &enriched, attempts, Some((result, source)))
+        .await
+        .into()
+}
+
+/// Dead-letters `job` (the fallback's expectations: malformed, expired, refused by the
+/// provider).
+pub(crate) async fn dead_letter_job(
+    ctx: &WorkerContext,
+    job: &Job,
+    reason: DeadLetterReason,
+) -> Processed {
+    dead_letter(ctx, job, reason).await.into()
+}
+
 async fn publish(
     ctx: &WorkerContext,
     job: &Job,
     event: &WebhookEvent,
     enriched: &crate::record::EnrichedRecord,
     attempts: u32,
+    result: Option<(&FinalResult, TriggerSource)>,
 ) -> Result<Final, ProduceError> {
     let topic = ctx.output.topic_for(event.provider, event.route());
     let value = match ctx.encoder.encode(topic, enriched) {
@@ -479,11 +554,17 @@ async fn publish(
     let mut key_buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
     let key = event.subject_id.hyphenated().encode_lower(&mut key_buf);
     let content = ctx.encoder.content_headers(topic);
-    let mut hs: Vec<(&str, Option<&[u8]>)> = Vec::with_capacity(4 + content.len());
+    let mut hs: Vec<(&str, Option<&[u8]>)> = Vec::with_capacity(6 + content.len());
     hs.push((headers::EVENT_ID, Some(event_id.as_bytes())));
     hs.push((headers::PROVIDER, Some(event.provider.as_str().as_bytes())));
     hs.push((headers::STATE, Some(enriched.state.symbol().as_bytes())));
     hs.push((headers::TRIGGER, Some(trigger.as_bytes())));
+    let mut result_buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    if let Some((result, source)) = result {
+        let result_id = result.result_id.hyphenated().encode_lower(&mut result_buf);
+        hs.push((headers::RESULT_ID, Some(result_id.as_bytes())));
+        hs.push((headers::TRIGGER_SOURCE, Some(source.as_str().as_bytes())));
+    }
     hs.extend(content.iter().map(|(k, v)| (*k, Some(v.as_bytes()))));
     match ctx
         .producer
@@ -505,6 +586,12 @@ async fn publish(
         Err(fatal) => return Err(fatal),
     }
     ctx.dedupe.mark_published(event.event_id);
+    if let Some((result, source)) = result {
+        ctx.dedupe.mark_published(result.result_id);
+        if let (TriggerSource::Webhook, Some(link)) = (source, &ctx.fallback) {
+            link.webhook_result(event.provider, event.subject_id, result.seen.clone());
+        }
+    }
     ctx.events.published(
         event.provider,
         job.source(),
@@ -532,7 +619,7 @@ async fn renormalize(ctx: &WorkerContext, job: &Job) -> Result<Final, ProduceErr
                     .deduplicated(event.provider, job.source(), &event.event_id);
                 return Ok(Final::Deduplicated);
             }
-            publish(ctx, job, &event, &record, 0).await
+            publish(ctx, job, &event, &record, 0, None).await
         }
         Ok(Rebuilt::NoRawResponse { provider, event_id }) => {
             ctx.events

@@ -29,6 +29,10 @@ pub enum Budget {
     /// One attempt: the half-open probe of a circuit breaker. Any answer other than a systemic
     /// failure ends it.
     Probe,
+    /// A fallback poll (`engine::fallback`): the retry and not-found budgets of `Full`, but a
+    /// ClearSale module still pending ends it at once as reachable: the fallback polls again on
+    /// its own schedule, so the pending re-fetch would only multiply its requests.
+    Poll,
 }
 
 /// What one attempt got. `T` is the provider's answer; the decision hands it back untouched in
@@ -169,7 +173,9 @@ impl Tally {
                     still_pending: false,
                 }
             }
-            Attempt::Answered { .. } if probe => return Decision::Reachable,
+            Attempt::Answered { .. } if probe || budget == Budget::Poll => {
+                return Decision::Reachable
+            }
             Attempt::Answered { answer, .. } => {
                 return match settings.pending.next_delay(
                     self.pending_polls,
@@ -700,6 +706,51 @@ mod tests {
             assert_eq!(got, row.decision, "{}", row.name);
             assert_eq!(t, row.after, "{} (counters)", row.name);
         }
+    }
+
+    #[test]
+    fn a_poll_has_the_retry_budget_but_no_pending_refetch() {
+        let s = settings();
+        let mut t = Tally::default();
+        assert_eq!(
+            t.decide(answered(true), Budget::Poll, Duration::ZERO, &s, || 0.5),
+            Decision::Reachable,
+            "still pending: the fallback polls again later"
+        );
+        assert_eq!(t.pending_polls, 0);
+        assert_eq!(
+            t.decide(answered(false), Budget::Poll, Duration::ZERO, &s, || 0.5),
+            publish(false)
+        );
+        let mut t = Tally::default();
+        assert!(matches!(
+            t.decide(
+                failed(status(503, None)),
+                Budget::Poll,
+                Duration::ZERO,
+                &s,
+                || 0.5
+            ),
+            Decision::Retry {
+                reason: RetryReason::Status,
+                ..
+            }
+        ));
+        assert!(matches!(
+            t.decide(
+                failed(status(404, None)),
+                Budget::Poll,
+                Duration::ZERO,
+                &s,
+                || 0.5
+            ),
+            Decision::Retry {
+                reason: RetryReason::NotFound,
+                ..
+            }
+        ));
+        assert!(!permanent_failure_reached_provider(Budget::Poll, 0));
+        assert!(permanent_failure_reached_provider(Budget::Poll, 1));
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! 4. The engine runs bounded ([`crate::engine::bounds`]): nothing at or past a partition's end
 //!    is processed, records outside the time window are finished as "filtered out by time", and
 //!    the run drains and stops when every partition's committed progress reached its end.
-//!    Provider isolation is off (a backfill has no live traffic to protect from itself); the
+//!    Provider isolation and the polling fallback are off (a backfill has no live traffic to
+//!    protect from itself, and expects no webhook); the
 //!    provider rate limit can be lowered (`--max-provider-rps`) to keep the live service's quota.
 //! 5. A summary is printed; an interrupted run says how to resume.
 
@@ -122,7 +123,9 @@ pub struct ReplaySummary {
 }
 
 /// The configuration a replay runs with: the replay group, the chosen output topics, the rate
-/// limit, dedupe on or off, and provider isolation off.
+/// limit, dedupe on or off, provider isolation off, and the polling fallback off (a replay reads
+/// a range of the input; with the fallback on, its new group would read every expectation ever
+/// written and poll them all).
 pub fn replay_config(config: &Config, options: &ReplayOptions) -> Config {
     let mut c = config.clone();
     if options.renormalize {
@@ -163,6 +166,7 @@ pub fn replay_config(config: &Config, options: &ReplayOptions) -> Config {
         c.engine.dedupe.max_entries = 0;
     }
     c.engine.isolation.enabled = crate::engine::settings::Toggle::Off;
+    c.fallback.enabled = false;
     c.kafka.group_id = options
         .group
         .clone()

@@ -7,6 +7,7 @@
 //! run's counters ([`stats`]). Telemetry takes plain values (providers, classes, [`Source`]
 //! coordinates), never engine types.
 
+pub mod fallback;
 pub mod receive;
 mod redrive;
 pub mod stats;
@@ -51,11 +52,16 @@ pub mod names {
     pub const LANE_CHANGES: &str = "webhook_enricher_lane_changes_total";
     pub const WAIT_WRITE_REFUSED: &str = "webhook_enricher_wait_write_refused_total";
     pub const RETRY_ROUNDS: &str = "webhook_enricher_retry_rounds_total";
+    pub const EXPECTATIONS_PENDING: &str = "webhook_enricher_expectations_pending";
+    pub const EXPECTATIONS_RESOLVED: &str = "webhook_enricher_expectations_resolved_total";
+    pub const FALLBACK_POLLS: &str = "webhook_enricher_fallback_polls_total";
+    pub const WEBHOOK_DELAY_SECONDS: &str = "webhook_enricher_webhook_delay_seconds";
 }
 
 /// Registers the help text of every metric (shown by `/metrics`).
 pub fn describe_metrics() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    fallback::describe();
     describe_counter!(
         names::RECORDS_CONSUMED,
         "Records received from the input topics."
@@ -510,6 +516,31 @@ fn per_provider<T>(make: impl Fn(&'static str) -> T) -> [T; PROVIDERS] {
 }
 
 impl RecordEvents {
+    /// Polling fallback: expectations waiting now (the gauge and the run's counters).
+    pub fn expectations_waiting(&self, waiting: usize) {
+        self.stats
+            .expectations_waiting
+            .store(waiting as u64, Ordering::Relaxed);
+        fallback::pending(waiting);
+    }
+
+    /// Polling fallback: a poll ended with `outcome`.
+    pub fn fallback_polled(&self, provider: Provider, outcome: &str) {
+        self.stats.fallback_polls.fetch_add(1, Ordering::Relaxed);
+        fallback::polled(provider, outcome);
+    }
+
+    /// Polling fallback: an expectation was resolved.
+    pub fn expectation_resolved(&self, provider: Provider, by: fallback::By, polls: u32) {
+        let counter = match by {
+            fallback::By::Webhook => &self.stats.resolved_by_webhook,
+            fallback::By::Poll => &self.stats.resolved_by_poll,
+            fallback::By::Expired | fallback::By::DeadLetter => &self.stats.expectations_given_up,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        fallback::resolved(provider, by, polls);
+    }
+
     /// Registers the handles with the installed `metrics` recorder (none installed: no-ops).
     pub fn new(stats: Arc<EngineStats>) -> Self {
         Self {

@@ -30,6 +30,16 @@ pub struct EngineStats {
     pub filtered_by_time: AtomicU64,
     /// `replay --renormalize`: output records without `raw_response`, not rebuilt.
     pub without_raw_response: AtomicU64,
+    /// Polling fallback: expectations waiting now (set, not added).
+    pub expectations_waiting: AtomicU64,
+    /// Polling fallback: expectations resolved by a webhook result.
+    pub resolved_by_webhook: AtomicU64,
+    /// Polling fallback: expectations resolved by a poll (a record published from a poll).
+    pub resolved_by_poll: AtomicU64,
+    /// Polling fallback: expectations given up and dead-lettered (expired or refused).
+    pub expectations_given_up: AtomicU64,
+    /// Polling fallback: polls made (each may make several requests: retries).
+    pub fallback_polls: AtomicU64,
     dead_lettered: Mutex<BTreeMap<ErrorClass, u64>>,
 }
 
@@ -48,6 +58,11 @@ pub struct StatsSnapshot {
     pub retry_rounds: u64,
     pub filtered_by_time: u64,
     pub without_raw_response: u64,
+    pub expectations_waiting: u64,
+    pub resolved_by_webhook: u64,
+    pub resolved_by_poll: u64,
+    pub expectations_given_up: u64,
+    pub fallback_polls: u64,
     pub dead_lettered: BTreeMap<ErrorClass, u64>,
 }
 
@@ -91,6 +106,11 @@ impl EngineStats {
             retry_rounds: self.retry_rounds.load(Ordering::Relaxed),
             filtered_by_time: self.filtered_by_time.load(Ordering::Relaxed),
             without_raw_response: self.without_raw_response.load(Ordering::Relaxed),
+            expectations_waiting: self.expectations_waiting.load(Ordering::Relaxed),
+            resolved_by_webhook: self.resolved_by_webhook.load(Ordering::Relaxed),
+            resolved_by_poll: self.resolved_by_poll.load(Ordering::Relaxed),
+            expectations_given_up: self.expectations_given_up.load(Ordering::Relaxed),
+            fallback_polls: self.fallback_polls.load(Ordering::Relaxed),
             dead_lettered: self
                 .dead_lettered
                 .lock()

@@ -28,8 +28,29 @@ async fn every_input_gets_its_expected_outcome_and_the_table_shows_it() {
     // accounted once, by its outcome after it is read back.
     assert_eq!(report::accounted(stats), 40, "{stats:?}");
     assert_eq!(stats.consumed, 40 + stats.diverted, "{stats:?}");
-    assert_eq!(stats.finished(), 40 + stats.diverted, "{stats:?}");
-    assert_eq!(stats.published, report.records.len() as u64);
+    // The withheld webhook's result is published by a poll: not an input's outcome.
+    assert_eq!(stats.resolved_by_poll, 1, "{stats:?}");
+    assert_eq!(report.polled.len(), 1);
+    let polled = &report.polled[0];
+    assert_eq!(polled.record["provider"], "UNICO");
+    assert_eq!(
+        polled.record["lineage"]["topic"], "webhooks.expectations",
+        "built from its expectation"
+    );
+    assert!(report
+        .samples
+        .iter()
+        .all(|s| s.key.as_deref() != polled.key.as_deref()));
+    assert!(text.contains("Recovered by polling: 1"), "{text}");
+    assert_eq!(
+        stats.finished(),
+        40 + stats.diverted + stats.resolved_by_poll,
+        "{stats:?}"
+    );
+    assert_eq!(
+        stats.published,
+        (report.records.len() + report.polled.len()) as u64
+    );
     assert_eq!(
         stats.dead_lettered_total(),
         report.dead_letters.len() as u64
@@ -138,7 +159,12 @@ async fn every_input_gets_its_expected_outcome_and_the_table_shows_it() {
             .count() as u64
     };
     assert_eq!(rows("clearsale"), report.published_by("clearsale") as u64);
-    assert_eq!(rows("unico"), report.published_by("unico") as u64);
+    // Unico's rows: its published inputs, and the withheld webhook's result under "Recovered by
+    // polling".
+    assert_eq!(
+        rows("unico"),
+        (report.published_by("unico") + report.polled.len()) as u64
+    );
     for class in wanted.keys() {
         assert!(
             text.contains(&format!("  {class}  ")),
@@ -147,7 +173,7 @@ async fn every_input_gets_its_expected_outcome_and_the_table_shows_it() {
     }
     let summary = format!(
         "All 40 inputs accounted for: {} published + {repeats} deduplicated + 1 skipped + 5 dead-lettered.",
-        stats.published
+        stats.published - stats.resolved_by_poll
     );
     assert!(text.contains(&summary), "{text}");
     assert!(text.contains("ClearSale outage over at"), "{text}");
@@ -184,15 +210,18 @@ async fn json_format_prints_only_json_lines_that_match_the_report() {
     let kind = |k: &str| lines.iter().filter(|l| l["kind"] == k).count();
     assert_eq!(kind("record"), report.records.len());
     assert_eq!(kind("dead_letter"), report.dead_letters.len());
+    assert_eq!(kind("polled_record"), report.polled.len());
+    assert_eq!(kind("polled_record"), 1);
     assert_eq!(kind("summary"), 1);
     assert_eq!(
         lines.len(),
-        report.records.len() + report.dead_letters.len() + 1
+        report.records.len() + report.polled.len() + report.dead_letters.len() + 1
     );
 
     let summary = lines.last().unwrap();
     assert_eq!(summary["kind"], "summary");
     assert_eq!(summary["inputs"], MIN_COUNT);
+    assert_eq!(summary["recovered_by_polling"], 1);
     let total = ["published", "deduplicated", "skipped"]
         .iter()
         .map(|k| summary[*k].as_u64().unwrap())

@@ -11,6 +11,7 @@ mod engine_isolation;
 mod engine_lifecycle;
 mod engine_order;
 mod enrich;
+mod fallback;
 mod receive;
 mod redrive;
 mod registry;

@@ -517,3 +517,19 @@ async fn renormalize_rebuilds_the_output_records_with_no_provider_call() {
     assert_eq!(dlq[0].value, b"not avro");
     assert_eq!(dlq[0].header("__connect.errors.topic"), unico_topic);
 }
+
+/// A replay never runs the polling fallback, whatever the configuration says: its own group
+/// would read every expectation ever written and poll them all.
+#[test]
+fn a_replay_runs_without_the_polling_fallback_and_isolation() {
+    let mut config = Config::default();
+    config.fallback.enabled = true;
+    let effective =
+        webhook_enricher::replay::replay_config(&config, &options("earliest", "latest"));
+    assert!(!effective.fallback.enabled);
+    assert_eq!(
+        effective.engine.isolation.enabled,
+        webhook_enricher::engine::settings::Toggle::Off
+    );
+    assert_ne!(effective.kafka.group_id, config.kafka.group_id);
+}

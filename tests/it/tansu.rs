@@ -520,3 +520,107 @@ async fn redrive_against_a_real_tansu_broker() {
     assert!(stdout.contains("redriven: 0\n"), "{stdout}");
     assert_eq!(support::read_to_end(&tansu.bootstrap, &raw).await.len(), 4);
 }
+
+/// The polling fallback against a real broker (the built binary): the expectations topic is
+/// checked and read by manual assignment next to the input, 20 % of the webhooks are withheld
+/// and their results published by polls, every result once, and every expectation committed
+/// in the expectations group only once resolved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_fallback_against_a_real_tansu_broker() {
+    let Some(binary) = tansu_binary() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "tansu is not on PATH, but CI must run this test (.ci/run installs it)"
+        );
+        eprintln!("SKIPPED polling_fallback_against_a_real_tansu_broker: `tansu` is not on PATH");
+        return;
+    };
+    let tansu = Tansu::start(&binary).await;
+    let sim = support::start_simulator(SimulatorConfig::default()).await;
+    let input = support::unique("tansu-fb");
+    let expectations = format!("{input}.expectations");
+    let outputs = ["clearsale", "unico", "dlq"].map(|s| format!("{input}.{s}"));
+    tansu
+        .create_topics(&[
+            (&input, 2),
+            (&expectations, 2),
+            (&outputs[0], 1),
+            (&outputs[1], 1),
+            (&outputs[2], 1),
+        ])
+        .await;
+    let mut config = support::config_for(&tansu.bootstrap, &sim, &input);
+    config.fallback.enabled = true;
+    config.fallback.expectations_topic = expectations.clone();
+    // Counted from the expectations' creation, before the service starts: long enough for it
+    // to join the group and publish the webhooks first (a poll that wins that race would still
+    // publish each result once, but the test checks which path published it).
+    config.fallback.after = Duration::from_secs(20);
+    config.fallback.poll_interval = Duration::from_millis(200);
+    config.fallback.max_poll_interval = Duration::from_millis(500);
+
+    let producer = support::producer_for(&tansu.bootstrap);
+    let ids: Vec<String> = (0..10).map(|_| support::new_id()).collect();
+    let mut ends: HashMap<i32, i64> = HashMap::new();
+    let created = chrono::Utc::now().to_rfc3339();
+    for (i, id) in ids.iter().enumerate() {
+        let expectation = format!(
+            r#"{{"provider":"unico","id":"{id}","created_at":"{created}","expect":[2,3,4,5]}}"#
+        );
+        let (p, o) = support::produce_to(
+            &producer,
+            &expectations,
+            None,
+            Some(id),
+            expectation.as_bytes(),
+        )
+        .await;
+        let end = ends.entry(p).or_default();
+        *end = (*end).max(o + 1);
+        if i % 5 != 0 {
+            let webhook = support::unico(id, "3");
+            support::produce_to(&producer, &input, None, Some(id), webhook.as_bytes()).await;
+        }
+    }
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = support::spawn_run(&config, dir.path(), "tansu-fallback");
+    let group = config.fallback.expectations_group(&config.kafka.group_id);
+    let watcher = support::inspector(&tansu.bootstrap, &group);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let committed = support::committed_by(&watcher, &expectations, 2);
+        if ends
+            .iter()
+            .all(|(p, end)| committed.get(p).is_some_and(|c| c >= end))
+        {
+            break;
+        }
+        assert!(
+            child.try_status().is_none() && Instant::now() < deadline,
+            "not every expectation was resolved: committed {committed:?}, ends {ends:?}\n{}",
+            child.tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    child.signal("TERM");
+    let status = child.wait_exit(Duration::from_secs(60)).await;
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", child.tail());
+
+    let published = support::read_to_end(&tansu.bootstrap, &outputs[1]).await;
+    let mut by_id: HashMap<String, Vec<String>> = HashMap::new();
+    for r in &published {
+        by_id
+            .entry(r.key.clone().unwrap_or_default())
+            .or_default()
+            .push(r.header("trigger_source").to_string());
+    }
+    assert_eq!(published.len(), ids.len(), "{by_id:?}");
+    for (i, id) in ids.iter().enumerate() {
+        let wanted = if i % 5 == 0 { "poll" } else { "webhook" };
+        assert_eq!(by_id.get(id), Some(&vec![wanted.to_string()]), "{id}");
+    }
+    assert!(support::read_to_end(&tansu.bootstrap, &outputs[2])
+        .await
+        .is_empty());
+}

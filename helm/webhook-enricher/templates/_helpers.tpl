@@ -171,8 +171,9 @@ default) or true. Whether it is on is decided by the service at start-up. */}}
 Every Kafka topic the release uses, with the service's defaults, once each:
 `topics: [{topic, role}]`, role `input` (config.input.topics), `raw` (config.receive.topic with
 receiver.enabled, when it is not an input topic), `output` (the enabled providers' output topics
-and ClearSale's module topics), `dead-letter`, and `wait` (the enabled providers' wait topics,
-unless config.engine.isolation.enabled is false: the service only uses those).
+and ClearSale's module topics), `dead-letter`, `wait` (the enabled providers' wait topics,
+unless config.engine.isolation.enabled is false: the service only uses those), and `expectations`
+(config.fallback.expectations_topic, with config.fallback.enabled).
 */}}
 {{- define "webhook-enricher.topics" -}}
 {{- $cfg := .Values.config | default dict }}
@@ -222,6 +223,10 @@ unless config.engine.isolation.enabled is false: the service only uses those).
 {{- if include "webhook-enricher.unicoEnabled" . }}
 {{- $all = append $all (dict "topic" (dig "unico_wait_topic" "webhooks.wait.unico" $iso) "role" "wait") }}
 {{- end }}
+{{- end }}
+{{- $fb := dig "fallback" dict $cfg }}
+{{- if dig "enabled" false $fb }}
+{{- $all = append $all (dict "topic" (dig "expectations_topic" "webhooks.expectations" $fb) "role" "expectations") }}
 {{- end }}
 {{- $seen := dict }}
 topics:
