@@ -804,6 +804,22 @@ impl Drop for Completion {
     }
 }
 
+/// The partition count of `topic` (`None` when it does not exist or has no partitions), for the
+/// start-up checks of the wait and expectations topics.
+fn partition_count(
+    consumer: &rdkafka::consumer::BaseConsumer,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Option<usize>, rdkafka::error::KafkaError> {
+    use rdkafka::consumer::Consumer;
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| t.partitions().len()))
+}
+
 /// Checks, before consuming, that every wait topic exists with as many partitions as each input
 /// topic (a wait partition is read back by the owner of the input partition with its number).
 /// Input topics that do not exist yet are not checked (the consumer waits for them).
@@ -820,23 +836,18 @@ async fn check_expectations_topic(
     let inputs = inputs.to_vec();
     let expectations = expectations.to_string();
     tokio::task::spawn_blocking(move || {
-        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::consumer::BaseConsumer;
         let fail = |m: String| EngineError::Expectations(m);
         let consumer: BaseConsumer = config
             .create()
             .map_err(|e| fail(format!("cannot check the expectations topic: {e}")))?;
         let timeout = Duration::from_secs(10);
         let partitions = |topic: &str| -> Result<Option<usize>, EngineError> {
-            let metadata = consumer.fetch_metadata(Some(topic), timeout).map_err(|e| {
+            partition_count(&consumer, topic, timeout).map_err(|e| {
                 fail(format!(
                     "cannot read the metadata of topic {topic:?} to check the expectations topic: {e}"
                 ))
-            })?;
-            Ok(metadata
-                .topics()
-                .iter()
-                .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
-                .map(|t| t.partitions().len()))
+            })
         };
         let Some(n) = partitions(&expectations)? else {
             return Err(fail(format!(
@@ -868,22 +879,17 @@ async fn check_wait_topics(
     let inputs = inputs.to_vec();
     let waits: Vec<String> = waits.iter().map(|(_, t)| t.clone()).collect();
     tokio::task::spawn_blocking(move || {
-        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::consumer::BaseConsumer;
         let consumer: BaseConsumer = config
             .create()
             .map_err(|e| EngineError::WaitTopics(format!("cannot check the wait topics: {e}")))?;
         let timeout = Duration::from_secs(10);
         let partitions = |topic: &str| -> Result<Option<usize>, EngineError> {
-            let metadata = consumer.fetch_metadata(Some(topic), timeout).map_err(|e| {
+            partition_count(&consumer, topic, timeout).map_err(|e| {
                 EngineError::WaitTopics(format!(
                     "cannot read the metadata of topic {topic:?} to check the wait topics: {e}"
                 ))
-            })?;
-            Ok(metadata
-                .topics()
-                .iter()
-                .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
-                .map(|t| t.partitions().len()))
+            })
         };
         let mut expected: Option<(String, usize)> = None;
         for input in &inputs {

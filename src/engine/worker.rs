@@ -279,15 +279,7 @@ pub async fn process(ctx: &WorkerContext, job: &Job, drain: &CancellationToken) 
             }
             EnrichOutcome::Fetched { fetched, attempts } => {
                 permit.succeeded();
-                let src = job.source();
-                let lineage = Lineage {
-                    topic: src.topic.to_string(),
-                    partition: src.partition,
-                    offset: src.offset,
-                    timestamp: src
-                        .timestamp_ms
-                        .and_then(chrono::DateTime::from_timestamp_millis),
-                };
+                let lineage = lineage(job);
                 if ctx.fallback.is_some() {
                     if let Some(result) = final_result(event, &fetched) {
                         return publish_result(
@@ -493,15 +485,7 @@ pub(crate) async fn publish_result(
             .deduplicated(event.provider, job.source(), &result.result_id);
         return Processed::Final(Final::Deduplicated);
     }
-    let src = job.source();
-    let lineage = Lineage {
-        topic: src.topic.to_string(),
-        partition: src.partition,
-        offset: src.offset,
-        timestamp: src
-            .timestamp_ms
-            .and_then(chrono::DateTime::from_timestamp_millis),
-    };
+    let lineage = lineage(job);
     let include_raw = ctx.enricher.settings().include_raw_response;
     let enriched = normalize(
         event,
@@ -755,5 +739,18 @@ pub async fn divert(
             })
         }
         Err(fatal) => Processed::Fatal(fatal),
+    }
+}
+
+/// Where the record came from, as the output record's `lineage`.
+fn lineage(job: &Job) -> Lineage {
+    let src = job.source();
+    Lineage {
+        topic: src.topic.to_string(),
+        partition: src.partition,
+        offset: src.offset,
+        timestamp: src
+            .timestamp_ms
+            .and_then(chrono::DateTime::from_timestamp_millis),
     }
 }
