@@ -235,7 +235,6 @@ async fn run_with(
     let diversion = (!isolated.is_empty()).then(|| worker::Diversion {
         wait_topics: Provider::ALL.map(|p| settings.isolation.wait_topic(p).to_string()),
         circuit_blocked: Provider::ALL.map(|_| tokio::sync::watch::channel(false).0),
-        slow: Provider::ALL.map(|_| tokio::sync::watch::channel(false).0),
         retry_rounds: settings
             .isolation
             .retry_rounds
@@ -697,12 +696,6 @@ impl Runner {
             diversion.circuit_blocked[provider.index()].send_if_modified(|v| {
                 let changed = *v != circuit;
                 *v = circuit;
-                changed
-            });
-            let slow = b.slow;
-            diversion.slow[provider.index()].send_if_modified(|v| {
-                let changed = *v != slow;
-                *v = slow;
                 changed
             });
             let blocked = b.circuit || b.slow;

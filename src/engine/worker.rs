@@ -74,12 +74,6 @@ pub struct Diversion {
     /// Per provider: true while its circuit is not closed. A record from the input waiting for
     /// the circuit then writes itself to the wait topic instead of holding its place in memory.
     pub circuit_blocked: [tokio::sync::watch::Sender<bool>; Provider::ALL.len()],
-    /// Per provider: true while it is slower than its arrivals (the runner's `Blocked::slow`).
-    /// A record from the input waiting for its provider's gate (rate limit, concurrency cap) or
-    /// between its attempts then writes itself to the wait topic: served at the provider's
-    /// pace, the records it holds would keep their places in the budget, and the other
-    /// provider's records, for minutes.
-    pub slow: [tokio::sync::watch::Sender<bool>; Provider::ALL.len()],
     /// The delays of the retry rounds a poison record is given (`engine.isolation.retry_rounds`).
     pub retry_rounds: Vec<std::time::Duration>,
     /// How many records read back from each wait topic may call their provider at once.
@@ -102,36 +96,10 @@ impl Diversion {
 
     /// Resolves when `provider`'s circuit is reported not closed (never, if the engine is gone).
     async fn blocked(&self, provider: Provider) {
-        wait_for_true(&self.circuit_blocked[provider.index()]).await;
-    }
-
-    /// Resolves when `provider` is reported slower than its arrivals *while it answers*:
-    /// `breaker` counted a success since `since`. A provider that answered nothing since is
-    /// down, not slow: its records keep retrying until their failures open its circuit (which
-    /// diverts them as `circuit_open`); diverting them as slow would stop the circuit from
-    /// ever opening, and the lanes would return to a provider that is still down.
-    async fn slow_while_answering(&self, provider: Provider, breaker: &CircuitBreaker, since: u64) {
-        let mut rx = self.slow[provider.index()].subscribe();
-        loop {
-            if rx.wait_for(|slow| *slow).await.is_err() {
-                break;
-            }
-            if breaker.successes() > since {
-                return;
-            }
-            if rx.changed().await.is_err() {
-                break;
-            }
+        let mut rx = self.circuit_blocked[provider.index()].subscribe();
+        if rx.wait_for(|b| *b).await.is_err() {
+            std::future::pending::<()>().await;
         }
-        std::future::pending::<()>().await;
-    }
-}
-
-/// Resolves once the flag is true (never, if its sender is gone).
-async fn wait_for_true(flag: &tokio::sync::watch::Sender<bool>) {
-    let mut rx = flag.subscribe();
-    if rx.wait_for(|b| *b).await.is_err() {
-        std::future::pending::<()>().await;
     }
 }
 
@@ -254,24 +222,7 @@ pub async fn process(ctx: &WorkerContext, job: &Job, drain: &CancellationToken) 
         } else {
             Budget::Full
         };
-        // A record from the input leaves for the wait topic when its provider turns out slower
-        // than its arrivals, while still answering, as it waits for the provider's gate or
-        // between attempts (a
-        // provider call cut short is a GET, safe to make again when it is read back). A probe
-        // never does: the circuit waits on its answer.
-        let answered_before = breaker.successes();
-        let enriching = ctx.enricher.enrich_within(event, budget, drain);
-        let outcome = match diversion.filter(|_| budget == Budget::Full) {
-            Some(d) => tokio::select! {
-                biased;
-                outcome = enriching => outcome,
-                () = d.slow_while_answering(event.provider, breaker, answered_before) => {
-                    return divert(ctx, job, event.provider, super::wait::Reason::ProviderSlow, attempts_so_far, None).await;
-                }
-            },
-            None => enriching.await,
-        };
-        match outcome {
+        match ctx.enricher.enrich_within(event, budget, drain).await {
             EnrichOutcome::Cancelled => return Processed::Drained,
             EnrichOutcome::Reachable { .. } => {
                 // The probe got an answer: the provider is up; go on with the full budget.

@@ -205,18 +205,17 @@ async fn a_long_clearsale_outage_diverts_clearsale_while_unico_and_the_input_kee
     assert_eq!(first.header(wait_headers::TOPIC), s.input);
     assert!(first.header(wait_headers::OFFSET).parse::<i64>().is_ok());
     assert!(first.header(wait_headers::FIRST_SEEN).ends_with('Z'));
-    // `provider_slow` too: records retrying the 503s before the circuit opens fill
-    // ClearSale's share with no completion, which is also slower than its arrivals.
+    // `provider_slow` too: records arriving while the ones retrying the 503s fill ClearSale's
+    // share with no completion (slower than its arrivals) are diverted before the circuit opens.
     assert!(
         ["circuit_open", "provider_slow", "lane_diverted"]
             .contains(&first.header(wait_headers::REASON)),
         "reason {:?}",
         first.header(wait_headers::REASON)
     );
-    // But the records already retrying were not diverted as slow: a provider that answers
-    // nothing is down, so they retried until their failures opened the circuit, and diverted
-    // as `circuit_open`. (Diverted as slow, they never opened it; the lanes then returned to a
-    // provider still down and the outage filled the budget again.)
+    // The records already retrying kept retrying until their failures opened the circuit, and
+    // diverted as `circuit_open` (had they been diverted as slow, the circuit would never have
+    // opened and the lanes would have returned to a provider still down).
     assert!(
         waiting
             .iter()
@@ -860,16 +859,6 @@ async fn a_provider_slower_than_its_arrivals_is_diverted_and_published_once_its_
     assert!(waiting
         .iter()
         .any(|r| r.header(wait_headers::REASON) == "provider_slow"));
-    // The records Unico held when it was found slow (its whole share, 150) left the budget for
-    // the wait topic too, instead of being served there at 10/s for 15 s: most of Unico's 200
-    // records are in the wait topic, not only the 50 beyond its share.
-    assert!(
-        waiting.len() > unico_ids.len() / 2,
-        "{} of {} Unico records diverted: {:?}",
-        waiting.len(),
-        unico_ids.len(),
-        engine.snapshot()
-    );
     assert_eq!(s.kafka.count(&s.wait_cs), 0, "ClearSale never diverted");
     // Every Unico record is published once its backlog drains.
     let unico_out = s.kafka.read_all(
