@@ -102,7 +102,11 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    fn new(class: ErrorClass, provider: Option<Provider>, reason: impl Into<String>) -> Self {
+    pub(crate) fn new(
+        class: ErrorClass,
+        provider: Option<Provider>,
+        reason: impl Into<String>,
+    ) -> Self {
         Self {
             class,
             reason: reason.into(),
@@ -347,7 +351,8 @@ fn decode_unico(
     )))
 }
 
-fn required_str<'a>(
+/// A required string field of a JSON object, or the rejection that names it.
+pub(crate) fn required_str<'a>(
     object: &'a serde_json::Map<String, serde_json::Value>,
     field: &str,
     provider: Option<Provider>,

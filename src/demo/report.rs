@@ -239,24 +239,12 @@ fn write_table(out: &mut impl Write, report: &DemoReport, topics: &Topics<'_>) -
         report.records.len(),
         topics.records.join(", ")
     )?;
-    let rows: Vec<Vec<String>> = report
-        .records
-        .iter()
-        .map(|r| {
-            vec![
-                input_label(r.input),
-                text(&r.record["provider"]).to_lowercase(),
-                short_id(&text(&r.record["subject_id"])),
-                trigger(&r.record),
-                text(&r.record["state"]),
-                details(&r.record),
-            ]
-        })
-        .collect();
-    table(
+    record_table(
         out,
-        &["#", "PROVIDER", "SUBJECT", "TRIGGER", "STATE", "DETAILS"],
-        &rows,
+        report
+            .records
+            .iter()
+            .map(|r| (input_label(r.input), &r.record)),
     )?;
 
     writeln!(
@@ -264,24 +252,9 @@ fn write_table(out: &mut impl Write, report: &DemoReport, topics: &Topics<'_>) -
         "\nRecovered by polling: {}  (webhook withheld; its expectation was polled, the record has trigger_source poll)",
         report.polled.len()
     )?;
-    let rows: Vec<Vec<String>> = report
-        .polled
-        .iter()
-        .map(|r| {
-            vec![
-                "-".to_string(),
-                text(&r.record["provider"]).to_lowercase(),
-                short_id(&text(&r.record["subject_id"])),
-                trigger(&r.record),
-                text(&r.record["state"]),
-                details(&r.record),
-            ]
-        })
-        .collect();
-    table(
+    record_table(
         out,
-        &["#", "PROVIDER", "SUBJECT", "TRIGGER", "STATE", "DETAILS"],
-        &rows,
+        report.polled.iter().map(|r| ("-".to_string(), &r.record)),
     )?;
 
     writeln!(
@@ -461,6 +434,30 @@ fn wrap(text: &str, width: usize) -> Vec<String> {
 }
 
 /// Prints an aligned table; the last column is not padded.
+/// The table of published records: a label (input number or `-`) and the record.
+fn record_table<'a>(
+    out: &mut impl Write,
+    records: impl Iterator<Item = (String, &'a Value)>,
+) -> io::Result<()> {
+    let rows: Vec<Vec<String>> = records
+        .map(|(label, record)| {
+            vec![
+                label,
+                text(&record["provider"]).to_lowercase(),
+                short_id(&text(&record["subject_id"])),
+                trigger(record),
+                text(&record["state"]),
+                details(record),
+            ]
+        })
+        .collect();
+    table(
+        out,
+        &["#", "PROVIDER", "SUBJECT", "TRIGGER", "STATE", "DETAILS"],
+        &rows,
+    )
+}
+
 fn table(out: &mut impl Write, headers: &[&str], rows: &[Vec<String>]) -> io::Result<()> {
     if rows.is_empty() {
         return writeln!(out, "  (none)");

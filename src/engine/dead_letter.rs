@@ -69,6 +69,20 @@ pub struct DeadLetterReason {
     pub provider: Option<crate::provider::Provider>,
 }
 
+impl DeadLetterReason {
+    /// A record (a webhook or an expectation) that could not be decoded.
+    pub fn rejected(rejection: &crate::event::Rejection) -> Self {
+        Self {
+            class: rejection.class,
+            stage: Stage::Decode,
+            message: rejection.reason.clone(),
+            attempts: 0,
+            http_status: None,
+            provider: rejection.provider,
+        }
+    }
+}
+
 /// The source coordinates of the failed record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Source<'a> {

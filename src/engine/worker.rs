@@ -151,14 +151,7 @@ pub async fn process(ctx: &WorkerContext, job: &Job, drain: &CancellationToken) 
     }
     let event = match &job.decoded {
         Err(rejection) => {
-            let reason = DeadLetterReason {
-                class: rejection.class,
-                stage: Stage::Decode,
-                message: rejection.reason.clone(),
-                attempts: 0,
-                http_status: None,
-                provider: rejection.provider,
-            };
+            let reason = DeadLetterReason::rejected(rejection);
             return dead_letter(ctx, job, reason).await.into();
         }
         Ok(Decoded::Skip(skipped)) => {

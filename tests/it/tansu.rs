@@ -23,6 +23,22 @@ fn tansu_binary() -> Option<PathBuf> {
         .find(|path| path.is_file())
 }
 
+/// The `tansu` binary, or `None` (the test is skipped, saying so) outside CI; CI must have it.
+fn tansu_or_skip(test: &str) -> Option<PathBuf> {
+    let binary = tansu_binary();
+    if binary.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "tansu is not on PATH, but CI must run this test (.ci/run installs it)"
+        );
+        eprintln!(
+            "SKIPPED {test}: `tansu` is not on PATH \
+             (install it with `cargo install tansu --features dynostore --locked`)"
+        );
+    }
+    binary
+}
+
 /// A Tansu broker on a free loopback port, killed when dropped.
 struct Tansu {
     bootstrap: String,
@@ -89,15 +105,7 @@ impl Tansu {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn end_to_end_against_a_real_tansu_broker() {
-    let Some(binary) = tansu_binary() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "tansu is not on PATH, but CI must run this test (.ci/run installs it)"
-        );
-        eprintln!(
-            "SKIPPED end_to_end_against_a_real_tansu_broker: `tansu` is not on PATH \
-             (install it with `cargo install tansu --features dynostore --locked`)"
-        );
+    let Some(binary) = tansu_or_skip("end_to_end_against_a_real_tansu_broker") else {
         return;
     };
     let tansu = Tansu::start(&binary).await;
@@ -287,12 +295,9 @@ fn summary_count(output: &str, label: &str) -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_ranges_by_offset_and_by_time_against_a_real_tansu_broker() {
-    let Some(binary) = tansu_binary() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "tansu is not on PATH, but CI must run this test (.ci/run installs it)"
-        );
-        eprintln!("SKIPPED replay_ranges_by_offset_and_by_time_against_a_real_tansu_broker: `tansu` is not on PATH");
+    let Some(binary) =
+        tansu_or_skip("replay_ranges_by_offset_and_by_time_against_a_real_tansu_broker")
+    else {
         return;
     };
     let tansu = Tansu::start(&binary).await;
@@ -426,12 +431,7 @@ async fn replay_ranges_by_offset_and_by_time_against_a_real_tansu_broker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redrive_against_a_real_tansu_broker() {
     use crate::redrive::{write, DeadLetter};
-    let Some(binary) = tansu_binary() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "tansu is not on PATH, but CI must run this test (.ci/run installs it)"
-        );
-        eprintln!("SKIPPED redrive_against_a_real_tansu_broker: `tansu` is not on PATH");
+    let Some(binary) = tansu_or_skip("redrive_against_a_real_tansu_broker") else {
         return;
     };
     let tansu = Tansu::start(&binary).await;
@@ -527,12 +527,7 @@ async fn redrive_against_a_real_tansu_broker() {
 /// in the expectations group only once resolved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polling_fallback_against_a_real_tansu_broker() {
-    let Some(binary) = tansu_binary() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "tansu is not on PATH, but CI must run this test (.ci/run installs it)"
-        );
-        eprintln!("SKIPPED polling_fallback_against_a_real_tansu_broker: `tansu` is not on PATH");
+    let Some(binary) = tansu_or_skip("polling_fallback_against_a_real_tansu_broker") else {
         return;
     };
     let tansu = Tansu::start(&binary).await;

@@ -205,7 +205,7 @@ pub fn check_key(key: Option<&[u8]>, e: &Expectation) -> Result<(), Rejection> {
     if key == Some(wanted.as_bytes()) {
         return Ok(());
     }
-    Err(reject(
+    Err(Rejection::new(
         ErrorClass::MalformedPayload,
         Some(e.provider),
         "the record key must be the expectation's id, lowercase hyphenated (the key of its webhooks, so both land in partitions of the same number)",
@@ -222,10 +222,10 @@ pub fn decode(
     use ErrorClass::*;
     let payload = match payload {
         Some(p) if !p.is_empty() => p,
-        _ => return Err(reject(MalformedPayload, None, "empty expectation")),
+        _ => return Err(Rejection::new(MalformedPayload, None, "empty expectation")),
     };
     if payload.len() > MAX_EXPECTATION_BYTES {
-        return Err(reject(
+        return Err(Rejection::new(
             MalformedPayload,
             None,
             format!(
@@ -235,35 +235,35 @@ pub fn decode(
         ));
     }
     let value: serde_json::Value = serde_json::from_slice(payload).map_err(|e| {
-        reject(
+        Rejection::new(
             MalformedPayload,
             None,
             format!("expectation is not JSON ({:?} error)", e.classify()),
         )
     })?;
     let serde_json::Value::Object(o) = value else {
-        return Err(reject(
+        return Err(Rejection::new(
             MalformedPayload,
             None,
             "expectation is not a JSON object",
         ));
     };
-    let provider_text = string_field(&o, "provider", None)?;
+    let provider_text = crate::event::required_str(&o, "provider", None)?;
     let provider = Provider::parse(provider_text).ok_or_else(|| {
-        reject(
+        Rejection::new(
             UnsupportedEvent,
             None,
             "field `provider` must be \"clearsale\" or \"unico\"",
         )
     })?;
     let p = Some(provider);
-    let id = string_field(&o, "id", p)?;
+    let id = crate::event::required_str(&o, "id", p)?;
     let subject_id = crate::event::parse_guid(id, "id", p)?;
     let created_at = time_field(&o, "created_at", p)?
-        .ok_or_else(|| reject(MalformedPayload, p, "missing field `created_at`"))?;
+        .ok_or_else(|| Rejection::new(MalformedPayload, p, "missing field `created_at`"))?;
     let deadline = time_field(&o, "deadline", p)?;
     if deadline.is_some_and(|d| d < created_at) {
-        return Err(reject(
+        return Err(Rejection::new(
             MalformedPayload,
             p,
             "field `deadline` is before `created_at`",
@@ -275,13 +275,13 @@ pub fn decode(
                 Expect::ClearSaleModule(m.trim().to_ascii_lowercase())
             }
             Some(_) => {
-                return Err(reject(
+                return Err(Rejection::new(
                     MalformedPayload,
                     p,
                     "field `expect` must be the module type (1 to 64 characters)",
                 ))
             }
-            None => return Err(reject(
+            None => return Err(Rejection::new(
                 MalformedPayload,
                 p,
                 "a ClearSale expectation needs `expect` (the asynchronous module, e.g. \"mfa\")",
@@ -297,7 +297,7 @@ pub fn decode(
                 Expect::UnicoStatuses(set)
             }
             Some(_) => {
-                return Err(reject(
+                return Err(Rejection::new(
                     MalformedPayload,
                     p,
                     "field `expect` must be a non-empty list of Unico statuses",
@@ -322,7 +322,7 @@ fn unico_status(item: &serde_json::Value) -> Result<u8, Rejection> {
         _ => None,
     };
     let n = n.ok_or_else(|| {
-        reject(
+        Rejection::new(
             ErrorClass::MalformedPayload,
             p,
             "field `expect` holds a value that is not a status",
@@ -332,32 +332,12 @@ fn unico_status(item: &serde_json::Value) -> Result<u8, Rejection> {
         .ok()
         .filter(|s| (2..=5).contains(s))
         .ok_or_else(|| {
-            reject(
+            Rejection::new(
                 ErrorClass::UnsupportedEvent,
                 p,
                 format!("Unico status {n} cannot be expected (2..=5)"),
             )
         })
-}
-
-fn string_field<'a>(
-    o: &'a serde_json::Map<String, serde_json::Value>,
-    field: &str,
-    provider: Option<Provider>,
-) -> Result<&'a str, Rejection> {
-    match o.get(field) {
-        Some(serde_json::Value::String(s)) => Ok(s),
-        Some(_) => Err(reject(
-            ErrorClass::MalformedPayload,
-            provider,
-            format!("field `{field}` must be a string"),
-        )),
-        None => Err(reject(
-            ErrorClass::MalformedPayload,
-            provider,
-            format!("missing field `{field}`"),
-        )),
-    }
 }
 
 fn time_field(
@@ -370,25 +350,17 @@ fn time_field(
         Some(serde_json::Value::String(s)) => DateTime::parse_from_rfc3339(s.trim())
             .map(|d| Some(d.with_timezone(&Utc)))
             .map_err(|_| {
-                reject(
+                Rejection::new(
                     ErrorClass::MalformedPayload,
                     provider,
                     format!("field `{field}` is not an RFC 3339 date-time"),
                 )
             }),
-        Some(_) => Err(reject(
+        Some(_) => Err(Rejection::new(
             ErrorClass::MalformedPayload,
             provider,
             format!("field `{field}` must be an RFC 3339 string"),
         )),
-    }
-}
-
-fn reject(class: ErrorClass, provider: Option<Provider>, reason: impl Into<String>) -> Rejection {
-    Rejection {
-        class,
-        reason: reason.into(),
-        provider,
     }
 }
 

@@ -356,14 +356,7 @@ impl Task {
             Err(rejection) => {
                 if self.pending.track(&tp, offset) == Admitted::Tracked {
                     events::malformed(&tp, offset, &rejection);
-                    let reason = DeadLetterReason {
-                        class: rejection.class,
-                        stage: Stage::Decode,
-                        message: rejection.reason.clone(),
-                        attempts: 0,
-                        http_status: None,
-                        provider: rejection.provider,
-                    };
+                    let reason = DeadLetterReason::rejected(&rejection);
                     self.dead_letter(record, Err(rejection), reason);
                 }
                 return;
