@@ -2,7 +2,11 @@
 //!
 //! - **Closed**: calls go through.
 //! - **Open**: a systemic failure (authentication broken, provider failing consistently) opened
-//!   it. Every record of that provider waits, without calling the provider: no retries are burnt
+//!   it, or a *failure streak*: `failure_streak` attempts in a row, across all records, found the
+//!   provider unavailable (5xx, 408, 425, timeout, connection error) over at least
+//!   `failure_streak_for`, with no answer in between. The streak opens it within seconds of an
+//!   outage instead of after a record's whole retry budget (`enrich.retry.max_elapsed`), and
+//!   records waiting between retries stop at once (`enrich::CircuitSignal::opened`). Every record of that provider waits, without calling the provider: no retries are burnt
 //!   and nothing is dead-lettered. It stays open for `open_for`, growing by `multiplier` on each
 //!   consecutive failed probe up to `max_open_for`.
 //! - **Half-open**: after the open period, exactly one call (the probe) goes through; the others
@@ -34,6 +38,14 @@ pub struct BreakerSettings {
     /// The longest open period.
     #[serde(with = "humantime_serde")]
     pub max_open_for: Duration,
+    /// Attempts in a row, across all records, that found the provider unavailable with no
+    /// answer in between, that open the circuit (with `failure_streak_for`); 0 turns the streak
+    /// off (only a record's exhausted retry budget or broken authentication open it).
+    pub failure_streak: u32,
+    /// How long such a streak must last before it opens the circuit: a partial outage always
+    /// has answers within it; a provider that is down has none.
+    #[serde(with = "humantime_serde")]
+    pub failure_streak_for: Duration,
 }
 
 impl Default for BreakerSettings {
@@ -42,6 +54,8 @@ impl Default for BreakerSettings {
             open_for: Duration::from_secs(5),
             multiplier: 2.0,
             max_open_for: Duration::from_secs(60),
+            failure_streak: 20,
+            failure_streak_for: Duration::from_secs(2),
         }
     }
 }
@@ -140,6 +154,11 @@ pub struct CircuitBreaker {
     successes: std::sync::atomic::AtomicU64,
     /// Mirrors `inner` being `Closed`: the lock-free fast path of [`CircuitBreaker::acquire`].
     closed: std::sync::atomic::AtomicBool,
+    /// The current failure streak: when it started and its length (`None`: the last attempt
+    /// got an answer).
+    streak: Mutex<Option<(Instant, u32)>>,
+    /// Mirrors `streak` being `Some`: the lock-free fast path of [`CircuitBreaker::answered`].
+    streaking: std::sync::atomic::AtomicBool,
 }
 
 impl CircuitBreaker {
@@ -151,6 +170,76 @@ impl CircuitBreaker {
             changed,
             successes: Default::default(),
             closed: std::sync::atomic::AtomicBool::new(true),
+            streak: Mutex::new(None),
+            streaking: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &BreakerSettings {
+        &self.settings
+    }
+
+    /// An attempt got an answer from the provider (a result, a 404, a 429, a refusal): the
+    /// failure streak ends. Cheap when there is no streak (the hot path).
+    pub fn answered(&self) {
+        if self.streaking.load(std::sync::atomic::Ordering::Relaxed) {
+            let mut streak = self.streak.lock().unwrap_or_else(|e| e.into_inner());
+            *streak = None;
+            self.streaking
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// An attempt found the provider unavailable (5xx, 408, 425, timeout, connection error).
+    /// Opens the closed circuit when the streak is long enough (`failure_streak` attempts over
+    /// at least `failure_streak_for`); returns the open period when this call opened it.
+    pub fn unavailable(&self) -> Option<Duration> {
+        if self.settings.failure_streak == 0 {
+            return None;
+        }
+        let now = Instant::now();
+        {
+            let mut streak = self.streak.lock().unwrap_or_else(|e| e.into_inner());
+            let (started, count) = streak.get_or_insert((now, 0));
+            *count = count.saturating_add(1);
+            self.streaking
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            if *count < self.settings.failure_streak
+                || now.duration_since(*started) < self.settings.failure_streak_for
+            {
+                return None;
+            }
+            *streak = None;
+            self.streaking
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+        let mut inner = self.lock();
+        if !matches!(*inner, Inner::Closed) {
+            // Already open (or probing): the probe decides.
+            return None;
+        }
+        let period = self.open_period(0);
+        *inner = Inner::Open {
+            until: now + period,
+            failures: 0,
+            since: now,
+        };
+        self.closed
+            .store(false, std::sync::atomic::Ordering::Release);
+        drop(inner);
+        self.changed.send_modify(|v| *v += 1);
+        Some(period)
+    }
+
+    /// Resolves once the circuit is not closed (at once if it is not). Cancel-safe.
+    pub async fn opened(&self) {
+        let mut changes = self.changed.subscribe();
+        while self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            if changes.changed().await.is_err() {
+                // The breaker lives as long as its receivers' owner: unreachable, but never spin.
+                std::future::pending::<()>().await;
+            }
         }
     }
 
@@ -327,6 +416,8 @@ mod tests {
             open_for: Duration::from_secs(5),
             multiplier: 2.0,
             max_open_for: Duration::from_secs(12),
+            failure_streak: 3,
+            failure_streak_for: Duration::from_secs(2),
         }
     }
 
@@ -442,5 +533,76 @@ mod tests {
             Duration::from_secs(5),
             "no extra failure counted"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_streak_opens_the_circuit_only_when_long_enough() {
+        let b = CircuitBreaker::new(settings());
+        // Three failures at once: long enough in count, not in time.
+        for _ in 0..3 {
+            assert_eq!(b.unavailable(), None);
+        }
+        assert_eq!(b.state(), BreakerState::Closed);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(
+            b.unavailable(),
+            Some(Duration::from_secs(5)),
+            "4 failures over 2 s open it"
+        );
+        assert_eq!(b.state(), BreakerState::Open);
+        assert_eq!(b.unavailable(), None, "already open");
+        // The probe closes it like any other opening.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let probe = b.acquire().await;
+        assert!(probe.is_probe());
+        probe.succeeded();
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_ends_the_failure_streak() {
+        let b = CircuitBreaker::new(settings());
+        for _ in 0..10 {
+            assert_eq!(b.unavailable(), None);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if b.streaking.load(std::sync::atomic::Ordering::Relaxed) {
+                // Every other attempt answers: a partial outage never opens it.
+                b.answered();
+            }
+        }
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_zero_streak_never_opens_the_circuit() {
+        let b = CircuitBreaker::new(BreakerSettings {
+            failure_streak: 0,
+            ..settings()
+        });
+        for _ in 0..100 {
+            assert_eq!(b.unavailable(), None);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn opened_resolves_when_the_circuit_opens() {
+        let b = Arc::new(CircuitBreaker::new(settings()));
+        let waiter = tokio::spawn({
+            let b = b.clone();
+            async move { b.opened().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "closed: waits");
+        b.acquire().await.failed_systemically();
+        tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .expect("resolves once open")
+            .expect("no panic");
+        // Already open: at once.
+        tokio::time::timeout(Duration::from_millis(1), b.opened())
+            .await
+            .expect("resolves at once");
     }
 }

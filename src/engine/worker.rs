@@ -215,8 +215,30 @@ pub async fn process(ctx: &WorkerContext, job: &Job, drain: &CancellationToken) 
         } else {
             Budget::Full
         };
-        match ctx.enricher.enrich_within(event, budget, drain).await {
+        let circuit = Circuit {
+            breaker,
+            events: &ctx.events,
+            provider: event.provider,
+        };
+        match ctx
+            .enricher
+            .enrich_observed(event, budget, drain, &circuit)
+            .await
+        {
             EnrichOutcome::Cancelled => return Processed::Drained,
+            EnrichOutcome::Interrupted { attempts } => {
+                // The circuit opened (a failure streak, or another record's exhausted budget)
+                // while this record waited to retry: wait for it, or divert, like the others.
+                // Counted like a pause for the poison-record rule.
+                attempts_so_far = attempts_so_far.saturating_add(attempts);
+                drop(permit);
+                ctx.events.paused(
+                    event.provider,
+                    job.source(),
+                    "the circuit opened while the record waited to retry",
+                );
+                successes_at_last_pause = Some(breaker.successes());
+            }
             EnrichOutcome::Reachable { .. } => {
                 // The probe got an answer: the provider is up; go on with the full budget.
                 permit.succeeded();
@@ -340,6 +362,38 @@ pub async fn process(ctx: &WorkerContext, job: &Job, drain: &CancellationToken) 
                 }
             }
         }
+    }
+}
+
+/// The provider's circuit as the enricher sees it: every attempt feeds its failure streak, and
+/// its opening stops a record waiting between attempts.
+pub(crate) struct Circuit<'a> {
+    pub(crate) breaker: &'a CircuitBreaker,
+    pub(crate) events: &'a RecordEvents,
+    pub(crate) provider: Provider,
+}
+
+impl crate::enrich::CircuitSignal for Circuit<'_> {
+    fn answered(&self) {
+        self.breaker.answered();
+    }
+
+    fn unavailable(&self) {
+        if let Some(period) = self.breaker.unavailable() {
+            let streak = self.breaker.settings();
+            self.events.circuit_opened(
+                self.provider,
+                period,
+                &format!(
+                    "at least {} attempts in a row over {:?} found the provider unavailable",
+                    streak.failure_streak, streak.failure_streak_for
+                ),
+            );
+        }
+    }
+
+    fn opened(&self) -> impl std::future::Future<Output = ()> + Send {
+        self.breaker.opened()
     }
 }
 

@@ -120,6 +120,44 @@ pub enum Decision<T> {
     },
 }
 
+/// What an attempt tells the provider's circuit breaker about the provider (its failure streak,
+/// `engine::breaker`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// The provider answered: a result, a 404, a 429, a refusal, a body it could not parse.
+    Answered,
+    /// The provider did not answer usefully: a 5xx, 408 or 425, a timeout, a connection error.
+    Unavailable,
+}
+
+impl<T> Decision<T> {
+    /// What the attempt this decision follows tells the circuit: `None` for an authentication or
+    /// configuration failure, or a failed probe (they settle the circuit themselves), and for a
+    /// disabled provider (no attempt).
+    pub fn signal(&self) -> Option<Signal> {
+        match self {
+            Decision::Publish { .. } | Decision::Reachable => Some(Signal::Answered),
+            Decision::DeadLetter { class, .. } => {
+                (*class != ErrorClass::UnsupportedEvent).then_some(Signal::Answered)
+            }
+            Decision::Retry { reason, .. } => Some(match reason {
+                RetryReason::Pending | RetryReason::NotFound | RetryReason::RateLimited => {
+                    Signal::Answered
+                }
+                RetryReason::Status
+                | RetryReason::Timeout
+                | RetryReason::Connect
+                | RetryReason::Other => Signal::Unavailable,
+            }),
+            Decision::Pause {
+                retries_exhausted: true,
+                ..
+            } => Some(Signal::Unavailable),
+            Decision::Pause { .. } => None,
+        }
+    }
+}
+
 /// The counters of one event's enrichment. Starts at zero; [`Tally::decide`] updates it once per
 /// attempt.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -805,6 +843,44 @@ mod tests {
             }
         ));
         assert_eq!(t.attempts, 3);
+    }
+
+    #[test]
+    fn what_an_attempt_tells_the_circuit() {
+        use Budget::{Full, Probe};
+        let at = |attempt, budget| decide(&mut Tally::default(), attempt, budget, ms(0)).signal();
+        let up = Some(Signal::Answered);
+        let down = Some(Signal::Unavailable);
+        assert_eq!(at(answered(false), Full), up, "a result");
+        assert_eq!(at(answered(true), Full), up, "still pending");
+        assert_eq!(at(answered(true), Probe), up, "a reachable probe");
+        assert_eq!(at(failed(status(404, None)), Full), up, "404 in grace");
+        assert_eq!(at(failed(status(429, None)), Full), up, "rate limited");
+        assert_eq!(at(failed(status(400, None)), Full), up, "refused");
+        assert_eq!(at(failed(invalid()), Full), up, "unparseable body");
+        assert_eq!(at(failed(status(503, None)), Full), down, "503");
+        assert_eq!(at(failed(status(408, None)), Full), down, "408");
+        assert_eq!(at(failed(timeout()), Full), down, "timeout");
+        assert_eq!(at(failed(connect()), Full), down, "connection");
+        assert_eq!(
+            at(failed(auth()), Full),
+            None,
+            "auth settles the circuit itself"
+        );
+        assert_eq!(at(failed(config()), Full), None, "configuration");
+        assert_eq!(at(failed(status(503, None)), Probe), None, "a failed probe");
+        let exhausted = decide(
+            &mut tally(5, 4, 0, 0),
+            failed(status(503, None)),
+            Full,
+            ms(60_000),
+        );
+        assert_eq!(exhausted.signal(), down, "retries exhausted");
+        assert_eq!(
+            provider_disabled::<&str>(Provider::Unico).signal(),
+            None,
+            "no attempt"
+        );
     }
 
     #[test]

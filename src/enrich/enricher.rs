@@ -1,4 +1,4 @@
-use super::decision::{provider_disabled, Attempt, Budget, Decision, Tally};
+use super::decision::{provider_disabled, Attempt, Budget, Decision, Signal, Tally};
 use super::settings::EnrichSettings;
 use crate::event::{Trigger, WebhookEvent};
 use crate::failure::ErrorClass;
@@ -36,6 +36,33 @@ pub enum EnrichOutcome {
     /// The cancellation token fired while the enrichment was waiting (a backoff, a pending
     /// poll): it stopped with no request in flight.
     Cancelled,
+    /// The provider's circuit opened while the enrichment was waiting between attempts
+    /// ([`CircuitSignal::opened`]): it stopped with no request in flight, after `attempts`.
+    /// The caller waits for the circuit like every other record (or diverts the record).
+    Interrupted { attempts: u32 },
+}
+
+/// What an enrichment tells its provider's circuit after each attempt, and how the circuit stops
+/// an enrichment waiting between attempts. The engine's circuit breaker implements it (through
+/// the worker, which also reports the opening); [`NoCircuit`] ignores everything.
+pub trait CircuitSignal: Sync {
+    /// An attempt got an answer from the provider (see [`Decision::signal`]).
+    fn answered(&self);
+    /// An attempt found the provider unavailable.
+    fn unavailable(&self);
+    /// Resolves once the circuit is open.
+    fn opened(&self) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// No circuit: attempts are not reported and nothing interrupts the retries.
+pub struct NoCircuit;
+
+impl CircuitSignal for NoCircuit {
+    fn answered(&self) {}
+    fn unavailable(&self) {}
+    async fn opened(&self) {
+        std::future::pending::<()>().await
+    }
 }
 
 /// A permanent failure, with what the dead-letter headers need.
@@ -90,16 +117,32 @@ impl Enricher {
             .await
     }
 
-    /// Enriches one event within `budget`. When `cancel` fires during a wait between attempts
-    /// the enrichment ends as [`EnrichOutcome::Cancelled`]; a request in flight is let finish.
-    ///
-    /// This loop only carries out what [`Tally::decide`] decides after each attempt: it sleeps
-    /// (unless cancelled), reports retries, and turns the final decision into the outcome.
+    /// Enriches one event within `budget`, without a circuit. When `cancel` fires during a wait
+    /// between attempts the enrichment ends as [`EnrichOutcome::Cancelled`]; a request in flight
+    /// is let finish.
     pub async fn enrich_within(
         &self,
         event: &WebhookEvent,
         budget: Budget,
         cancel: &CancellationToken,
+    ) -> EnrichOutcome {
+        self.enrich_observed(event, budget, cancel, &NoCircuit)
+            .await
+    }
+
+    /// Enriches one event within `budget`, telling `circuit` what each attempt found. When
+    /// `cancel` fires during a wait between attempts the enrichment ends as
+    /// [`EnrichOutcome::Cancelled`]; when the circuit opens during such a wait, as
+    /// [`EnrichOutcome::Interrupted`]. A request in flight is let finish.
+    ///
+    /// This loop only carries out what [`Tally::decide`] decides after each attempt: it sleeps
+    /// (unless cancelled), reports retries, and turns the final decision into the outcome.
+    pub async fn enrich_observed(
+        &self,
+        event: &WebhookEvent,
+        budget: Budget,
+        cancel: &CancellationToken,
+        circuit: &impl CircuitSignal,
     ) -> EnrichOutcome {
         let enabled = self.has_provider(event.provider);
         let start = Instant::now();
@@ -118,16 +161,24 @@ impl Enricher {
                     },
                     Err(error) => Attempt::Failed(error),
                 };
-                tally.decide(attempt, budget, start.elapsed(), &self.settings, jitter)
+                let decision =
+                    tally.decide(attempt, budget, start.elapsed(), &self.settings, jitter);
+                match decision.signal() {
+                    Some(Signal::Answered) => circuit.answered(),
+                    Some(Signal::Unavailable) => circuit.unavailable(),
+                    None => {}
+                }
+                decision
             };
             let attempts = tally.attempts;
             return match decision {
                 Decision::Retry { delay, reason } => {
                     telemetry::provider_retry(event.provider, reason.as_str(), delay);
-                    if !sleep_unless_cancelled(delay, cancel).await {
-                        return EnrichOutcome::Cancelled;
+                    match wait_between_attempts(delay, cancel, circuit).await {
+                        Waited::Over => continue,
+                        Waited::Cancelled => EnrichOutcome::Cancelled,
+                        Waited::CircuitOpened => EnrichOutcome::Interrupted { attempts },
                     }
-                    continue;
                 }
                 Decision::Publish {
                     answer,
@@ -193,11 +244,23 @@ impl Enricher {
 }
 
 /// Sleeps for `delay`; false when `cancel` fired first.
-async fn sleep_unless_cancelled(delay: std::time::Duration, cancel: &CancellationToken) -> bool {
+/// How a wait between attempts ended.
+enum Waited {
+    Over,
+    Cancelled,
+    CircuitOpened,
+}
+
+async fn wait_between_attempts(
+    delay: std::time::Duration,
+    cancel: &CancellationToken,
+    circuit: &impl CircuitSignal,
+) -> Waited {
     tokio::select! {
         biased;
-        _ = cancel.cancelled() => false,
-        _ = tokio::time::sleep(delay) => true,
+        _ = cancel.cancelled() => Waited::Cancelled,
+        () = circuit.opened() => Waited::CircuitOpened,
+        _ = tokio::time::sleep(delay) => Waited::Over,
     }
 }
 

@@ -12,4 +12,4 @@ pub use settings::{EnrichSettings, NotFoundSettings};
 pub mod decision;
 pub use decision::Budget;
 mod enricher;
-pub use enricher::{EnrichFailure, EnrichOutcome, Enricher};
+pub use enricher::{CircuitSignal, EnrichFailure, EnrichOutcome, Enricher, NoCircuit};

@@ -303,6 +303,106 @@ async fn a_long_clearsale_outage_diverts_clearsale_while_unico_and_the_input_kee
     );
 }
 
+/// The issue's own measurement, at the default retry budget: 600 ClearSale and 600 Unico
+/// webhooks, `max_in_flight = 200`, ClearSale answering 503. The ClearSale records already
+/// started are within a retry budget far longer than the test (10 minutes): only the failure
+/// streak across records can open the circuit, which stops their retries, diverts them and
+/// frees their places. Without it, Unico stopped once the started ClearSale records held the
+/// budget, until their budgets ran out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_opens_the_circuit_within_the_retry_budget_and_unico_keeps_flowing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("TEST_LOG").unwrap_or_else(|_| "off".into()))
+        .with_test_writer()
+        .try_init();
+    let down = Arc::new(AtomicBool::new(true));
+    let mut s = setup(&down, 200).await;
+    s.config.enrich.retry = webhook_enricher::enrich::EnrichSettings::default().retry;
+    s.config.enrich.retry.max_elapsed = Duration::from_secs(600);
+    s.config.engine.breaker = Default::default();
+    let producer = s.kafka.producer();
+    let mut cs_count = 0;
+    let mut unico_count = 0;
+    for _ in 0..600 {
+        let a = new_id();
+        let payload = clearsale(&a, "mfa", "2025-09-26T17:21:00.0000000Z");
+        s.kafka
+            .produce(&producer, &s.input, None, Some(&a), payload.as_bytes(), &[])
+            .await;
+        cs_count += 1;
+        let id = new_id();
+        s.kafka
+            .produce(
+                &producer,
+                &s.input,
+                None,
+                Some(&id),
+                unico(&id, "3").as_bytes(),
+                &[],
+            )
+            .await;
+        unico_count += 1;
+    }
+    let engine = RunningEngine::start(&s.config).await;
+
+    // Well within the retry budget: every Unico record is published...
+    let unico_out = s.kafka.read_all(
+        &s.config.output.unico_topic,
+        unico_count,
+        Duration::from_secs(90),
+    );
+    assert_eq!(
+        unico_out.len(),
+        unico_count,
+        "Unico flows during the outage: {:?}",
+        engine.snapshot()
+    );
+    // ...every ClearSale record waits in the wait topic, the circuit having opened...
+    assert!(
+        support::eventually(Duration::from_secs(60), || s.kafka.count(&s.wait_cs)
+            >= cs_count as i64)
+        .await,
+        "ClearSale diverted: {} of {cs_count} in the wait topic ({:?})",
+        s.kafka.count(&s.wait_cs),
+        engine.snapshot()
+    );
+    let snapshot = engine.snapshot();
+    assert!(snapshot.circuits_opened >= 1, "{snapshot:?}");
+    let waiting = s.kafka.read_now(&s.wait_cs);
+    assert!(
+        waiting
+            .iter()
+            .any(|r| r.header(wait_headers::REASON) == "circuit_open"),
+        "the records that were retrying left as circuit_open"
+    );
+    // ...the input's committed offsets reach its end, and nothing is dead-lettered.
+    let group = s.config.kafka.group_id.clone();
+    let ends = s.kafka.end_offsets(&s.input);
+    assert!(
+        support::eventually(Duration::from_secs(30), || {
+            let committed = s.kafka.committed(&group, &s.input, PARTITIONS);
+            ends.iter()
+                .all(|(p, end)| *end == 0 || committed.get(p) == Some(end))
+        })
+        .await,
+        "input committed {:?}, end {ends:?}",
+        s.kafka.committed(&group, &s.input, PARTITIONS)
+    );
+    assert_eq!(s.kafka.count(&s.config.output.dead_letter_topic), 0);
+    assert!(down.load(Ordering::SeqCst), "the outage is still on");
+
+    // Recovery: every ClearSale record is published once.
+    down.store(false, Ordering::SeqCst);
+    let cs_out = s.kafka.read_all(
+        &s.config.output.clearsale_topic,
+        cs_count,
+        Duration::from_secs(120),
+    );
+    assert_eq!(cs_out.len(), cs_count, "{:?}", engine.snapshot());
+    let stats = engine.stop().await.expect("clean stop");
+    assert_eq!(stats.dead_lettered_total(), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_wait_topic_stops_the_start_with_its_name() {
     let down = Arc::new(AtomicBool::new(false));

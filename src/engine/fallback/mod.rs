@@ -578,8 +578,22 @@ async fn poll(
         Budget::Poll
     };
     let probe = e.poll_event(Utc::now());
-    match ctx.enricher.enrich_within(&probe, budget, cancel).await {
+    let circuit = worker::Circuit {
+        breaker,
+        events: &ctx.events,
+        provider: e.provider,
+    };
+    match ctx
+        .enricher
+        .enrich_observed(&probe, budget, cancel, &circuit)
+        .await
+    {
         EnrichOutcome::Cancelled => PollOutcome::Cancelled,
+        EnrichOutcome::Interrupted { .. } => {
+            // The circuit opened while the poll waited to retry: poll again later.
+            drop(permit);
+            PollOutcome::NotFinal("provider_unavailable")
+        }
         EnrichOutcome::Reachable { .. } => {
             permit.succeeded();
             PollOutcome::NotFinal("not_final")
