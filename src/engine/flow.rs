@@ -173,24 +173,35 @@ impl FlowControl {
         if state.stopping || state.counts.total() >= self.max_in_flight {
             return Admission::Full;
         }
-        if state.counts.get(lane) >= self.cap(lane) {
+        if !self.lane_has_room(&state.counts, lane) {
             return Admission::LaneFull;
         }
         state.counts.add(lane, 1);
         Admission::Admitted
     }
 
-    fn cap(&self, lane: Lane) -> usize {
+    /// Whether `lane` has room for one more record. A provider's two lanes (direct and catching
+    /// up) share its `provider_share` of the budget, so the other provider always keeps the
+    /// rest: a slow provider's records read back from its wait topic must not take the places
+    /// its direct records left. The catch-up lane always has room for one record, so a wait
+    /// partition keeps moving even while the provider's direct records fill its share (a lane
+    /// holding new records until its wait partition is read, for example).
+    fn lane_has_room(&self, counts: &LaneCounts, lane: Lane) -> bool {
+        let own = counts.get(lane);
         match lane {
-            Lane::Provider(_) => self.lane_cap,
-            Lane::CatchUp(_) => self.catch_up_max(),
-            Lane::Other => self.max_in_flight,
+            Lane::Provider(p) => own + counts.get(Lane::CatchUp(p)) < self.lane_cap,
+            Lane::CatchUp(p) => {
+                own < self.catch_up_max()
+                    && (own == 0 || own + counts.get(Lane::Provider(p)) < self.lane_cap)
+            }
+            Lane::Other => true,
         }
     }
 
     /// The most records a catch-up lane may hold: a quarter of the budget (within the
-    /// provider's share). Records read back from a wait topic wait for their provider like any
-    /// other, and an outage during a catch-up must leave most of the budget to the input.
+    /// provider's share, which its direct lane shares). Records read back from a wait topic
+    /// wait for their provider like any other, and an outage during a catch-up must leave most
+    /// of the budget to the input.
     pub fn catch_up_max(&self) -> usize {
         (self.max_in_flight / 4).clamp(1, self.lane_cap)
     }
@@ -200,7 +211,7 @@ impl FlowControl {
         let state = self.lock();
         !state.stopping
             && state.counts.total() < self.max_in_flight
-            && state.counts.get(lane) < self.cap(lane)
+            && self.lane_has_room(&state.counts, lane)
     }
 
     /// Records finished or dropped: frees their places and wakes the consumer thread.
@@ -305,6 +316,36 @@ mod tests {
         r.add(catch_up, 1);
         f.release(&r);
         assert_eq!(f.try_admit(catch_up), Admission::Admitted);
+    }
+
+    #[test]
+    fn a_providers_direct_and_catch_up_lanes_share_its_share() {
+        // 16 places: a share of 12, a catch-up lane of at most 4.
+        let f = FlowControl::new(16, 0.75, true);
+        let catch_up = Lane::CatchUp(Provider::Unico);
+        for _ in 0..10 {
+            assert_eq!(f.try_admit(UNICO), Admission::Admitted);
+        }
+        assert_eq!(f.try_admit(catch_up), Admission::Admitted);
+        assert_eq!(f.try_admit(catch_up), Admission::Admitted);
+        assert_eq!(
+            f.try_admit(catch_up),
+            Admission::LaneFull,
+            "10 direct + 2 read back fill Unico's share"
+        );
+        assert_eq!(f.try_admit(UNICO), Admission::LaneFull);
+        // ClearSale keeps the rest of the budget.
+        for _ in 0..4 {
+            assert_eq!(f.try_admit(CS), Admission::Admitted);
+        }
+        assert_eq!(f.try_admit(CS), Admission::Full);
+        // A full direct lane still lets one record read back in, so a wait partition moves.
+        let g = FlowControl::new(16, 0.75, true);
+        for _ in 0..12 {
+            assert_eq!(g.try_admit(UNICO), Admission::Admitted);
+        }
+        assert_eq!(g.try_admit(catch_up), Admission::Admitted);
+        assert_eq!(g.try_admit(catch_up), Admission::LaneFull);
     }
 
     #[test]

@@ -303,6 +303,7 @@ async fn run_with(
         dispatcher,
         flow: flow.clone(),
         isolation: settings.isolation.clone(),
+        provider_rates: config.provider_rates,
         blocked: Provider::ALL.map(|_| Blocked::default()),
         commands: commands.clone(),
         done_tx,
@@ -395,10 +396,10 @@ struct Blocked {
     slow: bool,
     /// When the catch-up cap was last raised.
     ramped_at: Option<Instant>,
-    /// Records of the provider's direct lane finished since `window_start`.
+    /// Records of the provider's share (direct and read back) finished since `window_start`.
     finished: u64,
     window_start: Option<Instant>,
-    /// Records of the direct lane finished per second over the last whole window.
+    /// Records of the share finished per second over the last whole window.
     rate: Option<f64>,
 }
 
@@ -406,13 +407,15 @@ struct Blocked {
 const RATE_WINDOW: Duration = Duration::from_secs(1);
 
 impl Blocked {
-    /// Updates `slow` from the provider's direct lane: `held` records of at most `lane_cap`.
+    /// Updates `slow` from the provider's share: `held` records (direct and read back) of at
+    /// most `lane_cap`.
     ///
-    /// Slow once the share is full and either stayed full for `divert_after`, or, measured over
-    /// a whole [`RATE_WINDOW`], drains so slowly that its records would wait longer than
-    /// `divert_after` (e.g. Unico held to 10 requests/s with hundreds in its share: the input
-    /// would be held back behind it for a minute). A busy provider (full share, fast
-    /// completions) is not slow. It stays slow until the records it already holds have drained
+    /// Slow once the share is full and either stayed full for `divert_after`, or drains so
+    /// slowly that its records would wait longer than `divert_after` (e.g. Unico held to 10
+    /// requests/s with hundreds in its share: the input would be held back behind it for a
+    /// minute): at its configured rate limit (`max_rate`, known at once) or at the pace
+    /// measured over a whole [`RATE_WINDOW`]. A busy provider (full share, fast completions) is
+    /// not slow. It stays slow until the records it already holds have drained
     /// to half the share: they are served at its pace, and returning earlier would only fill
     /// the share again and park the input behind it.
     fn observe(
@@ -420,6 +423,7 @@ impl Blocked {
         held: usize,
         lane_cap: usize,
         holding: bool,
+        max_rate: Option<f64>,
         now: Instant,
         divert_after: Duration,
     ) {
@@ -440,10 +444,9 @@ impl Blocked {
             let full_for = now - *self.full_since.get_or_insert(now);
             // Records held by an `unknown` or `returning` lane are in the share but not
             // started: their lane, not the provider, is what keeps them.
-            let drains_slowly = !holding
-                && self
-                    .rate
-                    .is_some_and(|r| held as f64 > r * divert_after.as_secs_f64());
+            let too_slow = |r: f64| held as f64 > r * divert_after.as_secs_f64();
+            let drains_slowly =
+                !holding && (max_rate.is_some_and(too_slow) || self.rate.is_some_and(too_slow));
             self.slow = self.slow || full_for >= divert_after || drains_slowly;
         } else {
             self.full_since = None;
@@ -459,6 +462,8 @@ struct Runner {
     dispatcher: Dispatcher,
     flow: Arc<FlowControl>,
     isolation: settings::IsolationSettings,
+    /// Each provider's configured request rate (0: unlimited), for [`Blocked::observe`].
+    provider_rates: [u32; Provider::ALL.len()],
     blocked: [Blocked; Provider::ALL.len()],
     commands: std_mpsc::Sender<ToConsumer>,
     done_tx: mpsc::UnboundedSender<Done>,
@@ -566,7 +571,9 @@ impl Runner {
         }
         self.flow.release(&fx.released);
         for p in Provider::ALL {
-            self.blocked[p.index()].finished += fx.released.get(flow::Lane::Provider(p)) as u64;
+            self.blocked[p.index()].finished += (fx.released.get(flow::Lane::Provider(p))
+                + fx.released.get(flow::Lane::CatchUp(p)))
+                as u64;
         }
         if !fx.store.is_empty() {
             let _ = self
@@ -686,9 +693,17 @@ impl Runner {
                 .is_some_and(|l| l.modes().any(|((p, _), m)| p == provider && m.holds()));
             let b = &mut self.blocked[provider.index()];
             b.observe(
-                occupancy.get(flow::Lane::Provider(provider)),
+                // The provider's share holds its direct records and those read back.
+                occupancy.get(flow::Lane::Provider(provider))
+                    + occupancy.get(flow::Lane::CatchUp(provider)),
                 self.flow.lane_cap(),
                 holding,
+                // The provider's rate limit bounds its pace: a full share it cannot serve within
+                // `divert_after` is known slow at once, before a whole rate window went by (the
+                // input parked behind it meanwhile).
+                Some(self.provider_rates[provider.index()])
+                    .filter(|r| *r > 0)
+                    .map(f64::from),
                 now,
                 self.isolation.divert_after,
             );
@@ -965,6 +980,7 @@ mod tests {
             dispatcher: Dispatcher::new(Duration::from_secs(5)),
             flow,
             isolation: Default::default(),
+            provider_rates: [0; Provider::ALL.len()],
             blocked: Default::default(),
             commands,
             done_tx,
@@ -987,25 +1003,46 @@ mod tests {
         while now - t0 < Duration::from_secs(3) {
             slow.finished += 2;
             busy.finished += 3750;
-            slow.observe(768, 768, false, now, divert_after);
-            busy.observe(768, 768, false, now, divert_after);
+            slow.observe(768, 768, false, None, now, divert_after);
+            busy.observe(768, 768, false, None, now, divert_after);
             now += tick;
         }
         assert!(slow.slow, "768 records at 10/s would wait 77 s");
         assert!(!busy.slow, "a busy provider is not slow");
         // Slow stays until the share drained to half, then it is direct again.
-        slow.observe(500, 768, false, now, divert_after);
+        slow.observe(500, 768, false, None, now, divert_after);
         assert!(slow.slow);
-        slow.observe(300, 768, false, now, divert_after);
+        slow.observe(300, 768, false, None, now, divert_after);
         assert!(!slow.slow);
         // A share full for `divert_after` is slow whatever its pace.
         let mut now = t0;
         while now - t0 <= divert_after {
             busy.finished += 3750;
-            busy.observe(768, 768, false, now, divert_after);
+            busy.observe(768, 768, false, None, now, divert_after);
             now += tick;
         }
         assert!(busy.slow);
+    }
+
+    #[test]
+    fn a_full_share_beyond_the_rate_limit_is_slow_at_once() {
+        let t0 = Instant::now();
+        let divert_after = Duration::from_secs(10);
+        // Unico limited to 10/s: 768 records need 77 s, known before any completion is counted.
+        let mut limited = Blocked::default();
+        limited.observe(768, 768, false, Some(10.0), t0, divert_after);
+        assert!(limited.slow);
+        // Limited to 100/s: 768 records drain in under 8 s, not slow on the limit alone.
+        let mut fast_enough = Blocked::default();
+        fast_enough.observe(768, 768, false, Some(100.0), t0, divert_after);
+        assert!(!fast_enough.slow);
+        // A share not full is never slow; held by `unknown`/`returning` lanes, neither.
+        let mut not_full = Blocked::default();
+        not_full.observe(700, 768, false, Some(10.0), t0, divert_after);
+        assert!(!not_full.slow);
+        let mut holding = Blocked::default();
+        holding.observe(768, 768, true, Some(10.0), t0, divert_after);
+        assert!(!holding.slow);
     }
 
     /// The consumer thread ends during the shutdown drain while a record is still in flight: the

@@ -182,3 +182,45 @@ async fn a_rebalance_during_an_outage_cancels_the_waiting_records_at_once() {
     );
     assert_eq!(a.dead_lettered_total() + b.dead_lettered_total(), 0);
 }
+
+/// Without provider isolation: a provider that answers nothing opens its circuit on the failure
+/// streak across records (`engine.breaker.failure_streak`), long before any record's retry
+/// budget (here 10 minutes) could run out. The records retrying then stop and wait for the
+/// circuit (counted as paused), nothing is dead-lettered, and after recovery every record is
+/// published once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_streak_opens_the_circuit_and_the_retrying_records_wait_for_it() {
+    let input = support::unique("streak");
+    let kafka = Kafka::new(&[(&input, 2)]);
+    let sim = support::start_simulator(SimulatorConfig::default()).await;
+    let mode = Arc::new(AtomicU8::new(DOWN));
+    let peer = clearsale_peer(&mode).await;
+    let mut config = group_config(&kafka, &sim, &input, &peer);
+    config.enrich.retry.max_elapsed = Duration::from_secs(600);
+    config.engine.breaker.failure_streak = 20;
+    config.engine.breaker.failure_streak_for = Duration::from_millis(500);
+    let producer = kafka.producer();
+    let payloads: Vec<String> = (0..30).map(|_| clearsale(&new_id(), "mfa", DATE)).collect();
+    kafka.produce_spread(&producer, &input, 2, &payloads).await;
+
+    let engine = RunningEngine::start(&config).await;
+    assert!(
+        support::eventually(Duration::from_secs(60), || {
+            let s = engine.snapshot();
+            s.circuits_opened > 0 && s.systemic_pauses > 0
+        })
+        .await,
+        "the streak opened the circuit and stopped the retries: {:?}",
+        engine.snapshot()
+    );
+    assert_eq!(engine.snapshot().published, 0, "the provider is still down");
+    mode.store(UP, Ordering::SeqCst);
+    let out = kafka.read_all(
+        &config.output.clearsale_topic,
+        payloads.len(),
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.len(), payloads.len(), "{:?}", engine.snapshot());
+    let stats = engine.stop().await.expect("clean stop");
+    assert_eq!(stats.dead_lettered_total(), 0);
+}

@@ -410,6 +410,9 @@ pub async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> b
 pub fn producer_for(bootstrap: &str) -> FutureProducer {
     ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
+        // One record per batch: Tansu 0.6 answers a fetch that starts inside a batch with the
+        // batches after it, so a consumer resuming mid-batch would skip records (README, Tests).
+        .set("batch.num.messages", "1")
         .set("enable.idempotence", "true")
         .set("message.timeout.ms", "20000")
         .create()
