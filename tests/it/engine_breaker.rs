@@ -66,17 +66,47 @@ fn group_config(
     config
 }
 
+/// A two-partition input, the simulator, and ClearSale behind a switchable peer that starts
+/// down; `config` is [`group_config`]'s.
+struct Outage {
+    input: String,
+    kafka: Kafka,
+    mode: Arc<AtomicU8>,
+    config: Config,
+    _sim: webhook_enricher::simulator::SimulatorHandle,
+    _peer: MockServer,
+}
+
+async fn outage(name: &str) -> Outage {
+    let input = support::unique(name);
+    let kafka = Kafka::new(&[(&input, 2)]);
+    let sim = support::start_simulator(SimulatorConfig::default()).await;
+    let mode = Arc::new(AtomicU8::new(DOWN));
+    let peer = clearsale_peer(&mode).await;
+    let config = group_config(&kafka, &sim, &input, &peer);
+    Outage {
+        input,
+        kafka,
+        mode,
+        config,
+        _sim: sim,
+        _peer: peer,
+    }
+}
+
 /// Defect: the probe permit was a plain value. A probe in flight when its partition was revoked
 /// was cancelled at the revocation deadline, left the circuit half-open, and every later record
 /// of the provider waited forever (while liveness stayed green).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_probe_cancelled_by_a_revocation_does_not_wedge_the_provider() {
-    let input = support::unique("probe-revoked");
-    let kafka = Kafka::new(&[(&input, 2)]);
-    let sim = support::start_simulator(SimulatorConfig::default()).await;
-    let mode = Arc::new(AtomicU8::new(DOWN));
-    let peer = clearsale_peer(&mode).await;
-    let mut config = group_config(&kafka, &sim, &input, &peer);
+    let Outage {
+        input,
+        kafka,
+        mode,
+        mut config,
+        _sim,
+        _peer,
+    } = outage("probe-revoked").await;
     // The first failure opens the circuit; probes come every 200 ms.
     config.enrich.retry.max_elapsed = Duration::from_millis(1);
     config.engine.breaker.open_for = Duration::from_millis(200);
@@ -138,12 +168,14 @@ async fn a_probe_cancelled_by_a_revocation_does_not_wedge_the_provider() {
 /// have nothing in flight: a revocation now stops them at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebalance_during_an_outage_cancels_the_waiting_records_at_once() {
-    let input = support::unique("outage-rebalance");
-    let kafka = Kafka::new(&[(&input, 2)]);
-    let sim = support::start_simulator(SimulatorConfig::default()).await;
-    let mode = Arc::new(AtomicU8::new(DOWN));
-    let peer = clearsale_peer(&mode).await;
-    let mut config = group_config(&kafka, &sim, &input, &peer);
+    let Outage {
+        input,
+        kafka,
+        mode,
+        mut config,
+        _sim,
+        _peer,
+    } = outage("outage-rebalance").await;
     // A long retry budget: during the whole test the records are between attempts.
     config.enrich.retry.max_elapsed = Duration::from_secs(600);
     config.engine.revoke_drain_timeout = Duration::from_secs(3);
@@ -190,12 +222,14 @@ async fn a_rebalance_during_an_outage_cancels_the_waiting_records_at_once() {
 /// published once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failure_streak_opens_the_circuit_and_the_retrying_records_wait_for_it() {
-    let input = support::unique("streak");
-    let kafka = Kafka::new(&[(&input, 2)]);
-    let sim = support::start_simulator(SimulatorConfig::default()).await;
-    let mode = Arc::new(AtomicU8::new(DOWN));
-    let peer = clearsale_peer(&mode).await;
-    let mut config = group_config(&kafka, &sim, &input, &peer);
+    let Outage {
+        input,
+        kafka,
+        mode,
+        mut config,
+        _sim,
+        _peer,
+    } = outage("streak").await;
     config.enrich.retry.max_elapsed = Duration::from_secs(600);
     config.engine.breaker.failure_streak = 20;
     config.engine.breaker.failure_streak_for = Duration::from_millis(500);

@@ -113,6 +113,54 @@ fn assert_per_key_order(by_key: &HashMap<String, Vec<i64>>) {
     }
 }
 
+/// Produces one ClearSale notification of `analysis` (keyed by it) at `date`.
+async fn produce_clearsale(
+    s: &Setup,
+    producer: &rdkafka::producer::FutureProducer,
+    analysis: &str,
+    date: &str,
+) {
+    let payload = clearsale(analysis, "mfa", date);
+    s.kafka
+        .produce(
+            producer,
+            &s.input,
+            None,
+            Some(analysis),
+            payload.as_bytes(),
+            &[],
+        )
+        .await;
+}
+
+/// Produces one Unico notification (status 3) of a new process, keyed by its id.
+async fn produce_unico(s: &Setup, producer: &rdkafka::producer::FutureProducer) {
+    let id = new_id();
+    s.kafka
+        .produce(
+            producer,
+            &s.input,
+            None,
+            Some(&id),
+            unico(&id, "3").as_bytes(),
+            &[],
+        )
+        .await;
+}
+
+/// Every one of the `count` Unico records is published while ClearSale is still down.
+fn assert_unico_flows(s: &Setup, count: usize, within: Duration, engine: &RunningEngine) {
+    let out = s
+        .kafka
+        .read_all(&s.config.output.unico_topic, count, within);
+    assert_eq!(
+        out.len(),
+        count,
+        "Unico flows during the outage: {:?}",
+        engine.snapshot()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_clearsale_outage_diverts_clearsale_while_unico_and_the_input_keep_flowing() {
     let _ = tracing_subscriber::fmt()
@@ -133,40 +181,18 @@ async fn a_long_clearsale_outage_diverts_clearsale_while_unico_and_the_input_kee
     for round in 0..10u32 {
         for a in &analyses {
             let date = format!("2025-09-26T17:21:{:02}.0000000Z", round);
-            let payload = clearsale(a, "mfa", &date);
-            s.kafka
-                .produce(&producer, &s.input, None, Some(a), payload.as_bytes(), &[])
-                .await;
+            produce_clearsale(&s, &producer, a, &date).await;
             cs_count += 1;
         }
         for _ in 0..20 {
-            let id = new_id();
-            s.kafka
-                .produce(
-                    &producer,
-                    &s.input,
-                    None,
-                    Some(&id),
-                    unico(&id, "3").as_bytes(),
-                    &[],
-                )
-                .await;
+            produce_unico(&s, &producer).await;
             unico_count += 1;
         }
     }
     let engine = RunningEngine::start(&s.config).await;
 
     // During the outage: every Unico record is published...
-    let unico_out = s.kafka.read_all(
-        &s.config.output.unico_topic,
-        unico_count,
-        Duration::from_secs(60),
-    );
-    assert_eq!(
-        unico_out.len(),
-        unico_count,
-        "Unico flows during the outage"
-    );
+    assert_unico_flows(&s, unico_count, Duration::from_secs(60), &engine);
     assert_eq!(
         s.kafka.count(&format!("{}.wait.unico", s.input)),
         0,
@@ -324,39 +350,15 @@ async fn an_outage_opens_the_circuit_within_the_retry_budget_and_unico_keeps_flo
     let mut cs_count = 0;
     let mut unico_count = 0;
     for _ in 0..600 {
-        let a = new_id();
-        let payload = clearsale(&a, "mfa", "2025-09-26T17:21:00.0000000Z");
-        s.kafka
-            .produce(&producer, &s.input, None, Some(&a), payload.as_bytes(), &[])
-            .await;
+        produce_clearsale(&s, &producer, &new_id(), "2025-09-26T17:21:00.0000000Z").await;
         cs_count += 1;
-        let id = new_id();
-        s.kafka
-            .produce(
-                &producer,
-                &s.input,
-                None,
-                Some(&id),
-                unico(&id, "3").as_bytes(),
-                &[],
-            )
-            .await;
+        produce_unico(&s, &producer).await;
         unico_count += 1;
     }
     let engine = RunningEngine::start(&s.config).await;
 
     // Well within the retry budget: every Unico record is published...
-    let unico_out = s.kafka.read_all(
-        &s.config.output.unico_topic,
-        unico_count,
-        Duration::from_secs(90),
-    );
-    assert_eq!(
-        unico_out.len(),
-        unico_count,
-        "Unico flows during the outage: {:?}",
-        engine.snapshot()
-    );
+    assert_unico_flows(&s, unico_count, Duration::from_secs(90), &engine);
     // ...every ClearSale record waits in the wait topic, the circuit having opened...
     assert!(
         support::eventually(Duration::from_secs(60), || s.kafka.count(&s.wait_cs)
