@@ -6,8 +6,9 @@
 //!   provider unavailable (5xx, 408, 425, timeout, connection error) over at least
 //!   `failure_streak_for`, with no answer in between. The streak opens it within seconds of an
 //!   outage instead of after a record's whole retry budget (`enrich.retry.max_elapsed`), and
-//!   records waiting between retries stop at once (`enrich::CircuitSignal::opened`). Every record of that provider waits, without calling the provider: no retries are burnt
-//!   and nothing is dead-lettered. It stays open for `open_for`, growing by `multiplier` on each
+//!   records waiting between retries stop at once (`enrich::CircuitSignal::opened`). Every
+//!   record of that provider waits, without calling the provider: no retries are burnt and
+//!   nothing is dead-lettered. It stays open for `open_for`, growing by `multiplier` on each
 //!   consecutive failed probe up to `max_open_for`.
 //! - **Half-open**: after the open period, exactly one call (the probe) goes through; the others
 //!   keep waiting. A probe that succeeds (any non-systemic answer) closes the circuit; a probe
@@ -214,22 +215,12 @@ impl CircuitBreaker {
             self.streaking
                 .store(false, std::sync::atomic::Ordering::Relaxed);
         }
-        let mut inner = self.lock();
+        let inner = self.lock();
         if !matches!(*inner, Inner::Closed) {
             // Already open (or probing): the probe decides.
             return None;
         }
-        let period = self.open_period(0);
-        *inner = Inner::Open {
-            until: now + period,
-            failures: 0,
-            since: now,
-        };
-        self.closed
-            .store(false, std::sync::atomic::Ordering::Release);
-        drop(inner);
-        self.changed.send_modify(|v| *v += 1);
-        Some(period)
+        Some(self.open(inner, 0, now, now))
     }
 
     /// Resolves once the circuit is not closed (at once if it is not). Cancel-safe.
@@ -364,7 +355,7 @@ impl CircuitBreaker {
     /// this call opened it, `None` when another in-flight call already had.
     pub(crate) fn on_systemic_failure(&self, permit: PermitKind) -> Option<Duration> {
         let now = Instant::now();
-        let mut inner = self.lock();
+        let inner = self.lock();
         let (failures, since) = match &*inner {
             Inner::Closed => (0, now),
             // Another in-flight call already opened it: do not extend.
@@ -374,6 +365,18 @@ impl CircuitBreaker {
             }
             | Inner::HalfOpen { failures, since } => (failures + 1, *since),
         };
+        Some(self.open(inner, failures, since, now))
+    }
+
+    /// Opens the circuit (held in `inner`) for the period of its `failures`-th failed probe,
+    /// open or not closed since `since`, and wakes the waiters; returns the period.
+    fn open(
+        &self,
+        mut inner: std::sync::MutexGuard<'_, Inner>,
+        failures: u32,
+        since: Instant,
+        now: Instant,
+    ) -> Duration {
         let period = self.open_period(failures);
         *inner = Inner::Open {
             until: now + period,
@@ -384,7 +387,7 @@ impl CircuitBreaker {
             .store(false, std::sync::atomic::Ordering::Release);
         drop(inner);
         self.changed.send_modify(|v| *v += 1);
-        Some(period)
+        period
     }
 
     fn open_period(&self, failures: u32) -> Duration {

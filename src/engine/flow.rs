@@ -69,6 +69,11 @@ impl LaneCounts {
         self.0[lane.index()]
     }
 
+    /// A provider's records in its share: direct and read back from its wait topic.
+    pub fn of_provider(&self, provider: Provider) -> usize {
+        self.get(Lane::Provider(provider)) + self.get(Lane::CatchUp(provider))
+    }
+
     pub fn total(&self) -> usize {
         self.0.iter().sum()
     }
@@ -187,12 +192,11 @@ impl FlowControl {
     /// partition keeps moving even while the provider's direct records fill its share (a lane
     /// holding new records until its wait partition is read, for example).
     fn lane_has_room(&self, counts: &LaneCounts, lane: Lane) -> bool {
-        let own = counts.get(lane);
         match lane {
-            Lane::Provider(p) => own + counts.get(Lane::CatchUp(p)) < self.lane_cap,
+            Lane::Provider(p) => counts.of_provider(p) < self.lane_cap,
             Lane::CatchUp(p) => {
-                own < self.catch_up_max()
-                    && (own == 0 || own + counts.get(Lane::Provider(p)) < self.lane_cap)
+                let own = counts.get(lane);
+                own < self.catch_up_max() && (own == 0 || counts.of_provider(p) < self.lane_cap)
             }
             Lane::Other => true,
         }

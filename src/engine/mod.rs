@@ -571,9 +571,7 @@ impl Runner {
         }
         self.flow.release(&fx.released);
         for p in Provider::ALL {
-            self.blocked[p.index()].finished += (fx.released.get(flow::Lane::Provider(p))
-                + fx.released.get(flow::Lane::CatchUp(p)))
-                as u64;
+            self.blocked[p.index()].finished += fx.released.of_provider(p) as u64;
         }
         if !fx.store.is_empty() {
             let _ = self
@@ -693,9 +691,7 @@ impl Runner {
                 .is_some_and(|l| l.modes().any(|((p, _), m)| p == provider && m.holds()));
             let b = &mut self.blocked[provider.index()];
             b.observe(
-                // The provider's share holds its direct records and those read back.
-                occupancy.get(flow::Lane::Provider(provider))
-                    + occupancy.get(flow::Lane::CatchUp(provider)),
+                occupancy.of_provider(provider),
                 self.flow.lane_cap(),
                 holding,
                 // The provider's rate limit bounds its pace: a full share it cannot serve within

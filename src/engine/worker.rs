@@ -11,7 +11,7 @@ use super::fallback::TriggerSource;
 use super::job::Job;
 use super::producer::{OutputProducer, ProduceError};
 use crate::avro::RecordEncoder;
-use crate::enrich::decision::{self, AfterSystemic};
+use crate::enrich::decision::{self, AfterSystemic, Signal};
 use crate::enrich::{Budget, EnrichOutcome, Enricher};
 use crate::event::{Decoded, WebhookEvent};
 use crate::failure::ErrorClass;
@@ -215,14 +215,9 @@ pub async fn process(ctx: &WorkerContext, job: &Job, drain: &CancellationToken) 
         } else {
             Budget::Full
         };
-        let circuit = Circuit {
-            breaker,
-            events: &ctx.events,
-            provider: event.provider,
-        };
         match ctx
             .enricher
-            .enrich_observed(event, budget, drain, &circuit)
+            .enrich_observed(event, budget, drain, &Circuit::of(ctx, event.provider))
             .await
         {
             EnrichOutcome::Cancelled => return Processed::Drained,
@@ -368,18 +363,29 @@ pub async fn process(ctx: &WorkerContext, job: &Job, drain: &CancellationToken) 
 /// The provider's circuit as the enricher sees it: every attempt feeds its failure streak, and
 /// its opening stops a record waiting between attempts.
 pub(crate) struct Circuit<'a> {
-    pub(crate) breaker: &'a CircuitBreaker,
-    pub(crate) events: &'a RecordEvents,
-    pub(crate) provider: Provider,
+    breaker: &'a CircuitBreaker,
+    events: &'a RecordEvents,
+    provider: Provider,
+}
+
+impl<'a> Circuit<'a> {
+    /// `provider`'s circuit, reporting to the context's telemetry.
+    pub(crate) fn of(ctx: &'a WorkerContext, provider: Provider) -> Self {
+        Self {
+            breaker: ctx.breakers.get(provider),
+            events: &ctx.events,
+            provider,
+        }
+    }
 }
 
 impl crate::enrich::CircuitSignal for Circuit<'_> {
-    fn answered(&self) {
-        self.breaker.answered();
-    }
-
-    fn unavailable(&self) {
-        if let Some(period) = self.breaker.unavailable() {
+    fn attempted(&self, signal: Signal) {
+        let period = match signal {
+            Signal::Answered => return self.breaker.answered(),
+            Signal::Unavailable => self.breaker.unavailable(),
+        };
+        if let Some(period) = period {
             let streak = self.breaker.settings();
             self.events.circuit_opened(
                 self.provider,

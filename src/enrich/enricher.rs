@@ -46,10 +46,8 @@ pub enum EnrichOutcome {
 /// an enrichment waiting between attempts. The engine's circuit breaker implements it (through
 /// the worker, which also reports the opening); [`NoCircuit`] ignores everything.
 pub trait CircuitSignal: Sync {
-    /// An attempt got an answer from the provider (see [`Decision::signal`]).
-    fn answered(&self);
-    /// An attempt found the provider unavailable.
-    fn unavailable(&self);
+    /// What an attempt found ([`Decision::signal`]).
+    fn attempted(&self, signal: Signal);
     /// Resolves once the circuit is open.
     fn opened(&self) -> impl std::future::Future<Output = ()> + Send;
 }
@@ -58,8 +56,7 @@ pub trait CircuitSignal: Sync {
 pub struct NoCircuit;
 
 impl CircuitSignal for NoCircuit {
-    fn answered(&self) {}
-    fn unavailable(&self) {}
+    fn attempted(&self, _: Signal) {}
     async fn opened(&self) {
         std::future::pending::<()>().await
     }
@@ -163,10 +160,8 @@ impl Enricher {
                 };
                 let decision =
                     tally.decide(attempt, budget, start.elapsed(), &self.settings, jitter);
-                match decision.signal() {
-                    Some(Signal::Answered) => circuit.answered(),
-                    Some(Signal::Unavailable) => circuit.unavailable(),
-                    None => {}
+                if let Some(signal) = decision.signal() {
+                    circuit.attempted(signal);
                 }
                 decision
             };
@@ -243,7 +238,6 @@ impl Enricher {
     }
 }
 
-/// Sleeps for `delay`; false when `cancel` fired first.
 /// How a wait between attempts ended.
 enum Waited {
     Over,
@@ -251,6 +245,7 @@ enum Waited {
     CircuitOpened,
 }
 
+/// Sleeps for `delay`, unless `cancel` fires or the circuit opens first.
 async fn wait_between_attempts(
     delay: std::time::Duration,
     cancel: &CancellationToken,

@@ -66,32 +66,32 @@ fn group_config(
     config
 }
 
-/// A two-partition input, the simulator, and ClearSale behind a switchable peer that starts
-/// down; `config` is [`group_config`]'s.
-struct Outage {
-    input: String,
-    kafka: Kafka,
-    mode: Arc<AtomicU8>,
-    config: Config,
+/// The servers an [`outage`] test runs against, kept alive for its length.
+struct Peers {
     _sim: webhook_enricher::simulator::SimulatorHandle,
-    _peer: MockServer,
+    _clearsale: MockServer,
 }
 
-async fn outage(name: &str) -> Outage {
+/// A two-partition input, the simulator, and ClearSale behind a switchable peer that starts
+/// down: the input, the cluster, the peer's switch, [`group_config`]'s configuration, and the
+/// servers.
+async fn outage(name: &str) -> (String, Kafka, Arc<AtomicU8>, Config, Peers) {
     let input = support::unique(name);
     let kafka = Kafka::new(&[(&input, 2)]);
     let sim = support::start_simulator(SimulatorConfig::default()).await;
     let mode = Arc::new(AtomicU8::new(DOWN));
     let peer = clearsale_peer(&mode).await;
     let config = group_config(&kafka, &sim, &input, &peer);
-    Outage {
+    (
         input,
         kafka,
         mode,
         config,
-        _sim: sim,
-        _peer: peer,
-    }
+        Peers {
+            _sim: sim,
+            _clearsale: peer,
+        },
+    )
 }
 
 /// Defect: the probe permit was a plain value. A probe in flight when its partition was revoked
@@ -99,14 +99,7 @@ async fn outage(name: &str) -> Outage {
 /// of the provider waited forever (while liveness stayed green).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_probe_cancelled_by_a_revocation_does_not_wedge_the_provider() {
-    let Outage {
-        input,
-        kafka,
-        mode,
-        mut config,
-        _sim,
-        _peer,
-    } = outage("probe-revoked").await;
+    let (input, kafka, mode, mut config, _peers) = outage("probe-revoked").await;
     // The first failure opens the circuit; probes come every 200 ms.
     config.enrich.retry.max_elapsed = Duration::from_millis(1);
     config.engine.breaker.open_for = Duration::from_millis(200);
@@ -168,14 +161,7 @@ async fn a_probe_cancelled_by_a_revocation_does_not_wedge_the_provider() {
 /// have nothing in flight: a revocation now stops them at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebalance_during_an_outage_cancels_the_waiting_records_at_once() {
-    let Outage {
-        input,
-        kafka,
-        mode,
-        mut config,
-        _sim,
-        _peer,
-    } = outage("outage-rebalance").await;
+    let (input, kafka, mode, mut config, _peers) = outage("outage-rebalance").await;
     // A long retry budget: during the whole test the records are between attempts.
     config.enrich.retry.max_elapsed = Duration::from_secs(600);
     config.engine.revoke_drain_timeout = Duration::from_secs(3);
@@ -222,14 +208,7 @@ async fn a_rebalance_during_an_outage_cancels_the_waiting_records_at_once() {
 /// published once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failure_streak_opens_the_circuit_and_the_retrying_records_wait_for_it() {
-    let Outage {
-        input,
-        kafka,
-        mode,
-        mut config,
-        _sim,
-        _peer,
-    } = outage("streak").await;
+    let (input, kafka, mode, mut config, _peers) = outage("streak").await;
     config.enrich.retry.max_elapsed = Duration::from_secs(600);
     config.engine.breaker.failure_streak = 20;
     config.engine.breaker.failure_streak_for = Duration::from_millis(500);

@@ -578,14 +578,14 @@ async fn poll(
         Budget::Poll
     };
     let probe = e.poll_event(Utc::now());
-    let circuit = worker::Circuit {
-        breaker,
-        events: &ctx.events,
-        provider: e.provider,
-    };
     match ctx
         .enricher
-        .enrich_observed(&probe, budget, cancel, &circuit)
+        .enrich_observed(
+            &probe,
+            budget,
+            cancel,
+            &worker::Circuit::of(ctx, e.provider),
+        )
         .await
     {
         EnrichOutcome::Cancelled => PollOutcome::Cancelled,
